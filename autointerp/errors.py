@@ -1,0 +1,8 @@
+"""The one exception type for errors a user can cause and fix."""
+
+
+class AutointerpError(Exception):
+    """A problem the user can fix: the message says what went wrong and what to do.
+
+    The CLI prints these without a traceback. Never put secrets (API keys) in the message.
+    """

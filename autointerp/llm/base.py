@@ -1,0 +1,59 @@
+"""The one way to talk to LLMs: an async protocol that every provider adapter implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float | None
+    top: dict[str, float] = field(default_factory=dict)  # alternative token -> logprob
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class LLMResponse:
+    text: str
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    logprobs: list[TokenLogprob] | None = None  # generated tokens (or prompt + generated when echoed)
+    cost_usd: float = 0.0
+    cached: bool = False
+    raw: dict[str, Any] | None = None
+
+
+class LLM(Protocol):
+    """`name` is "provider:model". Providers without a capability raise AutointerpError when it is asked for."""
+
+    name: str
+    supports_logprobs: bool
+    supports_echo: bool
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_logprobs: int | None = None,
+        stage: str | None = None,
+    ) -> LLMResponse: ...
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        logprobs: int | None = None,
+        echo: bool = False,
+        stage: str | None = None,
+    ) -> LLMResponse: ...

@@ -1,0 +1,86 @@
+"""Plain data passed between the pipeline's stages: examples, labels, scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Example:
+    """One context window with the feature's activation at every token (0.0 where it does not fire)."""
+
+    context_id: int
+    tokens: list[str]
+    activations: list[float]
+    kind: str  # top | quantile | random_negative | hard_negative
+    quantile: int | None = None  # stratum index for quantile-sampled positives
+
+    @property
+    def max_value(self) -> float:
+        return max(self.activations, default=0.0)
+
+    @property
+    def is_positive(self) -> bool:
+        return self.kind in ("top", "quantile")
+
+
+@dataclass
+class Split:
+    positives: list[Example] = field(default_factory=list)
+    random_negatives: list[Example] = field(default_factory=list)
+    hard_negatives: list[Example] = field(default_factory=list)
+
+    def all(self) -> list[Example]:
+        return [*self.positives, *self.random_negatives, *self.hard_negatives]
+
+    def context_ids(self) -> set[int]:
+        return {e.context_id for e in self.all()}
+
+
+@dataclass
+class FeatureExamples:
+    """A feature's evidence, split so that nothing shown to the explainer is used to score it.
+
+    train: what the explainer sees (top + quantile positives; a few hard negatives for contrastive prompts).
+    valid: for choosing among candidate labels (best-of-k). test: for the reported scores only.
+    """
+
+    source: str
+    feature: int
+    max_activation: float
+    train: Split
+    valid: Split
+    test: Split
+    characteristic_tokens: list[str]
+    sampling_config: dict[str, Any]
+    seed: int
+    notes: list[str] = field(default_factory=list)  # e.g. "only 7 of 20 hard negatives found"
+
+
+@dataclass
+class Explanation:
+    source: str
+    feature: int
+    label: str
+    author: str = "llm"  # llm | human | baseline | import
+    explainer_model: str | None = None
+    prompt_name: str | None = None
+    prompt_hash: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Score:
+    """One metric of one scorer on one subset of the test split, with its sample size and 95% CI."""
+
+    scorer: str
+    metric: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    subset: str = "all"  # all | random_negatives | hard_negatives | positives
+    split: str = "test"
+    scorer_model: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)

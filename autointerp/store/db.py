@@ -1,0 +1,150 @@
+"""Opening the DuckDB file: migrations, read-only readers, short write transactions.
+
+DuckDB lets one process hold a file for writing, or many hold it read-only. Long jobs therefore write
+in short transactions (`Store.writing()` opens, writes, commits, closes) and retry while another process
+holds the lock, so that the catalog can be browsed while a job runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from autointerp.errors import AutointerpError
+from autointerp.store.migrations import MIGRATIONS
+
+LOCK_WAIT_SECONDS = 30.0
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another process" in text
+
+
+def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting up to `wait` seconds while another process holds a conflicting lock."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise AutointerpError(f"no store at {path}: run `autointerp collect` or `autointerp import` first")
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                if _is_lock_error(exc):
+                    raise AutointerpError(
+                        f"the store {path} is held by another process for writing; "
+                        "wait for it to finish or stop it, then run again"
+                    ) from None
+                raise AutointerpError(f"cannot open the store {path}: {exc}") from None
+        except duckdb.Error as exc:
+            raise AutointerpError(
+                f"{path} is not a readable DuckDB file ({exc}); point --db at an autointerp store or a new path"
+            ) from None
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 0.5)
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP DEFAULT current_timestamp)"
+    )
+    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fn(con)
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY applied_at, name").fetchall()]
+
+
+class Store:
+    """A handle on one store file. Cheap to create; connections are opened on demand.
+
+    `Store(path)` migrates the file on first write access. Readers use `Store(path, read_only=True)`.
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        self._con: duckdb.DuckDBPyConnection | None = None
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = connect(self.path)
+            try:
+                migrate(con)
+            finally:
+                con.close()
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """A connection held open until `close()`: for readers and single-process jobs."""
+        if self._con is None:
+            self._con = connect(self.path, read_only=self.read_only)
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction: commits on success, rolls back on any error, so a failure stores nothing.
+
+        Uses the held connection when there is one; otherwise opens the file for this transaction only
+        and closes it afterwards, leaving the file free for other processes between writes.
+        """
+        if self.read_only:
+            raise AutointerpError(f"the store {self.path} was opened read-only; open it for writing to change it")
+        own = self._con is None
+        con = connect(self.path) if own else self._con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            if own:
+                con.close()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reads: the held one, or a short-lived read-only one."""
+        if self._con is not None:
+            yield self._con
+            return
+        con = connect(self.path, read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()

@@ -1,0 +1,284 @@
+"""Named schema migrations, applied once each and recorded in `_migrations` (the way simonw/llm does it).
+
+Append new migrations at the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import duckdb
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_activation_store(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SEQUENCE source_id_seq START 1")
+    con.execute(
+        """
+        CREATE TABLE sources (
+            source_id INTEGER PRIMARY KEY DEFAULT nextval('source_id_seq'),
+            name VARCHAR NOT NULL UNIQUE,
+            model VARCHAR,
+            hookpoint VARCHAR,
+            layer INTEGER,
+            feature_kind VARCHAR NOT NULL,      -- neurons | sae | imported
+            width INTEGER,
+            context_len INTEGER,
+            config JSON,
+            status VARCHAR NOT NULL DEFAULT 'collecting',  -- collecting | ready
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE contexts (
+            source_id INTEGER NOT NULL,
+            context_id BIGINT NOT NULL,
+            token_ids INTEGER[],
+            tokens VARCHAR[] NOT NULL,
+            document_id BIGINT,
+            doc_offset INTEGER,
+            PRIMARY KEY (source_id, context_id)
+        )
+        """
+    )
+    # Rows land here while a source is collected or imported; finalising moves them, sorted by
+    # (feature, context, pos), into `activations`, so that per-feature reads touch few row groups.
+    con.execute(
+        """
+        CREATE TABLE activations_staging (
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            context_id BIGINT NOT NULL,
+            pos SMALLINT NOT NULL,
+            value FLOAT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE activations (
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            context_id BIGINT NOT NULL,
+            pos SMALLINT NOT NULL,
+            value FLOAT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE feature_context_max (
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            context_id BIGINT NOT NULL,
+            max_value FLOAT NOT NULL,
+            max_pos SMALLINT NOT NULL,
+            n_active SMALLINT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE feature_stats (
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            n_active_tokens BIGINT NOT NULL,
+            n_active_contexts BIGINT NOT NULL,
+            density DOUBLE NOT NULL,
+            max_value DOUBLE NOT NULL,
+            mean_value DOUBLE NOT NULL,
+            quantile_edges DOUBLE[],
+            hist_edges DOUBLE[],
+            hist_counts BIGINT[],
+            PRIMARY KEY (source_id, feature)
+        )
+        """
+    )
+    # Token frequencies and a capped posting list per token: finds hard-negative contexts without
+    # scanning every context.
+    con.execute(
+        """
+        CREATE TABLE token_stats (
+            source_id INTEGER NOT NULL,
+            token VARCHAR NOT NULL,
+            n_occurrences BIGINT NOT NULL,
+            n_contexts BIGINT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE token_postings (
+            source_id INTEGER NOT NULL,
+            token VARCHAR NOT NULL,
+            context_id BIGINT NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE collection_chunks (
+            source_id INTEGER NOT NULL,
+            chunk_index INTEGER NOT NULL,
+            first_context_id BIGINT NOT NULL,
+            n_contexts INTEGER NOT NULL,
+            n_tokens BIGINT NOT NULL,
+            n_activations BIGINT NOT NULL,
+            resume_state JSON,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (source_id, chunk_index)
+        )
+        """
+    )
+
+
+@migration
+def m002_catalog(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SEQUENCE explanation_id_seq START 1")
+    con.execute("CREATE SEQUENCE score_id_seq START 1")
+    con.execute("CREATE SEQUENCE review_id_seq START 1")
+    con.execute("CREATE SEQUENCE call_id_seq START 1")
+    con.execute(
+        """
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,               -- label | score | bench | import
+            config JSON,
+            config_hash VARCHAR,
+            status VARCHAR NOT NULL,             -- running | done | failed | interrupted
+            n_total INTEGER DEFAULT 0,
+            n_done INTEGER DEFAULT 0,
+            n_failed INTEGER DEFAULT 0,
+            n_skipped INTEGER DEFAULT 0,
+            prompt_tokens BIGINT DEFAULT 0,
+            completion_tokens BIGINT DEFAULT 0,
+            cost_usd DOUBLE DEFAULT 0,
+            started_at TIMESTAMP DEFAULT current_timestamp,
+            updated_at TIMESTAMP DEFAULT current_timestamp,
+            ended_at TIMESTAMP
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE explanations (
+            explanation_id BIGINT PRIMARY KEY DEFAULT nextval('explanation_id_seq'),
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            label VARCHAR NOT NULL,
+            author VARCHAR NOT NULL,             -- llm | human | baseline | import
+            explainer_model VARCHAR,
+            prompt_name VARCHAR,
+            prompt_hash VARCHAR,
+            sampling_config JSON,
+            seed INTEGER,
+            run_id VARCHAR,
+            config_hash VARCHAR,
+            details JSON,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE scores (
+            score_id BIGINT PRIMARY KEY DEFAULT nextval('score_id_seq'),
+            explanation_id BIGINT NOT NULL,
+            scorer VARCHAR NOT NULL,             -- simulation | detection | fuzzing | embedding | ...
+            metric VARCHAR NOT NULL,             -- e.g. ev_correlation, balanced_accuracy, auroc
+            subset VARCHAR NOT NULL DEFAULT 'all',  -- all | random_negatives | hard_negatives | positives
+            split VARCHAR NOT NULL DEFAULT 'test',
+            value DOUBLE,
+            ci_low DOUBLE,
+            ci_high DOUBLE,
+            n INTEGER NOT NULL,
+            scorer_model VARCHAR,
+            details JSON,
+            run_id VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    # One row per (job configuration, feature): what makes a rerun skip finished features.
+    con.execute(
+        """
+        CREATE TABLE feature_jobs (
+            config_hash VARCHAR NOT NULL,
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            status VARCHAR NOT NULL,             -- done | failed
+            explanation_id BIGINT,
+            run_id VARCHAR,
+            error VARCHAR,
+            updated_at TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (config_hash, source_id, feature)
+        )
+        """
+    )
+    # Every failed step (parse failure, refused request...) with the raw output: never stored as a label.
+    con.execute(
+        """
+        CREATE TABLE failures (
+            run_id VARCHAR,
+            source_id INTEGER,
+            feature INTEGER,
+            stage VARCHAR NOT NULL,
+            error VARCHAR NOT NULL,
+            raw_output VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE llm_calls (
+            call_id BIGINT PRIMARY KEY DEFAULT nextval('call_id_seq'),
+            cache_key VARCHAR NOT NULL,
+            provider VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            stage VARCHAR,                       -- explain | simulation | detection | fuzzing | ...
+            run_id VARCHAR,
+            request JSON,
+            response JSON,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd DOUBLE,
+            latency_ms DOUBLE,
+            error VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    con.execute("CREATE INDEX llm_calls_cache_key ON llm_calls (cache_key)")
+    con.execute(
+        """
+        CREATE TABLE reviews (
+            review_id BIGINT PRIMARY KEY DEFAULT nextval('review_id_seq'),
+            explanation_id BIGINT NOT NULL,
+            verdict VARCHAR NOT NULL,            -- accept | reject | edit
+            edited_label VARCHAR,
+            note VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE label_embeddings (
+            explanation_id BIGINT NOT NULL,
+            model VARCHAR NOT NULL,
+            vector FLOAT[384] NOT NULL,
+            PRIMARY KEY (explanation_id, model)
+        )
+        """
+    )
