@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,3 +61,33 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise AutointerpError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise AutointerpError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A batch labeling job. A TOML file holds these keys at top level, plus [sampling] and
+    [scorer_options.<scorer>] tables; command-line flags override the file."""
+
+    source: str = ""
+    features: str = "auto:20"  # "0-99" | "1,5,9" | "auto:N" (N features across density strata)
+    explainer: str = "local"  # "local" | "openai:<model>" | "anthropic:<model>"
+    simulator: str | None = None  # model for the LLM scorers; None means the explainer model
+    scorers: tuple[str, ...] = ("detection", "embedding")
+    prompt: str = "highlight"  # highlight | pairs | contrastive
+    k: int = 1  # candidate labels per feature; the best on the valid split is kept
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    concurrency: int = 8  # features in flight, and LLM requests in flight for remote models
+    base_url: str | None = None
+    rpm: float | None = None  # requests / tokens per minute allowed by the provider (None: unlimited)
+    tpm: float | None = None
+    prices: str | None = None  # TOML file overriding the built-in price table
+
+
+def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> JobConfig:
+    data = dict(data)
+    if "sampling" in data:
+        data["sampling"] = from_dict(SamplingConfig, data["sampling"], f"{where} [sampling]")
+    if "scorers" in data:
+        data["scorers"] = tuple(data["scorers"])
+    return from_dict(JobConfig, data, where)

@@ -282,3 +282,12 @@ def m002_catalog(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@migration
+def m003_llm_call_ledger_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """What the LLM ledger needs besides the base columns: cache hits, retries, endpoint host, priced or not."""
+    con.execute("ALTER TABLE llm_calls ADD COLUMN cached BOOLEAN DEFAULT false")
+    con.execute("ALTER TABLE llm_calls ADD COLUMN attempts INTEGER DEFAULT 1")
+    con.execute("ALTER TABLE llm_calls ADD COLUMN endpoint_host VARCHAR")
+    con.execute("ALTER TABLE llm_calls ADD COLUMN priced BOOLEAN DEFAULT true")

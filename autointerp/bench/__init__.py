@@ -1,0 +1,1 @@
+"""Benchmarks: modules runnable with `python -m autointerp.bench.<name>` that print their figures."""

@@ -1,0 +1,324 @@
+"""The feature catalog: label write-back, the best label per feature, label history and human reviews.
+
+Reviews are append-only rows in `reviews`; the latest review of an explanation is its review state.
+An edit is stored twice on purpose: a review row (verdict "edit", the old explanation, the edited text and
+note) and a new explanation written by `author="human"` whose details hold `edited_from` (the old id) and
+which is itself accepted. The edited label therefore has its own history entry, embedding and search
+hit, and the old label keeps its scores and provenance.
+
+Best label of a feature: the most recently accepted label when a human accepted one; otherwise the
+explanation with the highest test score under the chosen scorer and metric (subset "all"), skipping
+labels whose latest review is a rejection; the newest label when none has that score.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import duckdb
+import numpy as np
+
+from autointerp.errors import AutointerpError
+from autointerp.records import Explanation, Score
+from autointerp.store import catalog_queries as q
+from autointerp.store.activations import FeatureStats, SourceInfo, feature_stats, get_source
+from autointerp.store.jobs import Failure, Run, get_run, run_failures
+from autointerp.store.llm_calls import spend
+
+VERDICTS = ("accept", "reject", "edit")
+REVIEW_STATES = ("accepted", "rejected", "edited", "unreviewed")
+DEFAULT_SCORER = "detection"
+DEFAULT_METRIC = "balanced_accuracy"
+
+
+def write_label(
+    con: duckdb.DuckDBPyConnection,
+    explanation: Explanation,
+    scores: list[Score],
+    *,
+    run_id: str | None,
+    config_hash: str | None,
+    sampling_config: dict | None,
+    seed: int | None,
+    embedding: Sequence[float] | np.ndarray | None = None,
+) -> int:
+    """Store a label with its scores and its embedding; return the explanation id.
+
+    Runs inside the caller's transaction (`with store.writing() as con:`): it neither begins nor commits.
+    The embedding is computed with the offline MiniLM model unless `embedding` is given.
+    """
+    from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
+
+    sid = get_source(con, explanation.source).source_id
+    vector = embed_texts([explanation.label])[0] if embedding is None else np.asarray(embedding, dtype=np.float32)
+    explanation_id = q.insert_explanation(
+        con, sid, explanation, sampling_config=sampling_config, seed=seed, run_id=run_id, config_hash=config_hash
+    )
+    q.insert_scores(con, explanation_id, scores, run_id)
+    q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
+    return explanation_id
+
+
+# Scorers and metrics preferred for "the" score of a label, when the caller names none.
+PREFERRED_SCORERS = ("detection", "fuzzing", "simulation", "embedding")
+PREFERRED_METRICS = ("balanced_accuracy", "auroc", "ev_correlation", "correlation", "accuracy")
+
+
+@dataclass
+class Review:
+    review_id: int
+    explanation_id: int
+    verdict: str  # accept | reject | edit
+    edited_label: str | None
+    note: str | None
+    created_at: Any
+
+
+@dataclass
+class Label:
+    """One stored explanation with its provenance, scores and reviews."""
+
+    explanation_id: int
+    source: str
+    feature: int
+    label: str
+    author: str
+    explainer_model: str | None
+    prompt_name: str | None
+    prompt_hash: str | None
+    sampling_config: dict | None
+    seed: int | None
+    run_id: str | None
+    config_hash: str | None
+    details: dict
+    created_at: Any
+    review_state: str  # accepted | rejected | edited | unreviewed
+    scores: list[Score] = field(default_factory=list)
+    reviews: list[Review] = field(default_factory=list)
+
+    def score(self, scorer: str, metric: str, subset: str = "all", split: str = "test") -> Score | None:
+        matches = [s for s in self.scores if (s.scorer, s.metric, s.subset, s.split) == (scorer, metric, subset, split)]
+        return matches[-1] if matches else None
+
+
+def _by_preference(names: set[str], preferred: tuple[str, ...]) -> list[str]:
+    return sorted(names, key=lambda n: (preferred.index(n) if n in preferred else len(preferred), n))
+
+
+def resolve_metric(con: duckdb.DuckDBPyConnection, scorer: str | None = None, metric: str | None = None) -> tuple[str, str] | None:
+    """The (scorer, metric) to rank by: as given, or the preferred one present in the store; None if no scores."""
+    if scorer and metric:
+        return scorer, metric
+    present = q.scorer_metrics(con)
+    scorers = _by_preference({s for s, _ in present}, PREFERRED_SCORERS)
+    if scorer is None:
+        if not scorers:
+            return None
+        scorer = scorers[0]
+    metrics = _by_preference({m for s, m in present if s == scorer}, PREFERRED_METRICS)
+    if not metrics:
+        known = ", ".join(scorers) or "none yet"
+        raise AutointerpError(f"no test scores from scorer {scorer!r} in this store; scorers with scores: {known}")
+    return scorer, metrics[0]
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def load_labels(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[Label]:
+    """Labels with scores and reviews, in the order of the ids given (unknown ids are skipped)."""
+    ids = [int(i) for i in explanation_ids]
+    return _labels_from_rows(con, q.explanation_rows(con, ids), order=ids)
+
+
+def _labels_from_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple], order: list[int] | None = None) -> list[Label]:
+    labels = {}
+    for row in rows:
+        data = dict(zip(q.EXPLANATION_FIELDS, row))
+        data["sampling_config"] = _loads(data["sampling_config"])
+        data["details"] = _loads(data["details"]) or {}
+        labels[data["explanation_id"]] = Label(**data)
+    for row in q.scores_of(con, list(labels)):
+        d = dict(zip(q.SCORE_FIELDS, row))
+        labels[d["explanation_id"]].scores.append(
+            Score(
+                scorer=d["scorer"], metric=d["metric"], value=d["value"], ci_low=d["ci_low"], ci_high=d["ci_high"],
+                n=d["n"], subset=d["subset"], split=d["split"], scorer_model=d["scorer_model"],
+                details=_loads(d["details"]) or {},
+            )
+        )
+    for row in q.reviews_of(con, list(labels)):
+        labels[row[1]].reviews.append(Review(*row))
+    keys = order if order is not None else [r[0] for r in rows]
+    return [labels[i] for i in keys if i in labels]
+
+
+def label_history(con: duckdb.DuckDBPyConnection, source: str, feature: int) -> list[Label]:
+    """Every label of a feature, newest first, with provenance, scores and reviews."""
+    sid = get_source(con, source).source_id
+    return _labels_from_rows(con, q.feature_explanation_rows(con, sid, feature))
+
+
+def best_label(
+    con: duckdb.DuckDBPyConnection, source: str, feature: int, scorer: str | None = None, metric: str | None = None
+) -> Label | None:
+    """The feature's best label (see the module docstring), or None when it has no label."""
+    sid = get_source(con, source).source_id
+    ranked = resolve_metric(con, scorer, metric) or (None, None)
+    rows = q.best_explanation_ids(con, *ranked, source_id=sid, feature=feature)
+    return load_labels(con, [rows[0][2]])[0] if rows else None
+
+
+def best_labels(
+    con: duckdb.DuckDBPyConnection,
+    source: str | None = None,
+    scorer: str | None = None,
+    metric: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Label]:
+    """The best label of every labeled feature (of one source, or all), ordered by source and feature."""
+    sid = get_source(con, source).source_id if source else None
+    ranked = resolve_metric(con, scorer, metric) or (None, None)
+    rows = q.best_explanation_ids(con, *ranked, source_id=sid, limit=limit, offset=offset)
+    return load_labels(con, [r[2] for r in rows])
+
+
+def review_label(
+    con: duckdb.DuckDBPyConnection,
+    explanation_id: int,
+    verdict: str,
+    *,
+    note: str | None = None,
+    edited_label: str | None = None,
+    embedding: Sequence[float] | np.ndarray | None = None,
+) -> Label:
+    """Record a human verdict on a label; return the label the verdict leaves as current.
+
+    accept / reject: one review row, the same label returned. edit: a review row "edit" on the old label
+    (with the new text and note) and a new human label (details.edited_from = old id) that is accepted at
+    once; the new label is returned. Runs inside the caller's transaction.
+    """
+    if verdict not in VERDICTS:
+        raise AutointerpError(f"unknown review verdict {verdict!r}; use one of {', '.join(VERDICTS)}")
+    found = load_labels(con, [explanation_id])
+    if not found:
+        raise AutointerpError(f"no label with explanation id {explanation_id} in this store")
+    old = found[0]
+    if verdict != "edit":
+        if edited_label:
+            raise AutointerpError("an edited label goes with verdict 'edit', not with accept or reject")
+        q.insert_review(con, explanation_id, verdict, None, note)
+        return load_labels(con, [explanation_id])[0]
+    text = (edited_label or "").strip()
+    if not text:
+        raise AutointerpError("an edit needs the new label text")
+    q.insert_review(con, explanation_id, "edit", text, note)
+    new_id = write_label(
+        con,
+        Explanation(
+            source=old.source,
+            feature=old.feature,
+            label=text,
+            author="human",
+            details={"edited_from": old.explanation_id, "note": note},
+        ),
+        [],
+        run_id=None,
+        config_hash=None,
+        sampling_config=None,
+        seed=None,
+        embedding=embedding,
+    )
+    q.insert_review(con, new_id, "accept", None, note)
+    return load_labels(con, [new_id])[0]
+
+
+@dataclass
+class ContextView:
+    """A context window with the feature's activation at each token, for display."""
+
+    context_id: int
+    kind: str  # top | quantile | random
+    tokens: list[str]
+    activations: list[float]
+    max_value: float
+    band: int | None = None  # quantile band, 1 = lowest
+
+
+@dataclass
+class FeatureView:
+    source: SourceInfo
+    feature: int
+    stats: FeatureStats | None
+    best: Label | None
+    history: list[Label]
+    contexts: list[ContextView]
+    ranked_by: tuple[str, str] | None
+
+
+def feature_view(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    feature: int,
+    *,
+    n_top: int = 10,
+    n_bands: int = 5,
+    per_band: int = 2,
+    n_random: int = 5,
+    seed: int = 0,
+    scorer: str | None = None,
+    metric: str | None = None,
+) -> FeatureView:
+    """Everything the feature page shows: stats, best label, label history, and top / quantile / random contexts."""
+    info = get_source(con, source)
+    history = label_history(con, source, feature)
+    try:
+        stats = feature_stats(con, info.source_id, feature)
+    except AutointerpError:
+        if not history:
+            raise
+        stats = None  # labels imported for a feature this store has no activations for
+    ranked_by = resolve_metric(con, scorer, metric)
+    best = best_label(con, source, feature, *(ranked_by or (None, None))) if history else None
+    picks = [(c, v, "top", None) for c, v in q.top_contexts(con, info.source_id, feature, n_top)]
+    picks += [(c, v, "quantile", b) for c, v, b in q.quantile_contexts(con, info.source_id, feature, n_bands, per_band)]
+    picks += [(c, v, "random", None) for c, v in q.random_contexts(con, info.source_id, feature, n_random, seed)]
+    ids = sorted({p[0] for p in picks})
+    tokens = q.context_tokens(con, info.source_id, ids)
+    values: dict[int, dict[int, float]] = {}
+    for context_id, pos, value in q.context_activations(con, info.source_id, feature, ids):
+        values.setdefault(context_id, {})[pos] = float(value)
+    contexts = []
+    for context_id, max_value, kind, band in picks:
+        toks = tokens.get(context_id, [])
+        acts = values.get(context_id, {})
+        contexts.append(
+            ContextView(context_id, kind, toks, [acts.get(i, 0.0) for i in range(len(toks))], float(max_value), band)
+        )
+    return FeatureView(info, feature, stats, best, history, contexts, ranked_by)
+
+
+@dataclass
+class RunView:
+    run: Run
+    spend: list[dict[str, Any]]  # per model and stage: calls, cached, errors, tokens, cost
+    n_labels: int
+    recent: list[tuple[str, int, int, str]]  # (source, feature, explanation_id, label), newest first
+    failures: list[Failure]
+
+
+def run_view(con: duckdb.DuckDBPyConnection, run_id: str, n_recent: int = 50) -> RunView:
+    run = get_run(con, run_id)
+    if run is None:
+        raise AutointerpError(f"no run {run_id!r} in this store; check the run id printed by `autointerp label`")
+    return RunView(
+        run=run,
+        spend=spend(con, run_id),
+        n_labels=q.run_explanation_count(con, run_id),
+        recent=q.run_features(con, run_id, n_recent),
+        failures=run_failures(con, run_id),
+    )

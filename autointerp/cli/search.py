@@ -1,0 +1,56 @@
+"""`autointerp search`: find features by what their labels say."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from autointerp.catalog import REVIEW_STATES
+from autointerp.search import MODES, SearchFilters, SearchIndex, search
+from autointerp.store import Store
+
+NAME = "search"
+HELP = "Search feature labels: keyword (BM25), semantic (embeddings) or hybrid (both, the default)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, help="store file")
+    parser.add_argument("query", help="words to look for (empty string: list labeled features)")
+    parser.add_argument("--mode", choices=MODES, default="hybrid")
+    parser.add_argument("--source", help="only this source")
+    parser.add_argument("--model", help="only sources of this subject model")
+    parser.add_argument("--layer", type=int, help="only sources at this layer")
+    parser.add_argument("--min-score", metavar="SCORER[.METRIC]:VALUE", help="e.g. detection:0.7 (test split, all examples)")
+    parser.add_argument("--density-min", type=float)
+    parser.add_argument("--density-max", type=float)
+    parser.add_argument("--review", choices=REVIEW_STATES, help="only labels in this review state")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    filters = SearchFilters(
+        source=args.source,
+        model=args.model,
+        layer=args.layer,
+        min_score=args.min_score,
+        density_min=args.density_min,
+        density_max=args.density_max,
+        review=args.review,
+    )
+    with Store(args.db, read_only=True) as store:
+        results = search(
+            store.con, SearchIndex(), args.query, mode=args.mode, filters=filters, limit=args.limit, offset=args.offset
+        )
+    if args.json:
+        print(json.dumps(results.to_dict(), default=str))
+        return 0
+    if not results.hits:
+        print(f"no labels match {args.query!r} ({results.n_labels} labels searched)")
+        return 0
+    for rank, hit in enumerate(results.hits, start=args.offset + 1):
+        score = "" if hit.score is None else f"{hit.score:8.3f}"
+        review = "" if hit.review_state == "unreviewed" else f"  [{hit.review_state}]"
+        print(f"{rank:>4}. {score} {hit.source}/{hit.feature}  {hit.label}{review}")
+    return 0

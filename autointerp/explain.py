@@ -1,0 +1,330 @@
+"""The explainer: render the train split into a short prompt, ask an LLM for a label, parse it strictly.
+
+Only `examples.train` is ever rendered. Valid is for choosing among candidates (best_of_k); test is for
+the reported scores and never reaches an explainer prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from autointerp import render
+from autointerp.errors import AutointerpError
+from autointerp.llm.base import LLM, LLMResponse
+from autointerp.prompts import PromptTemplate, load_prompt
+from autointerp.records import Example, Explanation, FeatureExamples
+
+if TYPE_CHECKING:
+    from autointerp.scoring import Scorer
+
+STAGE = "explain"
+MAX_LABEL_CHARS = 120
+MAX_LABEL_WORDS = 20
+MAX_OUTPUT_TOKENS = 80
+ECHO_NGRAM = 5  # this many words in a row copied from the template make a label an echo
+DEFAULT_SAMPLED_TEMPERATURE = 0.7
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    template: str
+    max_examples: int
+    before: int  # tokens kept before the max-activating token
+    after: int
+    highlight_fraction: float = 0.3  # mark tokens at >= this fraction of the window's max
+    max_negatives: int = 0
+
+
+STYLES: dict[str, PromptStyle] = {
+    "highlight": PromptStyle("explain_highlight", max_examples=20, before=12, after=3),
+    "pairs": PromptStyle("explain_pairs", max_examples=10, before=7, after=2),
+    "contrastive": PromptStyle("explain_contrastive", max_examples=14, before=12, after=3, max_negatives=6),
+}
+
+
+class ExplanationParseError(AutointerpError):
+    """The model's output holds no usable label; `raw` keeps what it said (one output or all tried)."""
+
+    def __init__(self, message: str, raw: str | list[str]):
+        super().__init__(message)
+        self.raw = raw
+
+
+_LABEL_LINE = re.compile(r"^[\s>*_#`\-]*label[\s*_`]*[:：][\s*_`]*(?P<label>.*)$", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"^<[^<>]*>$|^\[[^\[\]]*\]$|^(description|your label|label|none|n/?a|unknown)$", re.I)
+
+
+def _clean(label: str) -> str:
+    label = re.sub(r"[*_`]+", "", label)
+    label = re.sub(r"\s+", " ", label).strip()
+    while len(label) >= 2 and label[0] + label[-1] in ('""', "''", "“”", "‘’", "()", "[]"):
+        label = label[1:-1].strip()
+    return label.rstrip(" .;,").strip()
+
+
+def parse_label(output: str, template_text: str = "") -> str:
+    """The label from a model's answer: its last `Label: ...` line, or a lone short line (after its last colon).
+
+    Quotes and markdown are stripped. Empty, overlong, placeholder or template-echoing output raises
+    ExplanationParseError carrying the raw output.
+    """
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    found = [m.group("label") for ln in lines if (m := _LABEL_LINE.match(ln))]
+    if found:
+        label = _clean(found[-1])
+    elif len(lines) == 1:
+        label = _clean(lines[0].rsplit(":", 1)[-1])  # "The marked tokens have in common: X" -> "X"
+    else:
+        raise ExplanationParseError("no `Label:` line in the explainer's output", raw=output)
+    words = label.split()
+    if not label or not any(c.isalnum() for c in label):
+        raise ExplanationParseError("the explainer gave an empty label", raw=output)
+    if len(label) > MAX_LABEL_CHARS or len(words) > MAX_LABEL_WORDS:
+        raise ExplanationParseError(f"the label is longer than {MAX_LABEL_WORDS} words", raw=output)
+    if _PLACEHOLDER.match(label) or any(m in label for m in ("<<", ">>", "<start>", "<end>", "$")):
+        raise ExplanationParseError("the label repeats the prompt's placeholder or markup", raw=output)
+    if _echoes(label, template_text):
+        raise ExplanationParseError("the label echoes the prompt's own wording", raw=output)
+    return label
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _echoes(label: str, template_text: str, n: int = ECHO_NGRAM) -> bool:
+    """The label is the template's wording: all of a short template phrase, or any n words in a row of it."""
+    label_words, template_words = _words(label), _words(template_text)
+    if not label_words or not template_words:
+        return False
+    joined = " " + " ".join(template_words) + " "
+    if len(label_words) < n:
+        return len(label_words) >= 2 and f" {' '.join(label_words)} " in joined
+    grams = {tuple(template_words[i : i + n]) for i in range(len(template_words) - n + 1)}
+    return any(tuple(label_words[i : i + n]) in grams for i in range(len(label_words) - n + 1))
+
+
+def _train_positives(examples: FeatureExamples, style: PromptStyle, candidate: int) -> list[Example]:
+    """The strongest train positives first; later candidates see them in a different (seeded) order."""
+    shown = sorted(examples.train.positives, key=lambda e: -e.max_value)[: style.max_examples]
+    if candidate:
+        order = np.random.default_rng([examples.seed, examples.feature, candidate]).permutation(len(shown))
+        shown = [shown[i] for i in order]
+    return shown
+
+
+def _render_positive(example: Example, style: PromptStyle, max_activation: float, name: str) -> str:
+    tokens, acts = render.window(example, render.max_position(example), style.before, style.after)
+    if name == "pairs":
+        return render.pairs_text(tokens, acts, max_activation)
+    return render.highlighted_text(tokens, render.activation_marks(acts, style.highlight_fraction))
+
+
+def _check_disjoint(examples: FeatureExamples) -> None:
+    overlap = examples.train.context_ids() & (examples.test.context_ids() | examples.valid.context_ids())
+    if overlap:
+        raise AutointerpError(
+            f"feature {examples.feature}: {len(overlap)} train contexts also appear in valid/test; "
+            "re-sample the feature so that the splits are disjoint"
+        )
+
+
+def explainer_messages(
+    examples: FeatureExamples, prompt: str = "highlight", candidate: int = 0
+) -> tuple[list[dict[str, str]], list[int]]:
+    """The chat messages for one candidate and the context ids they show (train split only)."""
+    style = _style(prompt)
+    _check_disjoint(examples)
+    positives = _train_positives(examples, style, candidate)
+    if not positives:
+        raise AutointerpError(f"feature {examples.feature} has no train positives to explain; sample it first")
+    max_activation = examples.max_activation or max(e.max_value for e in positives)
+    blocks = [_render_positive(e, style, max_activation, prompt) for e in positives]
+    if prompt != "pairs":
+        blocks = [f"{i}. {text}" for i, text in enumerate(blocks, 1)]
+    fields = {"examples": "\n".join(blocks)}
+    shown = [e.context_id for e in positives]
+    if style.max_negatives:
+        negatives = examples.train.hard_negatives[: style.max_negatives]
+        lines = []
+        for i, e in enumerate(negatives, 1):
+            center = render.window_center(e, examples.characteristic_tokens)
+            tokens, _ = render.window(e, center, style.before, style.after)
+            lines.append(f"{i}. {render.plain_text(tokens)}")
+        fields["negatives"] = "\n".join(lines) if lines else "(none found)"
+        shown += [e.context_id for e in negatives]
+    return load_prompt(style.template).render_messages(**fields), shown
+
+
+def _style(prompt: str) -> PromptStyle:
+    if prompt not in STYLES:
+        raise AutointerpError(f"unknown explainer prompt {prompt!r}; choose one of {', '.join(STYLES)}")
+    return STYLES[prompt]
+
+
+def _template_text(template: PromptTemplate) -> str:
+    """The template's own wording, without the examples a label may legitimately quote."""
+    return template.text.replace("$examples", "\n").replace("$negatives", "\n")
+
+
+async def _candidate(
+    examples: FeatureExamples, llm: LLM, prompt: str, candidate: int, temperature: float
+) -> tuple[str | None, list[str], dict[str, int], list[int]]:
+    """(label or None, raw outputs, tokens used, context ids shown); one retry after an unparsable answer."""
+    messages, shown = explainer_messages(examples, prompt, candidate)
+    template = load_prompt(_style(prompt).template)
+    raws: list[str] = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    async def ask(msgs: list[dict[str, str]]) -> LLMResponse:
+        response = await llm.chat(msgs, max_tokens=MAX_OUTPUT_TOKENS, temperature=temperature, stage=STAGE)
+        raws.append(response.text)
+        usage["prompt_tokens"] += response.usage.prompt_tokens
+        usage["completion_tokens"] += response.usage.completion_tokens
+        return response
+
+    response = await ask(messages)
+    try:
+        return parse_label(response.text, _template_text(template)), raws, usage, shown
+    except ExplanationParseError:
+        retry = load_prompt("explain_retry").render_messages()
+        response = await ask([*messages, {"role": "assistant", "content": response.text}, *retry])
+    try:
+        return parse_label(response.text, _template_text(template)), raws, usage, shown
+    except ExplanationParseError:
+        return None, raws, usage, shown
+
+
+async def explain(
+    examples: FeatureExamples,
+    llm: LLM,
+    *,
+    prompt: str = "highlight",
+    k: int = 1,
+    temperature: float | None = None,
+) -> list[Explanation]:
+    """Up to k distinct candidate labels (k=1: greedy; k>1: sampled, each over a reshuffled train split).
+
+    Raises ExplanationParseError (with every raw output) when no candidate gives a usable label.
+    """
+    if k < 1:
+        raise AutointerpError("k must be at least 1")
+    temp = temperature if temperature is not None else (0.0 if k == 1 else DEFAULT_SAMPLED_TEMPERATURE)
+    results = await asyncio.gather(*(_candidate(examples, llm, prompt, i, temp) for i in range(k)))
+    template = load_prompt(_style(prompt).template)
+    labels = [label for label, *_ in results]
+    all_raw = [raw for _, raws, *_ in results for raw in raws]
+    if not any(labels):
+        raise ExplanationParseError(
+            f"feature {examples.feature}: the explainer gave no usable label in {len(all_raw)} outputs", raw=all_raw
+        )
+    seen: set[str] = set()
+    out = []
+    for i, (label, raws, usage, shown) in enumerate(results):
+        if label is None or label.lower() in seen:
+            continue
+        seen.add(label.lower())
+        details = {
+            "k": k,
+            "candidate": i,
+            "candidate_labels": labels,
+            "raw_outputs": raws,
+            "n_unparsed_candidates": labels.count(None),
+            "usage": usage,
+            "temperature": temp,
+            "train_context_ids": shown,
+        }
+        out.append(
+            Explanation(
+                source=examples.source,
+                feature=examples.feature,
+                label=label,
+                author="llm",
+                explainer_model=llm.name,
+                prompt_name=template.name,
+                prompt_hash=template.sha256,
+                details=details,
+            )
+        )
+    return out
+
+
+async def best_of_k(
+    examples: FeatureExamples,
+    llm: LLM,
+    *,
+    prompt: str = "highlight",
+    k: int = 3,
+    temperature: float | None = None,
+    selector: Scorer | None = None,
+) -> Explanation:
+    """The candidate that scores best on the VALID split with a cheap scorer (default: embedding, no LLM)."""
+    from autointerp.scoring import make_scorer
+
+    candidates = await explain(examples, llm, prompt=prompt, k=k, temperature=temperature)
+    if len(candidates) == 1:
+        candidates[0].details["selection"] = {"split": "valid", "note": "only one usable candidate"}
+        return candidates[0]
+    selector = selector or make_scorer("embedding", None)
+    values: list[float | None] = []
+    for cand in candidates:
+        scores = await selector.score(cand, examples, split="valid")
+        headline = next((s for s in scores if s.subset == "all"), scores[0])
+        values.append(headline.value)
+        metric = headline.metric
+    best = max(range(len(candidates)), key=lambda i: -math.inf if values[i] is None else values[i])
+    chosen = candidates[best]
+    chosen.details["selection"] = {
+        "scorer": selector.name,
+        "metric": metric,
+        "split": "valid",
+        "labels": [c.label for c in candidates],
+        "values": values,
+    }
+    return chosen
+
+
+def _token_key(token: str) -> str:
+    return render.token_text(token).strip().lower()
+
+
+def explain_baseline(examples: FeatureExamples, n_tokens: int = 3) -> Explanation:
+    """No LLM: the tokens most over-represented where the feature fires (train split) versus everywhere else.
+
+    Smoothed log-odds of a token at activating positions against inactive positions and train negatives.
+    """
+    active: Counter[str] = Counter()
+    background: Counter[str] = Counter()
+    for e in examples.train.positives:
+        for tok, act in zip(e.tokens, e.activations):
+            (active if act > 0 else background)[_token_key(tok)] += 1
+    for e in [*examples.train.random_negatives, *examples.train.hard_negatives]:
+        background.update(_token_key(t) for t in e.tokens)
+    active.pop("", None)
+    if not active:
+        raise AutointerpError(f"feature {examples.feature} has no activating tokens in its train split")
+    vocab = len(set(active) | set(background))
+    n_act, n_bg = sum(active.values()), sum(background.values())
+    alpha = 0.5
+
+    def log_odds(tok: str) -> float:
+        p_act = (active[tok] + alpha) / (n_act + alpha * vocab)
+        p_bg = (background[tok] + alpha) / (n_bg + alpha * vocab)
+        return math.log(p_act / p_bg)
+
+    ranked = sorted(active, key=lambda t: (-log_odds(t), -active[t], t))
+    top = [t for t in ranked if log_odds(t) > 0][:n_tokens] or ranked[:1]
+    return Explanation(
+        source=examples.source,
+        feature=examples.feature,
+        label=", ".join(top),
+        author="baseline",
+        details={"method": "token log-odds, train split", "tokens": {t: round(log_odds(t), 3) for t in top}},
+    )

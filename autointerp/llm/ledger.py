@@ -1,0 +1,155 @@
+"""The call ledger: every call lands in `llm_calls`, and identical requests are answered from it.
+
+Writes are batched and flushed in short `store.writing()` transactions (every `flush_rows` calls or
+`flush_seconds`, and on close), so that no write connection is held for the whole job. Cache reads that
+arrive in the same event-loop tick are fetched in one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import json
+import logging
+import time
+import weakref
+from typing import Any
+
+from autointerp.errors import AutointerpError
+from autointerp.llm.base import Usage
+from autointerp.llm.prices import PriceTable
+from autointerp.store.db import Store
+from autointerp.store.llm_calls import LLMCall, answer_counts, insert_calls, spend, stored_answers
+
+log = logging.getLogger(__name__)
+
+Answer = tuple[dict[str, Any], int, int]  # response body, prompt tokens, completion tokens
+
+_LIVE: "weakref.WeakSet[Ledger]" = weakref.WeakSet()
+
+
+def cache_key(provider: str, model: str, endpoint_host: str | None, endpoint: str, request: dict[str, Any]) -> str:
+    payload = json.dumps(
+        {"provider": provider, "model": model, "host": endpoint_host, "endpoint": endpoint, "request": request},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Ledger:
+    """One model's view of the ledger. With store=None nothing is recorded and nothing is cached."""
+
+    def __init__(
+        self,
+        store: Store | None,
+        *,
+        provider: str,
+        model: str,
+        endpoint_host: str | None,
+        flush_rows: int = 64,
+        flush_seconds: float = 2.0,
+    ):
+        self.store = store
+        self.provider = provider
+        self.model = model
+        self.endpoint_host = endpoint_host
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._pending: list[LLMCall] = []
+        self._fresh: dict[str, list[Answer]] = {}  # answers made here and not yet flushed
+        self._stored: dict[str, int] | None = None  # cache key -> answers in the file
+        self._wanted: list[tuple[tuple[str, int], asyncio.Future]] = []
+        self._last_flush = time.monotonic()
+        _LIVE.add(self)
+
+    def key(self, endpoint: str, request: dict[str, Any]) -> str:
+        return cache_key(self.provider, self.model, self.endpoint_host, endpoint, request)
+
+    def _stored_counts(self) -> dict[str, int]:
+        if self._stored is None:
+            with self.store.reading() as con:
+                self._stored = answer_counts(con, self.provider, self.model)
+        return self._stored
+
+    async def answer(self, key: str, occurrence: int) -> Answer | None:
+        """The `occurrence`-th earlier answer to this exact request (0-based, oldest first), or None."""
+        if self.store is None:
+            return None
+        stored = self._stored_counts().get(key, 0)
+        if occurrence < stored:
+            return await self._fetch(key, occurrence)
+        fresh = self._fresh.get(key, [])
+        return fresh[occurrence - stored] if occurrence - stored < len(fresh) else None
+
+    async def _fetch(self, key: str, occurrence: int) -> Answer | None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._wanted.append(((key, occurrence), future))
+        if len(self._wanted) == 1:
+            loop.call_soon(self._fetch_wanted)
+        return await future
+
+    def _fetch_wanted(self) -> None:
+        wanted, self._wanted = self._wanted, []
+        try:
+            with self.store.reading() as con:
+                found = stored_answers(con, [slot for slot, _ in wanted])
+        except Exception as exc:  # handed to every waiting call
+            for _, future in wanted:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for slot, future in wanted:
+            if not future.done():
+                future.set_result(found.get(slot))
+
+    def record(self, call: LLMCall) -> None:
+        if self.store is None:
+            return
+        self._pending.append(call)
+        if call.error is None and not call.cached and call.response is not None:
+            self._fresh.setdefault(call.cache_key, []).append((call.response, call.prompt_tokens, call.completion_tokens))
+        if len(self._pending) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            try:
+                self.flush()
+            except AutointerpError as exc:  # e.g. another process holds the file: keep the rows, try later
+                log.warning("LLM ledger flush postponed: %s", exc)
+
+    def flush(self) -> None:
+        """Write pending rows in one short transaction."""
+        self._last_flush = time.monotonic()
+        if self.store is None or not self._pending:
+            return
+        stored = self._stored_counts()
+        with self.store.writing() as con:
+            insert_calls(con, self._pending)
+        self._pending = []
+        for key, answers in self._fresh.items():
+            stored[key] = stored.get(key, 0) + len(answers)
+        self._fresh = {}
+
+
+@atexit.register
+def _flush_all() -> None:
+    for ledger in list(_LIVE):
+        try:
+            ledger.flush()
+        except Exception as exc:  # at exit there is nobody left to raise to
+            log.warning("LLM ledger rows lost at exit: %s", exc)
+
+
+def spend_summary(store: Store, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Spend by run, model and stage: calls, cached, errors, billed tokens, cost_usd, priced (False: no price known)."""
+    with store.reading() as con:
+        return spend(con, run_id)
+
+
+def reprice(rows: list[dict[str, Any]], prices: PriceTable) -> list[dict[str, Any]]:
+    """spend_summary rows with cost_usd and priced recomputed from their billed tokens under another price table."""
+    out = []
+    for row in rows:
+        usage = Usage(row["prompt_tokens"], row["completion_tokens"])
+        cost, priced = prices.cost(row["provider"], row["model_name"], usage)
+        out.append({**row, "cost_usd": cost, "priced": priced})
+    return out

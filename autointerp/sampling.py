@@ -1,0 +1,314 @@
+"""Choose a feature's examples and split them so that nothing shown to the explainer is used to score it.
+
+- train: the top-activating contexts plus quantile-stratified ones (strata = equal-count bins of the
+  feature's per-context max activation), and a few hard negatives for contrastive prompts;
+- valid (best-of-k selection) and test (reported scores): quantile-stratified positives, random negatives
+  (contexts where the feature never fires) and hard negatives (contexts holding the feature's most
+  characteristic tokens where it stays silent), kept apart.
+
+Splits are disjoint by context id and by near-duplicate text: two contexts whose normalised text, or whose
+window of `2 * WINDOW_HALF` tokens around the max-activating token, is the same never both appear (the
+first one in priority order is kept). Everything is deterministic for a (seed, feature).
+
+`sample` keeps, per Store and source, the source's tokens in memory (loaded on first use), so a job that
+samples thousands of features pays that load once. A source changed after that needs a new Store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from autointerp.config import SamplingConfig
+from autointerp.errors import AutointerpError
+from autointerp.records import Example, FeatureExamples, Split
+from autointerp.store import sampling_queries as q
+from autointerp.store.activations import SourceInfo, feature_stats, get_source
+from autointerp.store.db import Store
+
+WINDOW_HALF = 4
+POSITIVE_OVERSAMPLING = 3  # candidates fetched per positive wanted, to survive deduplication
+SPLITS = ("test", "valid", "train")  # the order splits are served in when examples are scarce
+
+
+class TooFewActivations(AutointerpError):
+    """The feature fires in too few distinct contexts to label and score it honestly."""
+
+    def __init__(self, source: str, feature: int, n_active: int, n_distinct: int, needed: int):
+        self.n_active, self.n_distinct, self.needed = n_active, n_distinct, needed
+        distinct = "" if n_distinct == n_active else f" ({n_distinct} with distinct text)"
+        super().__init__(
+            f"feature {feature} of source {source!r} fires in {n_active} contexts{distinct}; at least {needed} "
+            "are needed to label it: skip it, collect more tokens, or lower min_active_contexts"
+        )
+
+
+@dataclass
+class _Source:
+    info: SourceInfo
+    tokens: q.SourceTokens
+
+
+_SOURCES: "weakref.WeakKeyDictionary[Store, dict[str, _Source]]" = weakref.WeakKeyDictionary()
+
+
+def _load_source(store: Store, name: str) -> _Source:
+    cached = _SOURCES.setdefault(store, {})
+    if name not in cached:
+        info = get_source(store.con, name)
+        if info.status != "ready":
+            raise AutointerpError(
+                f"source {name!r} is not finalized (status {info.status!r}); finish or resume its collection first"
+            )
+        cached[name] = _Source(info, q.load_source_tokens(store.con, info.source_id))
+    return cached[name]
+
+
+def _normalised(tokens: list[str]) -> str:
+    return " ".join("".join(tokens).lower().split())
+
+
+class _Picker:
+    """Hands out contexts at most once and refuses near-duplicates of anything already handed out."""
+
+    def __init__(self, tokens: q.SourceTokens):
+        self.tokens = tokens
+        self.used_ids: set[int] = set()
+        self.keys: set[str] = set()
+
+    def take(self, context_id: int, max_pos: int | None = None) -> bool:
+        if context_id in self.used_ids:
+            return False
+        toks = self.tokens.tokens(int(self.tokens.rows(np.array([context_id]))[0]))
+        keys = {"t:" + _normalised(toks)}
+        if max_pos is not None:
+            keys.add("w:" + _normalised(toks[max(0, max_pos - WINDOW_HALF) : max_pos + WINDOW_HALF]))
+        if keys & self.keys:
+            return False
+        self.used_ids.add(context_id)
+        self.keys |= keys
+        return True
+
+
+def _apportion(wanted: dict[str, int], available: int) -> dict[str, int]:
+    """Shrink the wanted counts proportionally (largest remainder) so they sum to `available`; top keeps >= 1."""
+    total = sum(wanted.values())
+    quotas = {k: v * available / total for k, v in wanted.items()}
+    counts = {k: math.floor(x) for k, x in quotas.items()}
+    for k in sorted(quotas, key=lambda k: counts[k] - quotas[k])[: available - sum(counts.values())]:
+        counts[k] += 1
+    if counts["top"] == 0 and available > 0:
+        donor = max(counts, key=counts.get)
+        counts[donor] -= 1
+        counts["top"] += 1
+    return counts
+
+
+def _spread(count: int, n_strata: int) -> list[int]:
+    """count split over strata as evenly as possible, the remainder going to the highest strata."""
+    base, extra = divmod(count, n_strata)
+    return [base + (1 if s >= n_strata - extra else 0) for s in range(n_strata)]
+
+
+@dataclass
+class _Positives:
+    top: list[int]  # indices into the feature's active-context arrays
+    dealt: dict[str, list[tuple[int, int]]]  # split -> (index, stratum)
+    pool: list[int]  # every distinct candidate looked at (for characteristic tokens)
+    notes: list[str]
+
+
+def _choose_positives(
+    picker: _Picker, ids: np.ndarray, maxv: np.ndarray, maxpos: np.ndarray, cfg: SamplingConfig, rng, source: str, feature: int
+) -> _Positives:
+    n = len(ids)
+    n_strata = max(1, min(cfg.n_quantiles, n))
+    asc = np.lexsort((ids, maxv))
+    stratum = np.empty(n, dtype=np.int64)
+    stratum[asc] = (np.arange(n) * n_strata) // n
+    desc = asc[::-1]
+    wanted = {"top": cfg.n_train_top, "train": cfg.n_train_quantile, "valid": cfg.n_valid_positives, "test": cfg.n_test_positives}
+    total = sum(wanted.values())
+
+    def distinct(order) -> list[int]:
+        return [int(i) for i in order if picker.take(int(ids[i]), int(maxpos[i]))]
+
+    notes = []
+    if n <= POSITIVE_OVERSAMPLING * total:
+        unique = distinct(desc)
+        if len(unique) < cfg.min_active_contexts:
+            raise TooFewActivations(source, feature, n, len(unique), cfg.min_active_contexts)
+        counts = wanted if len(unique) >= total else _apportion(wanted, len(unique))
+        if counts is not wanted:
+            notes.append(
+                f"only {len(unique)} distinct active contexts (wanted {total}): "
+                + ", ".join(f"{k} {v}" for k, v in counts.items())
+            )
+        top = unique[: counts["top"]]
+        rest = [unique[i] for i in rng.permutation(len(unique) - len(top)) + len(top)]
+        strata = [[i for i in rest if stratum[i] == s] for s in range(n_strata)]
+        pool = unique
+    else:
+        counts = wanted
+        top_pool = desc[: POSITIVE_OVERSAMPLING * wanted["top"]]
+        top = distinct(top_pool)[: wanted["top"]]
+        in_top_pool = np.zeros(n, dtype=bool)
+        in_top_pool[top_pool] = True
+        per_stratum = max(_spread(wanted["train"] + wanted["valid"] + wanted["test"], n_strata))
+        strata = []
+        for s in range(n_strata):
+            members = np.flatnonzero((stratum == s) & ~in_top_pool)
+            size = min(len(members), POSITIVE_OVERSAMPLING * per_stratum + 5)
+            strata.append(distinct(rng.choice(members, size=size, replace=False)) if size else [])
+        pool = top + [i for s in strata for i in s]
+
+    dealt: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
+    next_in = [0] * n_strata
+    for split in SPLITS:
+        for s, need in enumerate(_spread(counts[split], n_strata)):
+            take = strata[s][next_in[s] : next_in[s] + need]
+            next_in[s] += len(take)
+            dealt[split] += [(i, s) for i in take]
+        for s in reversed(range(n_strata)):  # a short stratum is made up from the others, highest first
+            missing = counts[split] - len(dealt[split])
+            if missing <= 0:
+                break
+            take = strata[s][next_in[s] : next_in[s] + missing]
+            next_in[s] += len(take)
+            dealt[split] += [(i, s) for i in take]
+        if len(dealt[split]) < counts[split]:
+            notes.append(f"only {len(dealt[split])} of {counts[split]} {split} positives found")
+    return _Positives(top=top, dealt=dealt, pool=pool, notes=notes)
+
+
+def _characteristic_tokens(
+    tokens: q.SourceTokens, ids: np.ndarray, maxpos: np.ndarray, pool: list[int], k: int
+) -> list[str]:
+    """Tokens over-represented at the max-activating positions relative to their corpus frequency."""
+    if not pool or k <= 0:
+        return []
+    rows = tokens.rows(ids[pool])
+    at_max = tokens.codes[tokens.offsets[rows] + maxpos[pool]]
+    codes, counts = np.unique(at_max, return_counts=True)
+    share = counts / len(pool)
+    corpus = tokens.token_counts[codes] / max(tokens.n_tokens, 1)
+    lift = share / corpus
+    keep = (lift > 1) & (counts >= (2 if len(pool) >= 5 else 1))
+    score = np.where(keep, share * np.log(np.where(keep, lift, 1.0)), -np.inf)
+    order = np.lexsort((codes, -score))
+    return [tokens.vocab[codes[i]] for i in order[:k] if np.isfinite(score[i])]
+
+
+def _not_active(candidates: np.ndarray, active_sorted: np.ndarray) -> np.ndarray:
+    if len(active_sorted) == 0:
+        return candidates
+    at = np.minimum(np.searchsorted(active_sorted, candidates), len(active_sorted) - 1)
+    return candidates[active_sorted[at] != candidates]
+
+
+def _take_negatives(picker: _Picker, candidates, wanted: dict[str, int]) -> dict[str, list[int]]:
+    """Deal distinct candidates to splits in SPLITS order until each has what it wants."""
+    out: dict[str, list[int]] = {split: [] for split in wanted}
+    order = [split for split in SPLITS if split in wanted]
+    for context_id in candidates:
+        split = next((s for s in order if len(out[s]) < wanted[s]), None)
+        if split is None:
+            break
+        if picker.take(int(context_id)):
+            out[split].append(int(context_id))
+    return out
+
+
+def _random_negatives(picker: _Picker, tokens: q.SourceTokens, active: np.ndarray, wanted: dict[str, int], rng):
+    n_all, need = len(tokens.context_ids), sum(wanted.values())
+    if need == 0 or n_all == 0:
+        return {split: [] for split in wanted}
+    draw = rng.choice(n_all, size=min(n_all, 4 * need + 16), replace=False)
+    picked = _take_negatives(picker, _not_active(tokens.context_ids[draw], active), wanted)
+    if sum(map(len, picked.values())) < need:  # a feature firing almost everywhere: walk the full complement
+        rest = _not_active(tokens.context_ids, active)
+        more = _take_negatives(
+            picker, rest[rng.permutation(len(rest))], {s: wanted[s] - len(picked[s]) for s in wanted}
+        )
+        picked = {s: picked[s] + more[s] for s in wanted}
+    return picked
+
+
+def _hard_negatives(picker: _Picker, con, source_id: int, active: np.ndarray, tokens_wanted: list[str], wanted, rng):
+    postings = q.token_posting_contexts(con, source_id, tokens_wanted)
+    candidates = np.unique(np.array([c for t in tokens_wanted for c in postings.get(t, [])], dtype=np.int64))
+    candidates = _not_active(candidates, active)
+    return _take_negatives(picker, candidates[rng.permutation(len(candidates))], wanted)
+
+
+def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = SamplingConfig()) -> FeatureExamples:
+    """The feature's examples, split into train / valid / test (see the module docstring)."""
+    src = _load_source(store, source)
+    con, source_id, tokens = store.con, src.info.source_id, src.tokens
+    ids, maxv, maxpos = q.feature_context_maxes(con, source_id, feature)
+    if len(ids) == 0:
+        feature_stats(con, source_id, feature)  # raises the error that names the valid features
+        raise AutointerpError(f"feature {feature} of source {source!r} has statistics but no contexts; rerun finalize")
+    if len(ids) < cfg.min_active_contexts:
+        raise TooFewActivations(source, feature, len(ids), len(ids), cfg.min_active_contexts)
+
+    rng = np.random.default_rng([cfg.seed, feature])
+    picker = _Picker(tokens)
+    positives = _choose_positives(picker, ids, maxv, maxpos, cfg, rng, source, feature)
+    notes = list(positives.notes)
+    characteristic = _characteristic_tokens(tokens, ids, maxpos, positives.pool, cfg.n_characteristic_tokens)
+
+    random_wanted = {"test": cfg.n_test_random_negatives, "valid": cfg.n_valid_random_negatives}
+    randoms = _random_negatives(picker, tokens, ids, random_wanted, rng)
+    hard_wanted = {"test": cfg.n_test_hard_negatives, "valid": cfg.n_valid_hard_negatives, "train": cfg.n_train_hard_negatives}
+    hards = _hard_negatives(picker, con, source_id, ids, characteristic, hard_wanted, rng)
+    for kind, wanted, got in (("random", random_wanted, randoms), ("hard", hard_wanted, hards)):
+        found, asked = sum(map(len, got.values())), sum(wanted.values())
+        if found < asked:
+            why = f" (contexts holding {characteristic} where the feature is silent)" if kind == "hard" else ""
+            notes.append(f"only {found} of {asked} {kind} negatives found{why}")
+
+    positive_ids = [int(ids[i]) for i in positives.top] + [int(ids[i]) for d in positives.dealt.values() for i, _ in d]
+    act_ctx, act_pos, act_val = q.feature_activations(con, source_id, feature, positive_ids)
+
+    def example(context_id: int, kind: str, quantile: int | None = None) -> Example:
+        toks = tokens.tokens(int(tokens.rows(np.array([context_id]))[0]))
+        values = np.zeros(len(toks), dtype=np.float64)
+        mine = act_ctx == context_id
+        values[act_pos[mine]] = act_val[mine]
+        return Example(context_id=context_id, tokens=toks, activations=values.tolist(), kind=kind, quantile=quantile)
+
+    def positives_of(split: str) -> list[Example]:
+        dealt = sorted(positives.dealt[split], key=lambda x: (-x[1], int(ids[x[0]])))
+        return [example(int(ids[i]), "quantile", s) for i, s in dealt]
+
+    def negatives(got: dict[str, list[int]], split: str, kind: str) -> list[Example]:
+        return [example(c, kind) for c in got.get(split, [])]
+
+    return FeatureExamples(
+        source=source,
+        feature=feature,
+        max_activation=float(maxv.max()),
+        train=Split(
+            positives=[example(int(ids[i]), "top") for i in positives.top] + positives_of("train"),
+            hard_negatives=negatives(hards, "train", "hard_negative"),
+        ),
+        valid=Split(
+            positives=positives_of("valid"),
+            random_negatives=negatives(randoms, "valid", "random_negative"),
+            hard_negatives=negatives(hards, "valid", "hard_negative"),
+        ),
+        test=Split(
+            positives=positives_of("test"),
+            random_negatives=negatives(randoms, "test", "random_negative"),
+            hard_negatives=negatives(hards, "test", "hard_negative"),
+        ),
+        characteristic_tokens=characteristic,
+        sampling_config=dataclasses.asdict(cfg),
+        seed=cfg.seed,
+        notes=notes,
+    )

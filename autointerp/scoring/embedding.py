@@ -1,0 +1,87 @@
+"""Embedding scorer (no LLM): does the label sit closer, in MiniLM space, to activating windows than to others?"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from autointerp import render
+from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
+from autointerp.llm.base import LLM
+from autointerp.records import Explanation, FeatureExamples, Score
+from autointerp.scoring import metrics
+from autointerp.scoring.common import (
+    NEGATIVE_SUBSETS,
+    auroc_score,
+    group_of,
+    rng_for,
+    row_details,
+    scoring_split,
+    subset_mask,
+)
+
+
+class EmbeddingScorer:
+    """AUROC of cosine(label, ~13-token window) for positives against negatives: all, random, hard.
+
+    Windows centre on the max-activating token (positives), a characteristic token (hard negatives) or a
+    random place (random negatives); measured to carry the signal better than whole contexts. Window
+    embeddings are cached on the scorer, so scoring several candidate labels embeds the contexts once.
+    """
+
+    name = "embedding"
+
+    def __init__(
+        self,
+        llm: LLM | None = None,
+        *,
+        before: int = 6,
+        after: int = 6,
+        n_resamples: int = metrics.N_RESAMPLES,
+        seed: int = metrics.SEED,
+    ):
+        self.before, self.after = before, after
+        self.n_resamples, self.seed = n_resamples, seed
+        self._cache: dict[str, np.ndarray] = {}
+
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        missing = sorted({t for t in texts if t not in self._cache})
+        if missing:
+            vectors = await asyncio.to_thread(embed_texts, missing)
+            self._cache.update(zip(missing, vectors))
+        return np.stack([self._cache[t] for t in texts])
+
+    async def score(self, explanation: Explanation, examples: FeatureExamples, split: str = "test") -> list[Score]:
+        chosen = scoring_split(examples, split)
+        rng = rng_for(examples, split, self.seed, self.name)
+        contexts = chosen.all()
+        texts = []
+        for e in contexts:
+            tokens, _ = render.window(
+                e, render.window_center(e, examples.characteristic_tokens, rng), self.before, self.after
+            )
+            texts.append("".join(render.display_tokens(tokens)).strip())
+        label_vec = (await asyncio.to_thread(embed_texts, [explanation.label]))[0]
+        cosines = (await self._embed(texts)) @ label_vec
+        truth = np.array([int(e.is_positive) for e in contexts])
+        groups = [group_of(e) for e in contexts]
+        details = {"window": self.before + 1 + self.after, "embedding_model": EMBEDDING_MODEL}
+        scores = []
+        for subset in ("all", *NEGATIVE_SUBSETS):
+            mask = subset_mask(groups, subset)
+            scores.append(
+                auroc_score(
+                    self.name,
+                    truth,
+                    cosines.astype(float),
+                    mask,
+                    subset,
+                    split=split,
+                    scorer_model=EMBEDDING_MODEL,
+                    details=row_details(details, truth, mask, mask, subset, split),
+                    n_resamples=self.n_resamples,
+                    seed=self.seed,
+                )
+            )
+        return scores

@@ -1,0 +1,426 @@
+"""The activation store: sources, contexts, sparse activations and the per-feature statistics built from them.
+
+Writers append chunks (contexts + non-zero activations) into `activations_staging`; `finalize_source`
+moves them into `activations` sorted by (feature, context_id, pos), so DuckDB's zonemaps let a per-feature
+read touch only the few row groups that hold that feature, and builds the derived tables the sampler
+uses (`feature_context_max`, `feature_stats`, `token_stats`, `token_postings`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from autointerp.errors import AutointerpError
+
+N_QUANTILE_EDGES = 11  # deciles of the per-context max, 0.0 ... 1.0
+N_HIST_BINS = 20
+POSTINGS_PER_TOKEN = 256
+
+
+@dataclass
+class SourceInfo:
+    source_id: int
+    name: str
+    model: str | None
+    hookpoint: str | None
+    layer: int | None
+    feature_kind: str
+    width: int | None
+    context_len: int | None
+    config: dict
+    status: str
+
+
+@dataclass
+class FeatureStats:
+    source_id: int
+    feature: int
+    n_active_tokens: int
+    n_active_contexts: int
+    density: float  # active tokens / all tokens of the source
+    max_value: float
+    mean_value: float  # over active tokens
+    quantile_edges: list[float]  # per-context max activation at quantiles 0.0, 0.1, ..., 1.0
+    hist_edges: list[float]  # N_HIST_BINS + 1 edges from 0 to max_value over active token values
+    hist_counts: list[int]
+
+
+_SOURCE_COLUMNS = "source_id, name, model, hookpoint, layer, feature_kind, width, context_len, config, status"
+_STATS_COLUMNS = (
+    "source_id, feature, n_active_tokens, n_active_contexts, density, max_value, mean_value, "
+    "quantile_edges, hist_edges, hist_counts"
+)
+_STATS_ORDER = {"feature", "density", "max_value", "mean_value", "n_active_tokens", "n_active_contexts"}
+
+
+def _source_from_row(row: tuple) -> SourceInfo:
+    *head, config, status = row
+    return SourceInfo(*head, config=json.loads(config) if config else {}, status=status)
+
+
+def _canonical(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def create_source(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    *,
+    model: str | None,
+    hookpoint: str | None,
+    layer: int | None,
+    feature_kind: str,
+    width: int | None,
+    context_len: int | None,
+    config: dict,
+) -> SourceInfo:
+    """Create a source, or return the existing one of that name when it was made with the same settings (resume)."""
+    wanted = dict(
+        model=model, hookpoint=hookpoint, layer=layer, feature_kind=feature_kind, width=width, context_len=context_len
+    )
+    row = con.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE name = ?", [name]).fetchone()
+    if row is not None:
+        existing = _source_from_row(row)
+        have = {k: getattr(existing, k) for k in wanted}
+        if have != wanted or _canonical(existing.config) != _canonical(config):
+            raise AutointerpError(
+                f"a source named {name!r} already exists with different settings "
+                f"({have}, config {_canonical(existing.config)}); "
+                "choose another --source name, or rerun with the original settings to resume it"
+            )
+        return existing
+    row = con.execute(
+        f"""
+        INSERT INTO sources (name, model, hookpoint, layer, feature_kind, width, context_len, config)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        RETURNING {_SOURCE_COLUMNS}
+        """,
+        [name, model, hookpoint, layer, feature_kind, width, context_len, _canonical(config)],
+    ).fetchone()
+    return _source_from_row(row)
+
+
+def list_sources(con: duckdb.DuckDBPyConnection) -> list[SourceInfo]:
+    rows = con.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY source_id").fetchall()
+    return [_source_from_row(r) for r in rows]
+
+
+def get_source(con: duckdb.DuckDBPyConnection, name: str) -> SourceInfo:
+    row = con.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE name = ?", [name]).fetchone()
+    if row is None:
+        known = [s.name for s in list_sources(con)]
+        hint = f"known sources: {', '.join(known)}" if known else "the store has no sources yet: run `autointerp collect` or `autointerp import`"
+        raise AutointerpError(f"unknown source {name!r}; {hint}")
+    return _source_from_row(row)
+
+
+def _source_by_id(con: duckdb.DuckDBPyConnection, source_id: int) -> SourceInfo:
+    row = con.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE source_id = ?", [source_id]).fetchone()
+    if row is None:
+        raise AutointerpError(f"no source with id {source_id} in this store")
+    return _source_from_row(row)
+
+
+def collection_progress(con: duckdb.DuckDBPyConnection, source_id: int) -> tuple[int, int, dict | None]:
+    """(next chunk index, next context id, resume_state of the last stored chunk) for resuming a collection."""
+    row = con.execute(
+        """
+        SELECT chunk_index, resume_state FROM collection_chunks
+        WHERE source_id = ? ORDER BY chunk_index DESC LIMIT 1
+        """,
+        [source_id],
+    ).fetchone()
+    next_chunk, state = (0, None) if row is None else (row[0] + 1, json.loads(row[1]) if row[1] else None)
+    (max_context,) = con.execute("SELECT max(context_id) FROM contexts WHERE source_id = ?", [source_id]).fetchone()
+    return next_chunk, 0 if max_context is None else max_context + 1, state
+
+
+class _Registered:
+    """An Arrow table visible to SQL under a unique name for the duration of a `with` block."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, table: pa.Table):
+        self.con, self.table = con, table
+        self.name = f"_arrow_{uuid.uuid4().hex}"
+
+    def __enter__(self) -> str:
+        self.con.register(self.name, self.table)
+        return self.name
+
+    def __exit__(self, *exc) -> None:
+        self.con.unregister(self.name)
+
+
+def _require_columns(table: pa.Table, what: str, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise AutointerpError(f"{what} table lacks column(s) {missing}; it has {table.column_names}")
+
+
+def append_chunk(
+    con: duckdb.DuckDBPyConnection,
+    source_id: int,
+    chunk_index: int,
+    contexts: pa.Table,
+    activations: pa.Table,
+    n_tokens: int,
+    resume_state: dict,
+) -> None:
+    """Store one chunk: contexts, staged activations and the chunk's bookkeeping row.
+
+    contexts: context_id int64, token_ids list<int32> (nullable), tokens list<string>, document_id int64,
+    doc_offset int32. activations: feature int32, context_id int64, pos int16, value float32 (non-zeros).
+    Run it inside `store.writing()` so the chunk lands whole or not at all.
+    """
+    _require_columns(contexts, "contexts", ["context_id", "token_ids", "tokens", "document_id", "doc_offset"])
+    _require_columns(activations, "activations", ["feature", "context_id", "pos", "value"])
+    with _Registered(con, contexts) as ctx, _Registered(con, activations) as act:
+        con.execute(
+            f"""
+            INSERT INTO contexts (source_id, context_id, token_ids, tokens, document_id, doc_offset)
+            SELECT ?, context_id, token_ids, tokens, document_id, doc_offset FROM {ctx}
+            """,
+            [source_id],
+        )
+        con.execute(
+            f"""
+            INSERT INTO activations_staging (source_id, feature, context_id, pos, value)
+            SELECT ?, feature, context_id, pos, value FROM {act}
+            """,
+            [source_id],
+        )
+        (first_context,) = con.execute(f"SELECT min(context_id) FROM {ctx}").fetchone()
+    con.execute(
+        """
+        INSERT INTO collection_chunks
+            (source_id, chunk_index, first_context_id, n_contexts, n_tokens, n_activations, resume_state)
+        VALUES (?, ?, ?, ?, ?, ?, ?)
+        """,
+        [
+            source_id,
+            chunk_index,
+            first_context if first_context is not None else -1,
+            contexts.num_rows,
+            n_tokens,
+            activations.num_rows,
+            json.dumps(resume_state, default=str),
+        ],
+    )
+
+
+def finalize_source(con: duckdb.DuckDBPyConnection, source_id: int) -> None:
+    """Move staged rows into the sorted `activations` table, rebuild the derived tables, mark the source ready.
+
+    Idempotent; after more chunks it re-sorts the source's rows so they stay one ordered run.
+    Run it inside `store.writing()`.
+    """
+    (n_staged,) = con.execute("SELECT count(*) FROM activations_staging WHERE source_id = ?", [source_id]).fetchone()
+    (has_rows,) = con.execute(
+        "SELECT count(*) > 0 FROM (SELECT 1 FROM activations WHERE source_id = ? LIMIT 1)", [source_id]
+    ).fetchone()
+    if n_staged and not has_rows:
+        con.execute(
+            """
+            INSERT INTO activations
+            SELECT source_id, feature, context_id, pos, value FROM activations_staging
+            WHERE source_id = ? ORDER BY feature, context_id, pos
+            """,
+            [source_id],
+        )
+    elif n_staged:
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _merged AS
+            SELECT source_id, feature, context_id, pos, value FROM activations WHERE source_id = $1
+            UNION ALL
+            SELECT source_id, feature, context_id, pos, value FROM activations_staging WHERE source_id = $1
+            """,
+            [source_id],
+        )
+        con.execute("DELETE FROM activations WHERE source_id = ?", [source_id])
+        con.execute("INSERT INTO activations SELECT * FROM _merged ORDER BY feature, context_id, pos")
+        con.execute("DROP TABLE _merged")
+    con.execute("DELETE FROM activations_staging WHERE source_id = ?", [source_id])
+    _build_feature_context_max(con, source_id)
+    _build_token_tables(con, source_id)
+    _build_feature_stats(con, source_id)
+    con.execute("UPDATE sources SET status = 'ready' WHERE source_id = ?", [source_id])
+
+
+def _build_feature_context_max(con: duckdb.DuckDBPyConnection, source_id: int) -> None:
+    con.execute("DELETE FROM feature_context_max WHERE source_id = ?", [source_id])
+    # Ties on the max go to the first position, so the result does not depend on thread scheduling.
+    con.execute(
+        """
+        INSERT INTO feature_context_max
+        SELECT source_id, feature, context_id, max(value), arg_max(pos, (value, -pos)), count(*)
+        FROM activations WHERE source_id = ?
+        GROUP BY source_id, feature, context_id
+        ORDER BY feature, context_id
+        """,
+        [source_id],
+    )
+
+
+def _build_token_tables(con: duckdb.DuckDBPyConnection, source_id: int) -> None:
+    con.execute("DELETE FROM token_stats WHERE source_id = ?", [source_id])
+    con.execute("DELETE FROM token_postings WHERE source_id = ?", [source_id])
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _token_contexts AS
+        SELECT token, context_id, count(*) AS n
+        FROM (SELECT unnest(tokens) AS token, context_id FROM contexts WHERE source_id = ?)
+        GROUP BY token, context_id
+        """,
+        [source_id],
+    )
+    con.execute(
+        """
+        INSERT INTO token_stats
+        SELECT ?, token, sum(n), count(*) FROM _token_contexts GROUP BY token ORDER BY token
+        """,
+        [source_id],
+    )
+    # A capped, deterministic (hash-ordered) sample of the contexts holding each token.
+    con.execute(
+        f"""
+        INSERT INTO token_postings
+        SELECT ?, token, context_id FROM _token_contexts
+        QUALIFY row_number() OVER (PARTITION BY token ORDER BY hash(context_id), context_id) <= {POSTINGS_PER_TOKEN}
+        ORDER BY token, context_id
+        """,
+        [source_id],
+    )
+    con.execute("DROP TABLE _token_contexts")
+
+
+def source_token_count(con: duckdb.DuckDBPyConnection, source_id: int) -> int:
+    (n,) = con.execute("SELECT coalesce(sum(len(tokens)), 0) FROM contexts WHERE source_id = ?", [source_id]).fetchone()
+    return int(n)
+
+
+def _build_feature_stats(con: duckdb.DuckDBPyConnection, source_id: int) -> None:
+    con.execute("DELETE FROM feature_stats WHERE source_id = ?", [source_id])
+    total_tokens = max(source_token_count(con, source_id), 1)
+    quantiles = [i / (N_QUANTILE_EDGES - 1) for i in range(N_QUANTILE_EDGES)]
+    con.execute(
+        f"""
+        INSERT INTO feature_stats
+        WITH tok AS (
+            SELECT feature, count(*) AS n_tokens, max(value)::DOUBLE AS max_value, avg(value) AS mean_value
+            FROM activations WHERE source_id = $source GROUP BY feature
+        ),
+        bins AS (
+            SELECT a.feature,
+                   least(CAST(floor(a.value / nullif(t.max_value, 0) * {N_HIST_BINS}) AS INTEGER), {N_HIST_BINS - 1}) AS bin,
+                   count(*) AS n
+            FROM activations a JOIN tok t USING (feature)
+            WHERE a.source_id = $source
+            GROUP BY ALL
+        ),
+        hist AS (
+            SELECT feature, list(n ORDER BY bin) AS counts, list(bin ORDER BY bin) AS bin_ids FROM bins GROUP BY feature
+        ),
+        ctx AS (
+            SELECT feature, count(*) AS n_contexts, quantile_cont(max_value, {quantiles}) AS edges
+            FROM feature_context_max WHERE source_id = $source GROUP BY feature
+        )
+        SELECT $source, t.feature, t.n_tokens, c.n_contexts, t.n_tokens / $total, t.max_value, t.mean_value,
+               c.edges,
+               list_transform(range({N_HIST_BINS + 1}), lambda i: i * t.max_value / {N_HIST_BINS}),
+               list_transform(range({N_HIST_BINS}),
+                   lambda b: coalesce(h.counts[list_position(h.bin_ids, CAST(b AS INTEGER))], 0))
+        FROM tok t JOIN ctx c USING (feature) JOIN hist h USING (feature)
+        ORDER BY t.feature
+        """,
+        {"source": source_id, "total": float(total_tokens)},
+    )
+
+
+def _stats_from_row(row: tuple) -> FeatureStats:
+    return FeatureStats(
+        *row[:7],
+        quantile_edges=list(row[7] or []),
+        hist_edges=list(row[8] or []),
+        hist_counts=list(row[9] or []),
+    )
+
+
+def feature_stats(con: duckdb.DuckDBPyConnection, source_id: int, feature: int) -> FeatureStats:
+    row = con.execute(
+        f"SELECT {_STATS_COLUMNS} FROM feature_stats WHERE source_id = ? AND feature = ?", [source_id, feature]
+    ).fetchone()
+    if row is None:
+        raise AutointerpError(_unknown_feature_message(con, source_id, feature))
+    return _stats_from_row(row)
+
+
+def _unknown_feature_message(con: duckdb.DuckDBPyConnection, source_id: int, feature: int) -> str:
+    source = _source_by_id(con, source_id)
+    n, lo, hi = con.execute(
+        "SELECT count(*), min(feature), max(feature) FROM feature_stats WHERE source_id = ?", [source_id]
+    ).fetchone()
+    if n == 0:
+        state = "has not been finalized" if source.status != "ready" else "has no activations"
+        return f"source {source.name!r} {state}; no feature statistics exist yet"
+    width = f" (width {source.width})" if source.width else ""
+    return (
+        f"feature {feature} has no activations in source {source.name!r}{width}; "
+        f"{n} features fire, numbered {lo}..{hi}: see `autointerp features --source {source.name}`"
+    )
+
+
+def list_feature_stats(
+    con: duckdb.DuckDBPyConnection,
+    source_id: int,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    order_by: str = "feature",
+) -> list[FeatureStats]:
+    """Stats of the features that fire; order_by is a column name, '-' in front for descending."""
+    column = order_by.lstrip("-")
+    if column not in _STATS_ORDER:
+        raise AutointerpError(f"cannot order features by {order_by!r}; choose one of {sorted(_STATS_ORDER)} (prefix - for descending)")
+    direction = "DESC" if order_by.startswith("-") else "ASC"
+    rows = con.execute(
+        f"""
+        SELECT {_STATS_COLUMNS} FROM feature_stats WHERE source_id = ?
+        ORDER BY {column} {direction}, feature LIMIT ? OFFSET ?
+        """,
+        [source_id, limit, offset],
+    ).fetchall()
+    return [_stats_from_row(r) for r in rows]
+
+
+def select_features(
+    con: duckdb.DuckDBPyConnection, source_id: int, n: int, seed: int, min_active_contexts: int
+) -> list[int]:
+    """n features active in >= min_active_contexts contexts, one from each of n equal-size density strata.
+
+    Deterministic for a seed; returns fewer (all eligible ones) when fewer exist. Sorted by feature.
+    """
+    rows = con.execute(
+        """
+        SELECT feature FROM feature_stats
+        WHERE source_id = ? AND n_active_contexts >= ?
+        ORDER BY density, feature
+        """,
+        [source_id, min_active_contexts],
+    ).fetchall()
+    eligible = [r[0] for r in rows]
+    if n <= 0 or not eligible:
+        return []
+    if n >= len(eligible):
+        return sorted(eligible)
+    rng = random.Random(seed)
+    chosen = []
+    for i in range(n):
+        lo, hi = (i * len(eligible)) // n, ((i + 1) * len(eligible)) // n
+        chosen.append(eligible[rng.randrange(lo, hi)])
+    return sorted(chosen)

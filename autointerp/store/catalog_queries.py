@@ -1,0 +1,476 @@
+"""All SQL of the feature catalog: label write-back, label history, reviews, search and exchange reads.
+
+Every value a user supplies (query text, filters, labels) is passed as a bound parameter, never spliced
+into SQL text. The only identifiers spliced in are fixed names chosen by this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import duckdb
+
+from autointerp.errors import AutointerpError
+from autointerp.embeddings import EMBEDDING_DIM
+from autointerp.records import Explanation, Score
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def insert_explanation(
+    con: duckdb.DuckDBPyConnection,
+    source_id: int,
+    explanation: Explanation,
+    *,
+    sampling_config: dict | None,
+    seed: int | None,
+    run_id: str | None,
+    config_hash: str | None,
+) -> int:
+    row = con.execute(
+        """
+        INSERT INTO explanations (source_id, feature, label, author, explainer_model, prompt_name, prompt_hash,
+                                  sampling_config, seed, run_id, config_hash, details)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        RETURNING explanation_id
+        """,
+        [
+            source_id,
+            explanation.feature,
+            explanation.label,
+            explanation.author,
+            explanation.explainer_model,
+            explanation.prompt_name,
+            explanation.prompt_hash,
+            _json(sampling_config),
+            seed,
+            run_id,
+            config_hash,
+            _json(explanation.details or None),
+        ],
+    ).fetchone()
+    return int(row[0])
+
+
+def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: Sequence[Score], run_id: str | None) -> None:
+    if not scores:
+        return
+    con.executemany(
+        """
+        INSERT INTO scores (explanation_id, scorer, metric, subset, split, value, ci_low, ci_high, n,
+                            scorer_model, details, run_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """,
+        [
+            [
+                explanation_id,
+                s.scorer,
+                s.metric,
+                s.subset,
+                s.split,
+                s.value,
+                s.ci_low,
+                s.ci_high,
+                s.n,
+                s.scorer_model,
+                _json(s.details or None),
+                run_id,
+            ]
+            for s in scores
+        ],
+    )
+
+
+def insert_label_embedding(con: duckdb.DuckDBPyConnection, explanation_id: int, model: str, vector: Sequence[float]) -> None:
+    con.execute(
+        f"INSERT OR REPLACE INTO label_embeddings (explanation_id, model, vector) VALUES (?, ?, ?::FLOAT[{EMBEDDING_DIM}])",
+        [explanation_id, model, [float(x) for x in vector]],
+    )
+
+
+# ---- reviews ---------------------------------------------------------------------------------------
+
+# The latest review of each explanation decides its review state.
+_LATEST_REVIEW = """
+    SELECT explanation_id, arg_max(verdict, review_id) AS verdict, max(created_at) AS reviewed_at,
+           max(review_id) FILTER (WHERE verdict = 'accept') AS accept_id
+    FROM reviews GROUP BY explanation_id
+"""
+
+_REVIEW_STATE = """
+    CASE r.verdict WHEN 'accept' THEN 'accepted' WHEN 'reject' THEN 'rejected' WHEN 'edit' THEN 'edited'
+                   ELSE 'unreviewed' END
+"""
+
+
+def insert_review(
+    con: duckdb.DuckDBPyConnection, explanation_id: int, verdict: str, edited_label: str | None, note: str | None
+) -> tuple[int, Any]:
+    row = con.execute(
+        """
+        INSERT INTO reviews (explanation_id, verdict, edited_label, note) VALUES (?, ?, ?, ?)
+        RETURNING review_id, created_at
+        """,
+        [explanation_id, verdict, edited_label, note],
+    ).fetchone()
+    return int(row[0]), row[1]
+
+
+def reviews_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
+    """(review_id, explanation_id, verdict, edited_label, note, created_at), oldest first."""
+    return con.execute(
+        """
+        SELECT review_id, explanation_id, verdict, edited_label, note, created_at FROM reviews
+        WHERE explanation_id IN (SELECT unnest(?::BIGINT[])) ORDER BY review_id
+        """,
+        [list(explanation_ids)],
+    ).fetchall()
+
+
+# ---- explanations, scores, labels ----------------------------------------------------------------------
+
+EXPLANATION_FIELDS = (
+    "explanation_id", "source", "feature", "label", "author", "explainer_model", "prompt_name", "prompt_hash",
+    "sampling_config", "seed", "run_id", "config_hash", "details", "created_at", "review_state",
+)
+_EXPLANATION_SELECT = f"""
+    SELECT e.explanation_id, s.name, e.feature, e.label, e.author, e.explainer_model, e.prompt_name, e.prompt_hash,
+           e.sampling_config, e.seed, e.run_id, e.config_hash, e.details, e.created_at, {_REVIEW_STATE}
+    FROM explanations e JOIN sources s USING (source_id)
+    LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
+"""
+
+
+def explanation_rows(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
+    """Rows in EXPLANATION_FIELDS order (JSON columns as text)."""
+    return con.execute(
+        f"{_EXPLANATION_SELECT} WHERE e.explanation_id IN (SELECT unnest(?::BIGINT[])) ORDER BY e.explanation_id",
+        [list(explanation_ids)],
+    ).fetchall()
+
+
+def feature_explanation_rows(con: duckdb.DuckDBPyConnection, source_id: int, feature: int) -> list[tuple]:
+    """The feature's whole label history, newest first."""
+    return con.execute(
+        f"{_EXPLANATION_SELECT} WHERE e.source_id = ? AND e.feature = ? ORDER BY e.explanation_id DESC",
+        [source_id, feature],
+    ).fetchall()
+
+
+SCORE_FIELDS = ("explanation_id", "scorer", "metric", "subset", "split", "value", "ci_low", "ci_high", "n",
+                "scorer_model", "details", "run_id")
+
+
+def scores_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
+    """Score rows in SCORE_FIELDS order."""
+    return con.execute(
+        f"""
+        SELECT {', '.join(SCORE_FIELDS)} FROM scores
+        WHERE explanation_id IN (SELECT unnest(?::BIGINT[])) ORDER BY explanation_id, scorer, metric, subset, score_id
+        """,
+        [list(explanation_ids)],
+    ).fetchall()
+
+
+def scorer_metrics(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(scorer, metric) pairs present on the test split, subset "all"."""
+    return con.execute(
+        "SELECT DISTINCT scorer, metric FROM scores WHERE subset = 'all' AND split = 'test' ORDER BY scorer, metric"
+    ).fetchall()
+
+
+def best_explanation_ids(
+    con: duckdb.DuckDBPyConnection,
+    scorer: str | None,
+    metric: str | None,
+    *,
+    source_id: int | None = None,
+    feature: int | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[tuple[int, int, int]]:
+    """(source_id, feature, explanation_id) of each feature's best label; see `autointerp.catalog` for the rule."""
+    return con.execute(
+        f"""
+        WITH sc AS (
+            SELECT explanation_id, arg_max(value, score_id) AS value FROM scores
+            WHERE scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
+            GROUP BY explanation_id
+        )
+        SELECT e.source_id, e.feature, e.explanation_id
+        FROM explanations e
+        LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
+        LEFT JOIN sc USING (explanation_id)
+        WHERE ($source IS NULL OR e.source_id = $source) AND ($feature IS NULL OR e.feature = $feature)
+        QUALIFY row_number() OVER (
+            PARTITION BY e.source_id, e.feature
+            ORDER BY (r.verdict = 'accept') DESC NULLS LAST, r.accept_id DESC NULLS LAST,
+                     (r.verdict IN ('reject', 'edit')) ASC NULLS FIRST,
+                     sc.value DESC NULLS LAST, e.explanation_id DESC
+        ) = 1
+        ORDER BY e.source_id, e.feature
+        LIMIT $limit OFFSET $offset
+        """,
+        {"scorer": scorer, "metric": metric, "source": source_id, "feature": feature, "limit": limit, "offset": offset},
+    ).fetchall()
+
+
+# ---- features, contexts, runs ------------------------------------------------------------------------
+
+
+def top_contexts(con: duckdb.DuckDBPyConnection, source_id: int, feature: int, n: int) -> list[tuple[int, float]]:
+    return con.execute(
+        """
+        SELECT context_id, max_value FROM feature_context_max WHERE source_id = ? AND feature = ?
+        ORDER BY max_value DESC, context_id LIMIT ?
+        """,
+        [source_id, feature, n],
+    ).fetchall()
+
+
+def quantile_contexts(
+    con: duckdb.DuckDBPyConnection, source_id: int, feature: int, n_bands: int, per_band: int
+) -> list[tuple[int, float, int]]:
+    """(context_id, max_value, band): a deterministic few contexts from each of n equal-count activation bands."""
+    return con.execute(
+        """
+        SELECT context_id, max_value, band FROM (
+            SELECT context_id, max_value, ntile($bands) OVER (ORDER BY max_value, context_id) AS band
+            FROM feature_context_max WHERE source_id = $source AND feature = $feature
+        )
+        QUALIFY row_number() OVER (PARTITION BY band ORDER BY hash(context_id), context_id) <= $per_band
+        ORDER BY band DESC, max_value DESC
+        """,
+        {"bands": n_bands, "source": source_id, "feature": feature, "per_band": per_band},
+    ).fetchall()
+
+
+def random_contexts(con: duckdb.DuckDBPyConnection, source_id: int, feature: int, n: int, seed: int) -> list[tuple[int, float]]:
+    """A deterministic pseudo-random few of the source's contexts, with the feature's max there (0.0 if silent)."""
+    return con.execute(
+        """
+        SELECT c.context_id, coalesce(m.max_value, 0.0) FROM (
+            SELECT context_id FROM contexts WHERE source_id = $source
+            ORDER BY hash(context_id + $seed), context_id LIMIT $n
+        ) c
+        LEFT JOIN feature_context_max m
+          ON m.source_id = $source AND m.feature = $feature AND m.context_id = c.context_id
+        """,
+        {"source": source_id, "feature": feature, "n": n, "seed": seed},
+    ).fetchall()
+
+
+def context_tokens(con: duckdb.DuckDBPyConnection, source_id: int, context_ids: Sequence[int]) -> dict[int, list[str]]:
+    rows = con.execute(
+        "SELECT context_id, tokens FROM contexts WHERE source_id = ? AND context_id IN (SELECT unnest(?::BIGINT[]))",
+        [source_id, list(context_ids)],
+    ).fetchall()
+    return {int(c): list(t) for c, t in rows}
+
+
+def context_activations(
+    con: duckdb.DuckDBPyConnection, source_id: int, feature: int, context_ids: Sequence[int]
+) -> list[tuple[int, int, float]]:
+    return con.execute(
+        """
+        SELECT context_id, pos, value FROM activations
+        WHERE source_id = ? AND feature = ? AND context_id IN (SELECT unnest(?::BIGINT[]))
+        """,
+        [source_id, feature, list(context_ids)],
+    ).fetchall()
+
+
+def run_explanation_count(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    return int(con.execute("SELECT count(*) FROM explanations WHERE run_id = ?", [run_id]).fetchone()[0])
+
+
+def run_features(con: duckdb.DuckDBPyConnection, run_id: str, limit: int) -> list[tuple[str, int, int, str]]:
+    """(source, feature, explanation_id, label) written by a run, newest first."""
+    return con.execute(
+        """
+        SELECT s.name, e.feature, e.explanation_id, e.label FROM explanations e JOIN sources s USING (source_id)
+        WHERE e.run_id = ? ORDER BY e.explanation_id DESC LIMIT ?
+        """,
+        [run_id, limit],
+    ).fetchall()
+
+
+# ---- search ------------------------------------------------------------------------------------------
+
+
+def labels_version(con: duckdb.DuckDBPyConnection, model: str) -> tuple[int, int, int]:
+    """(number of labels, highest explanation id, number of label embeddings of `model`): changes whenever
+    labels are added (explanations are append-only; an edit adds a new one)."""
+    n, top = con.execute("SELECT count(*), coalesce(max(explanation_id), 0) FROM explanations").fetchone()
+    (n_vectors,) = con.execute("SELECT count(*) FROM label_embeddings WHERE model = ?", [model]).fetchone()
+    return int(n), int(top), int(n_vectors)
+
+
+def label_texts(con: duckdb.DuckDBPyConnection):
+    """An Arrow table of (explanation_id, label) for every label."""
+    return con.execute("SELECT explanation_id, label FROM explanations ORDER BY explanation_id").fetch_arrow_table()
+
+
+def label_vector_batches(con: duckdb.DuckDBPyConnection, model: str, batch_rows: int):
+    """Arrow record batches of (explanation_id, vector) for every label embedded with `model`."""
+    return con.execute(
+        "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? ORDER BY explanation_id", [model]
+    ).fetch_record_batch(batch_rows)
+
+
+def filter_candidates(
+    con: duckdb.DuckDBPyConnection,
+    explanation_ids: Sequence[int] | None,
+    scores: Sequence[float] | None,
+    *,
+    source: str | None,
+    model: str | None,
+    layer: int | None,
+    min_score: tuple[str, str, float] | None,
+    density_min: float | None,
+    density_max: float | None,
+    review_state: str | None,
+    limit: int,
+    offset: int,
+) -> list[tuple]:
+    """Rank candidates by score, keep those passing every filter, one per feature (its best-ranked label), then
+    page: filtering happens before LIMIT/OFFSET, so a page is short only when candidates run out.
+
+    With `explanation_ids=None` every label is a candidate (score NULL), listed by source and feature.
+    Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
+    scorer, metric, threshold = min_score if min_score else (None, None, None)
+    if explanation_ids is None:
+        cand = "SELECT explanation_id, NULL::DOUBLE AS score FROM explanations"
+        order = "s.name, e.feature, e.explanation_id DESC"
+        params: dict[str, Any] = {}
+    else:
+        cand = "SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score"
+        order = "c.score DESC, c.explanation_id"
+        params = {"ids": [int(i) for i in explanation_ids], "scores": [float(x) for x in scores]}
+    return con.execute(
+        f"""
+        WITH cand AS ({cand})
+        SELECT c.explanation_id, c.score, s.name, e.feature, e.label, e.author, {_REVIEW_STATE} AS review_state,
+               fs.density, s.model, s.layer
+        FROM cand c
+        JOIN explanations e USING (explanation_id)
+        JOIN sources s ON s.source_id = e.source_id
+        LEFT JOIN feature_stats fs ON fs.source_id = e.source_id AND fs.feature = e.feature
+        LEFT JOIN ({_LATEST_REVIEW}) r ON r.explanation_id = c.explanation_id
+        WHERE ($source IS NULL OR s.name = $source)
+          AND ($model IS NULL OR s.model = $model)
+          AND ($layer IS NULL OR s.layer = $layer)
+          AND ($density_min IS NULL OR fs.density >= $density_min)
+          AND ($density_max IS NULL OR fs.density <= $density_max)
+          AND ($review IS NULL OR {_REVIEW_STATE} = $review)
+          AND ($scorer IS NULL OR EXISTS (
+                SELECT 1 FROM scores sc
+                WHERE sc.explanation_id = c.explanation_id AND sc.scorer = $scorer AND sc.metric = $metric
+                  AND sc.subset = 'all' AND sc.split = 'test' AND sc.value >= $threshold))
+        QUALIFY row_number() OVER (PARTITION BY e.source_id, e.feature ORDER BY {order}) = 1
+        ORDER BY {order}
+        LIMIT $limit OFFSET $offset
+        """,
+        {
+            **params,
+            "source": source,
+            "model": model,
+            "layer": layer,
+            "density_min": density_min,
+            "density_max": density_max,
+            "review": review_state,
+            "scorer": scorer,
+            "metric": metric,
+            "threshold": threshold,
+            "limit": limit,
+            "offset": offset,
+        },
+    ).fetchall()
+
+
+# ---- the full-text index (DuckDB's fts extension, in an in-memory database) ------------------------------
+
+# Letters and digits of any script are words; everything else separates them (the default drops digits).
+FTS_IGNORE = r"(\.|[^\p{L}\p{N}])+"
+FTS_TABLE = "labels"
+
+
+def fts_extension_path() -> Path:
+    """The fts extension shipped in the `duckdb-extension-fts` wheel (`INSTALL fts` would download it)."""
+    spec = importlib.util.find_spec("duckdb_extension_fts")
+    if spec is None or not spec.submodule_search_locations:
+        raise AutointerpError(
+            f"keyword search needs the DuckDB fts extension: run `pip install duckdb-extension-fts=={duckdb.__version__}`"
+        )
+    root = Path(list(spec.submodule_search_locations)[0])
+    path = root / "extensions" / f"v{duckdb.__version__}" / "fts.duckdb_extension"
+    if not path.exists():
+        found = sorted(p.parent.name for p in root.glob("extensions/*/fts.duckdb_extension"))
+        raise AutointerpError(
+            f"the installed fts extension is built for DuckDB {found}, not {duckdb.__version__}: "
+            f"run `pip install duckdb=={duckdb.__version__} duckdb-extension-fts=={duckdb.__version__}`"
+        )
+    return path
+
+
+def open_fts_database() -> duckdb.DuckDBPyConnection:
+    """A private in-memory database with the fts extension loaded."""
+    con = duckdb.connect(":memory:")
+    con.execute(f"LOAD {_sql_string(str(fts_extension_path()))}")
+    return con
+
+
+def _sql_string(text: str) -> str:
+    """A SQL string literal, for the one statement that takes no parameters (LOAD of a file we located)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def build_fts_index(fts: duckdb.DuckDBPyConnection, labels) -> None:
+    """(Re)build the BM25 index over an Arrow table of (explanation_id, label)."""
+    fts.register("_incoming_labels", labels)
+    try:
+        fts.execute(f"CREATE OR REPLACE TABLE {FTS_TABLE} AS SELECT explanation_id, label FROM _incoming_labels")
+    finally:
+        fts.unregister("_incoming_labels")
+    fts.execute(
+        f"PRAGMA create_fts_index('{FTS_TABLE}', 'explanation_id', 'label', stemmer = 'porter', "
+        f"stopwords = 'english', ignore = {_sql_string(FTS_IGNORE)}, strip_accents = 1, lower = 1, overwrite = 1)"
+    )
+
+
+def fts_postings(fts: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """The index as arrays: per (doc, term) pair its docid, termid and term frequency; per doc its name
+    (explanation id) and length; per term its text and document frequency; collection stats."""
+    schema = f"fts_main_{FTS_TABLE}"
+    pairs = fts.execute(
+        f"SELECT docid, termid, count(*)::INTEGER AS tf FROM {schema}.terms GROUP BY docid, termid"
+    ).fetchnumpy()
+    docs = fts.execute(f"SELECT docid, name::BIGINT AS name, len FROM {schema}.docs ORDER BY docid").fetchnumpy()
+    terms = fts.execute(f"SELECT termid, term, df FROM {schema}.dict ORDER BY termid").fetchnumpy()
+    n_docs, avgdl = fts.execute(f"SELECT num_docs, avgdl FROM {schema}.stats").fetchone()
+    return {"pairs": pairs, "docs": docs, "terms": terms, "n_docs": int(n_docs), "avgdl": float(avgdl or 0.0)}
+
+
+def fts_query_terms(fts: duckdb.DuckDBPyConnection, query: str) -> list[str]:
+    """The query tokenized and stemmed exactly as the index tokenized the labels."""
+    rows = fts.execute(
+        f"SELECT DISTINCT stem(unnest(fts_main_{FTS_TABLE}.tokenize(?)), 'porter') AS t", [query]
+    ).fetchall()
+    return [r[0] for r in rows if r[0]]
+
+
+def fts_match_bm25(fts: duckdb.DuckDBPyConnection, query: str, limit: int) -> list[tuple[int, float]]:
+    """DuckDB's own BM25 ranking (match_bm25): the reference the in-process scorer is checked against."""
+    return fts.execute(
+        f"""
+        SELECT explanation_id, score FROM (
+            SELECT explanation_id, fts_main_{FTS_TABLE}.match_bm25(explanation_id, ?) AS score FROM {FTS_TABLE}
+        ) WHERE score IS NOT NULL ORDER BY score DESC, explanation_id LIMIT ?
+        """,
+        [query, limit],
+    ).fetchall()

@@ -1,0 +1,127 @@
+"""Reads and writes of the LLM call ledger (`llm_calls`): one row per call, cache hits included."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+
+@dataclass
+class LLMCall:
+    """One ledger row. `request` and `response` are the JSON bodies sent and received, never headers or keys."""
+
+    cache_key: str
+    provider: str
+    model: str
+    stage: str | None
+    run_id: str | None
+    request: dict[str, Any]
+    response: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float
+    error: str | None = None
+    cached: bool = False
+    attempts: int = 1
+    endpoint_host: str | None = None
+    priced: bool = True
+
+
+_COLUMNS = (
+    "cache_key, provider, model, stage, run_id, request, response, prompt_tokens, completion_tokens, "
+    "cost_usd, latency_ms, error, cached, attempts, endpoint_host, priced"
+)
+
+
+def insert_calls(con: duckdb.DuckDBPyConnection, calls: list[LLMCall]) -> None:
+    if not calls:
+        return
+    rows = [
+        [
+            c.cache_key, c.provider, c.model, c.stage, c.run_id, json.dumps(c.request),
+            None if c.response is None else json.dumps(c.response), c.prompt_tokens, c.completion_tokens,
+            c.cost_usd, c.latency_ms, c.error, c.cached, c.attempts, c.endpoint_host, c.priced,
+        ]
+        for c in calls
+    ]
+    con.executemany(f"INSERT INTO llm_calls ({_COLUMNS}) VALUES ({', '.join('?' * 16)})", rows)
+
+
+def answer_counts(con: duckdb.DuckDBPyConnection, provider: str, model: str) -> dict[str, int]:
+    """How many stored answers (successful, not themselves cache hits) each cache key has for one model."""
+    rows = con.execute(
+        "SELECT cache_key, count(*) FROM llm_calls "
+        "WHERE provider = ? AND model = ? AND error IS NULL AND NOT coalesce(cached, false) GROUP BY cache_key",
+        [provider, model],
+    ).fetchall()
+    return dict(rows)
+
+
+def stored_answers(
+    con: duckdb.DuckDBPyConnection, wanted: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[dict[str, Any], int, int]]:
+    """For each (cache_key, n): the n-th stored answer (0-based, oldest first) as (response, prompt, completion tokens)."""
+    if not wanted:
+        return {}
+    keys = sorted({key for key, _ in wanted})
+    rows = con.execute(
+        """
+        SELECT cache_key, n, response, prompt_tokens, completion_tokens FROM (
+            SELECT cache_key, response, prompt_tokens, completion_tokens,
+                   row_number() OVER (PARTITION BY cache_key ORDER BY call_id) - 1 AS n
+            FROM llm_calls
+            WHERE cache_key IN (SELECT unnest(?::VARCHAR[])) AND error IS NULL AND NOT coalesce(cached, false)
+        )
+        """,
+        [keys],
+    ).fetchall()
+    want = set(wanted)
+    return {
+        (key, n): (json.loads(response), prompt or 0, completion or 0)
+        for key, n, response, prompt, completion in rows
+        if (key, n) in want
+    }
+
+
+def list_calls(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Every ledger row (optionally of one run), oldest first, as dicts with JSON columns decoded."""
+    where, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+    cur = con.execute(f"SELECT call_id, created_at, {_COLUMNS} FROM llm_calls {where} ORDER BY call_id", params)
+    names = [d[0] for d in cur.description]
+    out = []
+    for row in cur.fetchall():
+        item = dict(zip(names, row))
+        for col in ("request", "response"):
+            if item[col] is not None:
+                item[col] = json.loads(item[col])
+        out.append(item)
+    return out
+
+
+def spend(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Spend grouped by run, model and stage: calls, cache hits, errors, billed tokens (cache hits excluded), cost,
+    and whether every call had a price."""
+    where, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+    cur = con.execute(
+        f"""
+        SELECT run_id AS run, provider || ':' || model AS model, stage,
+               count(*) AS calls,
+               count(*) FILTER (WHERE cached) AS cached,
+               count(*) FILTER (WHERE error IS NOT NULL) AS errors,
+               coalesce(sum(prompt_tokens) FILTER (WHERE NOT cached), 0)::BIGINT AS prompt_tokens,
+               coalesce(sum(completion_tokens) FILTER (WHERE NOT cached), 0)::BIGINT AS completion_tokens,
+               coalesce(sum(cost_usd), 0)::DOUBLE AS cost_usd,
+               bool_and(coalesce(priced, true)) AS priced,
+               provider, model AS model_name
+        FROM llm_calls {where}
+        GROUP BY run_id, provider, model, stage
+        ORDER BY run NULLS FIRST, model, stage NULLS FIRST
+        """,
+        params,
+    )
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -1,0 +1,1 @@
+"""Test doubles of paid services: in-process HTTP servers that imitate their APIs. Not the real services."""
