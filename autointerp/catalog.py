@@ -63,7 +63,7 @@ def write_label(
 
 # Scorers and metrics preferred for "the" score of a label, when the caller names none.
 PREFERRED_SCORERS = ("detection", "fuzzing", "simulation", "embedding")
-PREFERRED_METRICS = ("balanced_accuracy", "auroc", "ev_correlation", "correlation", "accuracy")
+PREFERRED_METRICS = ("auroc", "balanced_accuracy", "ev_correlation")  # as autointerp.bench.report ranks them
 
 
 @dataclass

@@ -91,3 +91,18 @@ def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> Job
     if "scorers" in data:
         data["scorers"] = tuple(data["scorers"])
     return from_dict(JobConfig, data, where)
+
+
+def load_job_config(path: str | Path | None = None, **overrides: Any) -> JobConfig:
+    """A JobConfig from an optional TOML file, then the overrides that are not None (command-line flags).
+
+    `seed` overrides the sampling seed."""
+    data = load_toml(path) if path else {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "seed":
+            data["sampling"] = {**data.get("sampling", {}), "seed": value}
+        else:
+            data[key] = value
+    return job_config_from_dict(data, where=str(path) if path else "job settings")

@@ -63,10 +63,10 @@ _PLACEHOLDER = re.compile(r"^<[^<>]*>$|^\[[^\[\]]*\]$|^(description|your label|l
 
 def _clean(label: str) -> str:
     label = re.sub(r"[*_`]+", "", label)
-    label = re.sub(r"\s+", " ", label).strip()
+    label = re.sub(r"\s+", " ", label).strip().rstrip(" .;,")
     while len(label) >= 2 and label[0] + label[-1] in ('""', "''", "“”", "‘’", "()", "[]"):
-        label = label[1:-1].strip()
-    return label.rstrip(" .;,").strip()
+        label = label[1:-1].strip().rstrip(" .;,")
+    return label
 
 
 def parse_label(output: str, template_text: str = "") -> str:
@@ -83,6 +83,9 @@ def parse_label(output: str, template_text: str = "") -> str:
         label = _clean(lines[0].rsplit(":", 1)[-1])  # "The marked tokens have in common: X" -> "X"
     else:
         raise ExplanationParseError("no `Label:` line in the explainer's output", raw=output)
+    if _echoes(label, template_text, any_ngram=False):
+        raise ExplanationParseError("the label repeats the prompt's own wording", raw=output)
+    label = _strip_echoed_lead(label, template_text)
     words = label.split()
     if not label or not any(c.isalnum() for c in label):
         raise ExplanationParseError("the explainer gave an empty label", raw=output)
@@ -99,21 +102,41 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def _echoes(label: str, template_text: str, n: int = ECHO_NGRAM) -> bool:
-    """The label is the template's wording: all of a short template phrase, or any n words in a row of it."""
+def _strip_echoed_lead(label: str, template_text: str, min_words: int = 4) -> str:
+    """Drop an opening that repeats the prompt's question ("The marked tokens have in common that ...")."""
+    spans = list(re.finditer(r"[A-Za-z0-9]+", label))
+    joined = " " + " ".join(_words(template_text)) + " "
+    cut = 0
+    for k in range(min_words, len(spans)):
+        if f" {' '.join(m.group(0).lower() for m in spans[:k])} " not in joined:
+            break
+        cut = spans[k - 1].end()
+    if not cut:
+        return label
+    rest = re.sub(r"^[\s:,;\-]*(?:that\s+|is\s+|are\s+)?", "", label[cut:])
+    return _clean(rest)
+
+
+def _echoes(label: str, template_text: str, any_ngram: bool = True) -> bool:
+    """The label is the template's wording: all of it a phrase of the template, or (any_ngram) any
+    ECHO_NGRAM words in a row copied from it."""
     label_words, template_words = _words(label), _words(template_text)
-    if not label_words or not template_words:
+    if len(label_words) < 2:
         return False
-    joined = " " + " ".join(template_words) + " "
-    if len(label_words) < n:
-        return len(label_words) >= 2 and f" {' '.join(label_words)} " in joined
+    if f" {' '.join(label_words)} " in " " + " ".join(template_words) + " ":
+        return True
+    n = ECHO_NGRAM
     grams = {tuple(template_words[i : i + n]) for i in range(len(template_words) - n + 1)}
-    return any(tuple(label_words[i : i + n]) in grams for i in range(len(label_words) - n + 1))
+    return any_ngram and any(tuple(label_words[i : i + n]) in grams for i in range(len(label_words) - n + 1))
 
 
 def _train_positives(examples: FeatureExamples, style: PromptStyle, candidate: int) -> list[Example]:
-    """The strongest train positives first; later candidates see them in a different (seeded) order."""
-    shown = sorted(examples.train.positives, key=lambda e: -e.max_value)[: style.max_examples]
+    """Train positives, strongest first, spread over the whole range (top and quantile examples) when there are
+    more than the style shows; later candidates see them in a different (seeded) order."""
+    ranked = sorted(examples.train.positives, key=lambda e: -e.max_value)
+    if len(ranked) > style.max_examples:
+        ranked = [ranked[i] for i in np.linspace(0, len(ranked) - 1, style.max_examples).round().astype(int)]
+    shown = ranked
     if candidate:
         order = np.random.default_rng([examples.seed, examples.feature, candidate]).permutation(len(shown))
         shown = [shown[i] for i in order]

@@ -11,7 +11,7 @@ import hashlib
 import re
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from autointerp.errors import AutointerpError
@@ -56,7 +56,7 @@ def available_prompts(directory: Path = PROMPTS_DIR) -> list[str]:
     return sorted(p.name[: -len(".txt")] for p in directory.glob("*.v*.txt"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str, directory: Path = PROMPTS_DIR) -> PromptTemplate:
     """`name` is exact ("explain_pairs.v1") or unversioned ("explain_pairs": the highest version)."""
     if _VERSIONED.match(name):

@@ -21,9 +21,10 @@ def one_line(text: str) -> str:
 
 
 def display_tokens(tokens: list[str]) -> list[str]:
-    """Token texts ready to join; tokenizers that store bare words (no leading spaces) get spaces added."""
+    """Token texts ready to join. Stores that hold bare words (every token alphanumeric, none carrying its
+    space, as word-level tokenizers and hand-made data do) get spaces between tokens."""
     texts = [token_text(t) for t in tokens]
-    if len(texts) > 1 and not any(t[:1].isspace() or t[-1:].isspace() for t in texts):
+    if len(texts) > 1 and all(t.isalnum() for t in texts):
         texts = [texts[0], *(" " + t for t in texts[1:])]
     return texts
 

@@ -10,8 +10,10 @@ Splits are disjoint by context id and by near-duplicate text: two contexts whose
 window of `2 * WINDOW_HALF` tokens around the max-activating token, is the same never both appear (the
 first one in priority order is kept). Everything is deterministic for a (seed, feature).
 
-`sample` keeps, per Store and source, the source's tokens in memory (loaded on first use), so a job that
-samples thousands of features pays that load once. A source changed after that needs a new Store.
+`sample` keeps, per Store and source, the source's tokens in memory (dictionary-encoded, ~16 bytes per
+token; loaded on first use), so a job that samples thousands of features pays that load once. A source
+changed after that needs a new Store object. Keep `store.con` open between calls: reopening the file costs
+more than a sample.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from autointerp.config import SamplingConfig
 from autointerp.errors import AutointerpError
 from autointerp.records import Example, FeatureExamples, Split
 from autointerp.store import sampling_queries as q
-from autointerp.store.activations import SourceInfo, feature_stats, get_source
+from autointerp.store.activations import SourceInfo, feature_stats, get_source, group_maxima
 from autointerp.store.db import Store
 
 WINDOW_HALF = 4
 POSITIVE_OVERSAMPLING = 3  # candidates fetched per positive wanted, to survive deduplication
 SPLITS = ("test", "valid", "train")  # the order splits are served in when examples are scarce
+HARD_NEGATIVE_OCCURRENCES = 512  # occurrences of each characteristic token looked at for hard negatives
 
 
 class TooFewActivations(AutointerpError):
@@ -51,9 +54,23 @@ class TooFewActivations(AutointerpError):
 class _Source:
     info: SourceInfo
     tokens: q.SourceTokens
+    feature_tokens: np.ndarray  # active-token count per feature
+
+
+@dataclass
+class _FeatureData:
+    """Where the feature fires: one entry per active context, sorted by context id."""
+
+    ids: np.ndarray
+    max_value: np.ndarray
+    max_pos: np.ndarray
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # all (context_id, pos, value), when read at once
 
 
 _SOURCES: "weakref.WeakKeyDictionary[Store, dict[str, _Source]]" = weakref.WeakKeyDictionary()
+# Features with at most this many activations are read in one query and their per-context maxima computed
+# here; denser ones read feature_context_max, then only the chosen contexts' activations.
+READ_ALL_ROWS_BELOW = 100_000
 
 
 def _load_source(store: Store, name: str) -> _Source:
@@ -64,48 +81,82 @@ def _load_source(store: Store, name: str) -> _Source:
             raise AutointerpError(
                 f"source {name!r} is not finalized (status {info.status!r}); finish or resume its collection first"
             )
-        cached[name] = _Source(info, q.load_source_tokens(store.con, info.source_id))
+        cached[name] = _Source(
+            info, q.load_source_tokens(store.con, info.source_id), q.feature_token_counts(store.con, info.source_id)
+        )
     return cached[name]
 
 
-def _normalised(tokens: list[str]) -> str:
-    return " ".join("".join(tokens).lower().split())
+def _per_context_max(ctx: np.ndarray, pos: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What feature_context_max holds for one feature, from its rows sorted by (context, pos)."""
+    starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]]) if len(ctx) else np.zeros(0, dtype=np.int64)
+    maxima, max_pos, _ = group_maxima(starts, pos, val)
+    return ctx[starts], maxima, max_pos
+
+
+def _feature_data(con, src: _Source, feature: int) -> _FeatureData:
+    n_rows = int(src.feature_tokens[feature]) if 0 <= feature < len(src.feature_tokens) else 0
+    if n_rows == 0:
+        feature_stats(con, src.info.source_id, feature)  # raises the error that names the valid features
+    if n_rows <= READ_ALL_ROWS_BELOW:
+        rows = q.feature_rows(con, src.info.source_id, feature)
+        return _FeatureData(*_per_context_max(*rows), rows=rows)
+    return _FeatureData(*q.feature_context_maxes(con, src.info.source_id, feature), rows=None)
 
 
 class _Picker:
-    """Hands out contexts at most once and refuses near-duplicates of anything already handed out."""
+    """Hands out contexts at most once and refuses near-duplicates of anything already handed out.
+
+    Keys are hashes of token sequences after lowercasing and removing whitespace inside each token: the
+    whole context, and (for positives) the window of 2 * WINDOW_HALF tokens around the max-activating token.
+    """
 
     def __init__(self, tokens: q.SourceTokens):
         self.tokens = tokens
         self.used_ids: set[int] = set()
-        self.keys: set[str] = set()
+        self.text_keys: set[int] = set()
+        self.window_keys: set[int] = set()
 
-    def take(self, context_id: int, max_pos: int | None = None) -> bool:
-        if context_id in self.used_ids:
-            return False
-        toks = self.tokens.tokens(int(self.tokens.rows(np.array([context_id]))[0]))
-        keys = {"t:" + _normalised(toks)}
-        if max_pos is not None:
-            keys.add("w:" + _normalised(toks[max(0, max_pos - WINDOW_HALF) : max_pos + WINDOW_HALF]))
-        if keys & self.keys:
-            return False
-        self.used_ids.add(context_id)
-        self.keys |= keys
-        return True
+    def take(self, context_ids: np.ndarray, max_pos: np.ndarray | None = None, limit: int | None = None) -> list[int]:
+        """Indices (into context_ids, in order) of the candidates accepted, at most `limit` of them."""
+        context_ids = np.asarray(context_ids, dtype=np.int64)
+        rows = self.tokens.rows(context_ids)
+        texts = self.tokens.text_hash[rows].tolist()
+        windows = (
+            self.tokens.window_hash(rows, np.asarray(max_pos, dtype=np.int64), WINDOW_HALF).tolist()
+            if max_pos is not None
+            else [None] * len(texts)
+        )
+        accepted: list[int] = []
+        for i, (cid, text, window) in enumerate(zip(context_ids.tolist(), texts, windows)):
+            if limit is not None and len(accepted) >= limit:
+                break
+            if cid in self.used_ids or text in self.text_keys or window in self.window_keys:
+                continue
+            self.used_ids.add(cid)
+            self.text_keys.add(text)
+            if window is not None:
+                self.window_keys.add(window)
+            accepted.append(i)
+        return accepted
 
 
 def _apportion(wanted: dict[str, int], available: int) -> dict[str, int]:
-    """Shrink the wanted counts proportionally (largest remainder) so they sum to `available`; top keeps >= 1."""
-    total = sum(wanted.values())
-    quotas = {k: v * available / total for k, v in wanted.items()}
-    counts = {k: math.floor(x) for k, x in quotas.items()}
-    for k in sorted(quotas, key=lambda k: counts[k] - quotas[k])[: available - sum(counts.values())]:
-        counts[k] += 1
-    if counts["top"] == 0 and available > 0:
-        donor = max(counts, key=counts.get)
-        counts[donor] -= 1
-        counts["top"] += 1
-    return counts
+    """Shrink the wanted counts to sum to `available`: one for each split that wants any (while they last),
+    the rest in proportion to what is still wanted (largest remainder)."""
+    counts = {k: 0 for k in wanted}
+    for k in ("top", *SPLITS):
+        if wanted.get(k, 0) > 0 and sum(counts.values()) < available:
+            counts[k] = 1
+    rest, still = available - sum(counts.values()), {k: wanted[k] - counts[k] for k in wanted}
+    total = sum(still.values())
+    if rest <= 0 or total <= 0:
+        return counts
+    quotas = {k: v * rest / total for k, v in still.items()}
+    shares = {k: math.floor(x) for k, x in quotas.items()}
+    for k in sorted(quotas, key=lambda k: shares[k] - quotas[k])[: rest - sum(shares.values())]:
+        shares[k] += 1
+    return {k: counts[k] + shares[k] for k in wanted}
 
 
 def _spread(count: int, n_strata: int) -> list[int]:
@@ -134,8 +185,8 @@ def _choose_positives(
     wanted = {"top": cfg.n_train_top, "train": cfg.n_train_quantile, "valid": cfg.n_valid_positives, "test": cfg.n_test_positives}
     total = sum(wanted.values())
 
-    def distinct(order) -> list[int]:
-        return [int(i) for i in order if picker.take(int(ids[i]), int(maxpos[i]))]
+    def distinct(order: np.ndarray) -> list[int]:
+        return [int(order[k]) for k in picker.take(ids[order], maxpos[order])]
 
     notes = []
     if n <= POSITIVE_OVERSAMPLING * total:
@@ -187,8 +238,8 @@ def _choose_positives(
 
 def _characteristic_tokens(
     tokens: q.SourceTokens, ids: np.ndarray, maxpos: np.ndarray, pool: list[int], k: int
-) -> list[str]:
-    """Tokens over-represented at the max-activating positions relative to their corpus frequency."""
+) -> list[int]:
+    """Codes of the tokens over-represented at the max-activating positions relative to their corpus frequency."""
     if not pool or k <= 0:
         return []
     rows = tokens.rows(ids[pool])
@@ -200,7 +251,7 @@ def _characteristic_tokens(
     keep = (lift > 1) & (counts >= (2 if len(pool) >= 5 else 1))
     score = np.where(keep, share * np.log(np.where(keep, lift, 1.0)), -np.inf)
     order = np.lexsort((codes, -score))
-    return [tokens.vocab[codes[i]] for i in order[:k] if np.isfinite(score[i])]
+    return [int(codes[i]) for i in order[:k] if np.isfinite(score[i])]
 
 
 def _not_active(candidates: np.ndarray, active_sorted: np.ndarray) -> np.ndarray:
@@ -210,16 +261,12 @@ def _not_active(candidates: np.ndarray, active_sorted: np.ndarray) -> np.ndarray
     return candidates[active_sorted[at] != candidates]
 
 
-def _take_negatives(picker: _Picker, candidates, wanted: dict[str, int]) -> dict[str, list[int]]:
-    """Deal distinct candidates to splits in SPLITS order until each has what it wants."""
-    out: dict[str, list[int]] = {split: [] for split in wanted}
-    order = [split for split in SPLITS if split in wanted]
-    for context_id in candidates:
-        split = next((s for s in order if len(out[s]) < wanted[s]), None)
-        if split is None:
-            break
-        if picker.take(int(context_id)):
-            out[split].append(int(context_id))
+def _take_negatives(picker: _Picker, candidates: np.ndarray, wanted: dict[str, int]) -> dict[str, list[int]]:
+    """Deal distinct candidates, in order, to the splits in SPLITS order until each has what it wants."""
+    accepted = [int(candidates[k]) for k in picker.take(candidates, limit=sum(wanted.values()))]
+    out: dict[str, list[int]] = {}
+    for split in (s for s in SPLITS if s in wanted):
+        out[split], accepted = accepted[: wanted[split]], accepted[wanted[split] :]
     return out
 
 
@@ -238,21 +285,18 @@ def _random_negatives(picker: _Picker, tokens: q.SourceTokens, active: np.ndarra
     return picked
 
 
-def _hard_negatives(picker: _Picker, con, source_id: int, active: np.ndarray, tokens_wanted: list[str], wanted, rng):
-    postings = q.token_posting_contexts(con, source_id, tokens_wanted)
-    candidates = np.unique(np.array([c for t in tokens_wanted for c in postings.get(t, [])], dtype=np.int64))
-    candidates = _not_active(candidates, active)
+def _hard_negatives(picker: _Picker, active: np.ndarray, characteristic: list[int], wanted: dict[str, int], rng):
+    holding = [picker.tokens.contexts_holding(code, HARD_NEGATIVE_OCCURRENCES, rng) for code in characteristic]
+    candidates = _not_active(np.unique(np.concatenate(holding)) if holding else np.array([], np.int64), active)
     return _take_negatives(picker, candidates[rng.permutation(len(candidates))], wanted)
 
 
 def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = SamplingConfig()) -> FeatureExamples:
     """The feature's examples, split into train / valid / test (see the module docstring)."""
     src = _load_source(store, source)
-    con, source_id, tokens = store.con, src.info.source_id, src.tokens
-    ids, maxv, maxpos = q.feature_context_maxes(con, source_id, feature)
-    if len(ids) == 0:
-        feature_stats(con, source_id, feature)  # raises the error that names the valid features
-        raise AutointerpError(f"feature {feature} of source {source!r} has statistics but no contexts; rerun finalize")
+    con, tokens = store.con, src.tokens
+    data = _feature_data(con, src, feature)
+    ids, maxv, maxpos = data.ids, data.max_value, data.max_pos
     if len(ids) < cfg.min_active_contexts:
         raise TooFewActivations(source, feature, len(ids), len(ids), cfg.min_active_contexts)
 
@@ -260,12 +304,13 @@ def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = Sampli
     picker = _Picker(tokens)
     positives = _choose_positives(picker, ids, maxv, maxpos, cfg, rng, source, feature)
     notes = list(positives.notes)
-    characteristic = _characteristic_tokens(tokens, ids, maxpos, positives.pool, cfg.n_characteristic_tokens)
+    characteristic_codes = _characteristic_tokens(tokens, ids, maxpos, positives.pool, cfg.n_characteristic_tokens)
+    characteristic = [str(tokens.vocab[c]) for c in characteristic_codes]
 
     random_wanted = {"test": cfg.n_test_random_negatives, "valid": cfg.n_valid_random_negatives}
     randoms = _random_negatives(picker, tokens, ids, random_wanted, rng)
     hard_wanted = {"test": cfg.n_test_hard_negatives, "valid": cfg.n_valid_hard_negatives, "train": cfg.n_train_hard_negatives}
-    hards = _hard_negatives(picker, con, source_id, ids, characteristic, hard_wanted, rng)
+    hards = _hard_negatives(picker, ids, characteristic_codes, hard_wanted, rng)
     for kind, wanted, got in (("random", random_wanted, randoms), ("hard", hard_wanted, hards)):
         found, asked = sum(map(len, got.values())), sum(wanted.values())
         if found < asked:
@@ -273,14 +318,23 @@ def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = Sampli
             notes.append(f"only {found} of {asked} {kind} negatives found{why}")
 
     positive_ids = [int(ids[i]) for i in positives.top] + [int(ids[i]) for d in positives.dealt.values() for i, _ in d]
-    act_ctx, act_pos, act_val = q.feature_activations(con, source_id, feature, positive_ids)
+    act_ctx, act_pos, act_val = data.rows if data.rows is not None else q.feature_activations(
+        con, src.info.source_id, feature, positive_ids
+    )
+    wanted_rows = np.isin(act_ctx, positive_ids)
+    activations: dict[int, list[tuple[int, float]]] = {}
+    for c, p, v in zip(act_ctx[wanted_rows].tolist(), act_pos[wanted_rows].tolist(), act_val[wanted_rows].tolist()):
+        activations.setdefault(c, []).append((p, v))
+
+    chosen = positive_ids + [c for got in (randoms, hards) for ids_ in got.values() for c in ids_]
+    texts = tokens.tokens_of(chosen)
 
     def example(context_id: int, kind: str, quantile: int | None = None) -> Example:
-        toks = tokens.tokens(int(tokens.rows(np.array([context_id]))[0]))
-        values = np.zeros(len(toks), dtype=np.float64)
-        mine = act_ctx == context_id
-        values[act_pos[mine]] = act_val[mine]
-        return Example(context_id=context_id, tokens=toks, activations=values.tolist(), kind=kind, quantile=quantile)
+        toks = texts[context_id]
+        values = [0.0] * len(toks)
+        for p, v in activations.get(context_id, ()):
+            values[p] = v
+        return Example(context_id=context_id, tokens=toks, activations=values, kind=kind, quantile=quantile)
 
     def positives_of(split: str) -> list[Example]:
         dealt = sorted(positives.dealt[split], key=lambda x: (-x[1], int(ids[x[0]])))

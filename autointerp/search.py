@@ -39,6 +39,8 @@ PCA_SAMPLE = 20_000
 RERANK_FACTOR = 8
 LOAD_BATCH = 65_536
 MAX_LIMIT = 500
+MIN_CANDIDATES = 64  # the first candidate pool is the larger of this and CANDIDATES_PER_RESULT * (offset + limit);
+CANDIDATES_PER_RESULT = 4  # it grows 4x while filters leave the page short
 
 
 @dataclass
@@ -109,7 +111,7 @@ class _KeywordIndex:
         self.term_column = {t: i for i, t in enumerate(terms["term"])}
         n_docs, avgdl = data["n_docs"], data["avgdl"] or 1.0
         df = np.asarray(terms["df"], dtype=np.float64)
-        idf = np.log((n_docs - df + 0.5) / (df + 0.5) + 1.0)
+        idf = np.log10((n_docs - df + 0.5) / (df + 0.5) + 1.0)  # DuckDB's log() is base 10
         termid = np.asarray(pairs["termid"], dtype=np.int64)
         docid = np.asarray(pairs["docid"], dtype=np.int64)
         tf = np.asarray(pairs["tf"], dtype=np.float64)
@@ -163,7 +165,7 @@ class _VectorIndex:
         # Uncentered PCA: dot products of unit vectors are preserved best by the top right singular vectors.
         _, _, vt = np.linalg.svd(self.fine[sample].astype(np.float32) * self.scale[sample, None], full_matrices=False)
         self.basis = np.ascontiguousarray(vt[:REDUCED_DIM].T)  # [384, REDUCED_DIM]
-        self.reduced = np.empty((len(self.ids), REDUCED_DIM), dtype=np.float32)
+        self.reduced = np.empty((len(self.ids), self.basis.shape[1]), dtype=np.float32)
         for start in range(0, len(self.ids), LOAD_BATCH):
             stop = start + LOAD_BATCH
             block = self.fine[start:stop].astype(np.float32) * self.scale[start:stop, None]
@@ -200,29 +202,42 @@ class SearchIndex:
         self.embedding_model = embedding_model
         self.embed = embed
         self.version: tuple[int, int, int] | None = None
+        self.seen_version: tuple[int, int, int] | None = None
         self.build_seconds = 0.0
         self.built_at = 0.0
         self._fts: duckdb.DuckDBPyConnection | None = None
         self._keyword: _KeywordIndex | None = None
         self._vectors: _VectorIndex | None = None
-
-    def current_version(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
-        return q.labels_version(con, self.embedding_model)
+        self._source_of = np.zeros(1, dtype=np.int32)  # by explanation id
+        self._feature_of = np.zeros(1, dtype=np.int64)
 
     def is_stale(self, con: duckdb.DuckDBPyConnection) -> bool:
-        return self.version != self.current_version(con)
+        """Whether labels were added since the build (one cheap query; remembered for `stale`)."""
+        self.seen_version = q.labels_version(con)
+        return self.version != self.seen_version
+
+    @property
+    def stale(self) -> bool:
+        """Whether the last look at the store (build, refresh or is_stale) found labels the index lacks."""
+        return self.seen_version != self.version
 
     def build(self, con: duckdb.DuckDBPyConnection) -> float:
         """Rebuild both indexes from the store; return the seconds it took."""
         start = time.perf_counter()
-        version = self.current_version(con)
+        version = q.labels_version(con)
         fts = q.open_fts_database()
-        keyword = _KeywordIndex(fts, q.label_texts(con))
+        labels = q.label_texts(con)
+        keyword = _KeywordIndex(fts, labels)
         vectors = _VectorIndex(con, self.embedding_model)
-        old, self._fts = self._fts, fts
-        self._keyword, self._vectors, self.version = keyword, vectors, version
-        if old is not None:
-            old.close()
+        ids = labels.column("explanation_id").to_numpy()
+        size = int(ids.max()) + 1 if len(ids) else 1
+        self._source_of = np.zeros(size, dtype=np.int32)
+        self._feature_of = np.zeros(size, dtype=np.int64)
+        self._source_of[ids] = labels.column("source_id").to_numpy()
+        self._feature_of[ids] = labels.column("feature").to_numpy()
+        # a search in flight keeps its reference to the old database; it closes when unreferenced
+        self._fts, self._keyword, self._vectors = fts, keyword, vectors
+        self.version = self.seen_version = version
         self.build_seconds = time.perf_counter() - start
         self.built_at = time.time()
         return self.build_seconds
@@ -266,6 +281,18 @@ class SearchIndex:
         finally:
             torch.set_num_threads(threads)
 
+    def narrow(self, ids: np.ndarray, source_ids: list[int] | None) -> np.ndarray:
+        """Positions of the ids whose label belongs to one of `source_ids` (all when None)."""
+        if source_ids is None:
+            return np.arange(len(ids))
+        return np.flatnonzero(np.isin(self._source_of[ids], source_ids))
+
+    def first_per_feature(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of each feature's first (best-ranked) label among ranked ids."""
+        keys = self._source_of[ids].astype(np.int64) << 32 | self._feature_of[ids]
+        _, first = np.unique(keys, return_index=True)
+        return np.sort(first)
+
     def hybrid(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Reciprocal rank fusion: score = sum over both rankings of 1 / (RRF_K + rank)."""
         kw_ids, _, kw_all = self.keyword(query, k)
@@ -302,30 +329,40 @@ def search(
         raise AutointerpError(f"unknown review state {filters.review!r}; use one of {', '.join(REVIEW_STATES)}")
     if not 1 <= limit <= MAX_LIMIT or offset < 0:
         raise AutointerpError(f"limit must be 1..{MAX_LIMIT} and offset >= 0 (got limit {limit}, offset {offset})")
-    if index.version is None:
-        index.build(con)
-    where = dict(
-        source=filters.source,
-        model=filters.model,
-        layer=filters.layer,
-        min_score=parse_min_score(con, filters.min_score),
-        density_min=filters.density_min,
-        density_max=filters.density_max,
-        review_state=filters.review,
-        limit=limit,
-        offset=offset,
-    )
+    min_score = parse_min_score(con, filters.min_score)
+    by_source = filters.source is not None or filters.model is not None or filters.layer is not None
+    source_ids = q.source_ids_matching(con, filters.source, filters.model, filters.layer) if by_source else None
+    # Filters on scores, density or review state need the store; source, model and layer do not.
+    in_sql = dict(min_score=min_score, density_min=filters.density_min, density_max=filters.density_max,
+                  review_state=filters.review)
+    needs_sql = any(v is not None for v in in_sql.values())
+    no_filters = dict(source=None, model=None, layer=None, min_score=None, density_min=None, density_max=None,
+                      review_state=None)
     query = query.strip()
     if not query:
-        rows = q.filter_candidates(con, None, None, **where)
+        rows = q.filter_candidates(
+            con, None, None, source=filters.source, model=filters.model, layer=filters.layer,
+            **in_sql, limit=limit, offset=offset,
+        )
     else:
+        if index.version is None:
+            index.build(con)
         rank = {"keyword": index.keyword, "semantic": index.semantic, "hybrid": index.hybrid}[mode]
-        k = max(64, 4 * (offset + limit))
+        k = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * (offset + limit))
         while True:
             ids, scores, complete = rank(query, k)
-            rows = q.filter_candidates(con, ids, scores, **where)
-            if len(rows) == limit or complete:
-                break
+            keep = index.narrow(ids, source_ids)
+            ids, scores = ids[keep], scores[keep]
+            if needs_sql:
+                rows = q.filter_candidates(con, ids, scores, **{**no_filters, **in_sql}, limit=limit, offset=offset)
+                if len(rows) == limit or complete:
+                    break
+            else:
+                first = index.first_per_feature(ids)
+                if len(first) >= offset + limit or complete:
+                    page = first[offset : offset + limit]
+                    rows = q.filter_candidates(con, ids[page], scores[page], **no_filters, limit=limit, offset=0)
+                    break
             k *= 4
     hits = [SearchHit(*row) for row in rows]
     return SearchResults(
@@ -335,7 +372,7 @@ def search(
         offset=offset,
         hits=hits,
         n_labels=index.n_labels,
-        stale=index.is_stale(con),
+        stale=index.stale,
         seconds=time.perf_counter() - start,
         filters=filters,
     )

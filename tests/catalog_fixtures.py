@@ -5,6 +5,9 @@ LLM calls, and hostile strings (script tags, attribute breakers) in contexts and
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +107,14 @@ def _scores(value: float) -> list[Score]:
     ]
 
 
-def build_catalog(path: str | Path) -> Store:
-    """Create the catalog at `path` and return its Store (not holding a connection)."""
+def build_catalog(path: str | Path, labels: bool = True) -> Store:
+    """Create the catalog at `path` and return its Store (not holding a connection).
+    labels=False: the sources only, as a target for importing labels."""
     store = Store(path)
     _add_source(store, SOURCE_A, 0, FEATURES_A, seed=1)
     _add_source(store, SOURCE_B, 1, FEATURES_B, seed=2)
+    if not labels:
+        return store
     with store.writing() as con:
         create_run(con, RUN_ID, "label", {"explainer": "local"}, "cfg-hash", n_total=12)
         for source, features in ((SOURCE_A, FEATURES_A), (SOURCE_B, FEATURES_B)):
@@ -133,3 +139,18 @@ def build_catalog(path: str | Path) -> Store:
         )
         update_run(con, RUN_ID, status="done", n_done=12, prompt_tokens=420, completion_tokens=20, cost_usd=0.0021, ended=True)
     return store
+
+
+_built: dict[bool, Path] = {}
+
+
+def catalog_copy(directory: str | Path, labels: bool = True) -> Path:
+    """A fresh copy of the catalog in `directory`; built once per test session, then copied (fast)."""
+    if labels not in _built:
+        folder = Path(tempfile.mkdtemp(prefix="autointerp-catalog-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _built[labels] = folder / "catalog.duckdb"
+        build_catalog(_built[labels], labels=labels)
+    target = Path(directory) / ("catalog.duckdb" if labels else "sources.duckdb")
+    shutil.copy(_built[labels], target)
+    return target

@@ -9,6 +9,13 @@ LLM fixtures (the real bundled model, no network):
   Use it from sync tests with `asyncio.run(local_llm.chat(...))`; it is closed after the test.
   Speed on 2 CPU cores: ~100 generated tokens/s, ~18/s with top_logprobs, ~50 ms per prompt token with
   echo logprobs: keep prompts and max_tokens small.
+
+Paid-API double:
+- `paid_api` (function): a started `PaidAPIDouble` (tests/doubles/paid_api.py, a test double of the OpenAI
+  and Anthropic HTTP APIs, not the real services) with fake API keys in the environment. Point
+  `make_llm("openai:gpt-4o-mini", base_url=paid_api.openai_base_url)` or
+  `make_llm("anthropic:claude-3-5-haiku", base_url=paid_api.anthropic_base_url)` at it, queue failures with
+  `paid_api.script(Reply(429, headers={"retry-after": "1"}), ...)`, read `paid_api.received`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from doubles.paid_api import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, PaidAPIDouble
 
 from autointerp.llm import LocalServer, make_llm
 from autointerp.store.db import Store
@@ -32,3 +40,15 @@ def local_llm(tmp_path, local_llm_server):
     llm = make_llm("local", base_url=local_llm_server, store=Store(tmp_path / "llm.duckdb"), run_id="test")
     yield llm
     asyncio.run(llm.aclose())
+
+
+@pytest.fixture
+def paid_api(monkeypatch):
+    """A started PaidAPIDouble (tests/doubles/paid_api.py: a test double of the OpenAI and Anthropic HTTP
+    APIs, not the real services), with fake OPENAI_API_KEY / ANTHROPIC_API_KEY set for the test."""
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_ANTHROPIC_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    with PaidAPIDouble() as double:
+        yield double

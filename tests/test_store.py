@@ -6,10 +6,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
+from synthetic import make_synthetic_store
 
 from autointerp.errors import AutointerpError
-from autointerp.store import Store
+from autointerp.store import Store, activations
 from autointerp.store.activations import (
+    _feature_ranges,
     append_chunk,
     collection_progress,
     create_source,
@@ -215,3 +217,67 @@ def test_select_features_stratified_and_deterministic(store):
     assert sorted((f - 5) // 5 for f in chosen) == [0, 1, 2, 3, 4]
     assert any(select_features(store.con, sid, 5, seed=s, min_active_contexts=6) != chosen for s in range(2, 8))
     assert select_features(store.con, sid, 100, seed=0, min_active_contexts=29) == [28, 29]
+
+
+REFERENCE_FCM = """
+    SELECT feature, context_id, max(value), arg_max(pos, (value, -pos)), count(*)
+    FROM activations GROUP BY feature, context_id ORDER BY feature, context_id
+"""
+
+
+@pytest.mark.parametrize("batch_rows, force_resort", [(4_000_000, False), (7, False), (7, True)])
+def test_feature_context_max_matches_a_sql_aggregate(tmp_path, monkeypatch, batch_rows, force_resort):
+    monkeypatch.setattr(activations, "FCM_BATCH_ROWS", batch_rows)
+    if force_resort:
+        monkeypatch.setattr(activations, "_sorted_rows", lambda *a: False)
+    with make_synthetic_store(tmp_path / "s.duckdb", n_contexts=300, n_features=6) as s:
+        stored = s.con.execute(
+            "SELECT feature, context_id, max_value, max_pos, n_active FROM feature_context_max ORDER BY feature, context_id"
+        ).fetchall()
+        assert stored == s.con.execute(REFERENCE_FCM).fetchall() and len(stored) > 100
+
+
+def test_feature_ranges_cap_rows():
+    features, counts = np.array([0, 1, 2, 5, 9]), np.array([3, 3, 10, 1, 1])
+    assert _feature_ranges(features, counts, 6) == [(0, 1), (2, 2), (5, 9)]
+    assert _feature_ranges(features, counts, 100) == [(0, 9)]
+
+
+@pytest.mark.parametrize("batch_rows", [4_000_000, 50])
+def test_feature_stats_match_sql_references(tmp_path, monkeypatch, batch_rows):
+    monkeypatch.setattr(activations, "FCM_BATCH_ROWS", batch_rows)
+    with make_synthetic_store(tmp_path / "s.duckdb", n_contexts=300, n_features=6) as s:
+        sid = get_source(s.con, "synthetic").source_id
+        total = s.con.execute("SELECT sum(len(tokens)) FROM contexts").fetchone()[0]
+        reference = s.con.execute(
+            """
+            SELECT a.feature, a.n, c.n, a.mx, a.mean, c.q FROM
+              (SELECT feature, count(*) n, max(value) mx, avg(value) mean FROM activations GROUP BY feature) a
+            JOIN (SELECT feature, count(*) n, quantile_cont(max_value, [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1])
+                  AS q FROM feature_context_max GROUP BY feature) c USING (feature)
+            ORDER BY feature
+            """
+        ).fetchall()
+        stats = list_feature_stats(s.con, sid)
+        assert [x.feature for x in stats] == [r[0] for r in reference]
+        for x, (_, n_tok, n_ctx, mx, mean, q) in zip(stats, reference):
+            assert (x.n_active_tokens, x.n_active_contexts) == (n_tok, n_ctx)
+            assert x.density == pytest.approx(n_tok / total)
+            assert (x.max_value, x.mean_value) == (pytest.approx(mx), pytest.approx(mean))
+            assert x.quantile_edges == pytest.approx(q)
+            values = np.array(
+                [v for (v,) in s.con.execute("SELECT value FROM activations WHERE feature = ?", [x.feature]).fetchall()]
+            )
+            assert x.hist_counts == np.histogram(values, bins=x.hist_edges)[0].tolist()
+
+
+def test_histogram_covers_negative_values(store):
+    with store.writing() as con:
+        sid = create_source(con, "neg", **SOURCE_ARGS).source_id
+        rows = [(0, 0, 0, -2.0), (0, 0, 1, 1.0), (0, 1, 3, 2.0)]
+        append_chunk(con, sid, 0, contexts_table(0, [["a"] * 4, ["b"] * 4]), activations_table(rows), 8, {})
+        finalize_source(con, sid)
+    s = feature_stats(store.con, sid, 0)
+    assert s.hist_edges[0] == -2.0 and s.hist_edges[-1] == 2.0 and sum(s.hist_counts) == 3
+    assert s.hist_counts[0] == 1 and s.hist_counts[-1] == 1
+    assert s.mean_value == pytest.approx(1 / 3) and s.quantile_edges == pytest.approx([1.0 + 0.1 * i for i in range(11)])

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import uvicorn
@@ -30,10 +31,11 @@ from starlette.routing import Route
 from autointerp.errors import AutointerpError
 from autointerp.llm.local import free_port
 
-FILLER = (
-    "the feature fires on tokens that open a quoted name in code comments and on words about time "
-    "such as year month day date calendar and clock numbers lists punctuation"
-).split()
+FILLER = [
+    "the", "feature", "fires", "on", "tokens", "that", "open", "a", "quoted", "name", "in", "code",
+    "comments", "and", "on", "words", "about", "time", "such", "as", "year", "month", "day", "date",
+    "calendar", "and", "clock", "numbers", "lists", "punctuation",
+]
 
 
 def _rng(*parts: Any) -> random.Random:
@@ -149,7 +151,7 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "BackgroundServer":
+    def start(self) -> BackgroundServer:
         self._thread = threading.Thread(target=self._server.run, name=f"uvicorn:{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
@@ -167,6 +169,7 @@ class BackgroundServer:
         if self._timer is not None:
             self._timer.cancel()
         self._server.should_exit = True
+        self._server.force_exit = True  # do not wait for requests still sleeping
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 

@@ -37,12 +37,6 @@ from autointerp.store import Store
 
 DEFAULT_LLM_RULES = ("file_words", "inside_parentheses", "digits", "negation", "all_caps", "error_words")
 LLM_SCORERS = ("simulation", "detection", "fuzzing")
-HEADLINE_METRICS = {
-    "embedding": ("auroc",),
-    "detection": ("auroc", "balanced_accuracy"),
-    "fuzzing": ("auroc", "balanced_accuracy"),
-    "simulation": ("ev_correlation",),
-}
 LABEL_KINDS = ("true", *DECOY_KINDS)
 
 
@@ -51,7 +45,7 @@ class PlantedConfig:
     rules: tuple[str, ...] = ()  # rule names; empty: every rule
     scorers: tuple[str, ...] = ("embedding", "detection", "simulation")
     corpus: str = "stdlib-docs"
-    n_contexts: int = 2000
+    n_contexts: int = 1500
     context_len: int = 64
     context_stride: int = 2  # keep every n-th window of the corpus, so the contexts span more documents
     sampling: SamplingConfig = SamplingConfig()
@@ -195,22 +189,13 @@ def ensure_planted_source(store: Store, cfg: PlantedConfig) -> str:
 
 # ---------------------------------------------------------------- scoring
 
-def headline(scorer: str, scores: list[Score]) -> Score | None:
-    """The score a scorer is ranked by: its preferred metric on all test contexts."""
-    for metric in HEADLINE_METRICS.get(scorer, ()):
-        for s in scores:
-            if s.metric == metric and s.subset == "all":
-                return s
-    return next((s for s in scores if s.subset == "all"), None)
-
-
 async def score_labels(scorer: Any, rule: PlantedRule, examples: FeatureExamples) -> list[LabelScore]:
     """The rule's true label and its three decoys, scored by one scorer on the same test split."""
     out = []
     for kind, label in rule.labels().items():
         expl = Explanation(examples.source, examples.feature, label, author="planted" if kind == "true" else "decoy")
         try:
-            best = headline(scorer.name, await scorer.score(expl, examples, split="test"))
+            best = report.headline(scorer.name, await scorer.score(expl, examples, split="test"))
         except AutointerpError as exc:
             out.append(LabelScore(rule.name, examples.feature, scorer.name, kind, label, None, None, None, None, 0, str(exc)))
             continue

@@ -159,11 +159,11 @@ RULES: list[PlantedRule] = [
         "colours",
     ),
     PlantedRule(
-        "line_start",
-        regex_rule(r"\n[ \t]*(\S+)", group=1),
-        "the first word of each line",
+        "paragraph_start",
+        regex_rule(r"\n[ \t]*\n[ \t]*(\S+)", group=1),
+        "the first word of a paragraph (right after a blank line)",
         "common English words",
-        "the last word of each line",
+        "the last word before a blank line (end of a paragraph)",
         "parts of the human body",
     ),
     PlantedRule(

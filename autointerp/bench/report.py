@@ -13,9 +13,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from autointerp.records import Score
 from autointerp.scoring import metrics
 
 Z95 = 1.959963984540054
+# The metric each scorer is ranked by (first one present), on all test contexts.
+HEADLINE_METRICS = {
+    "embedding": ("auroc",),
+    "detection": ("auroc", "balanced_accuracy"),
+    "fuzzing": ("auroc", "balanced_accuracy"),
+    "simulation": ("ev_correlation",),
+}
 N_BOOTSTRAP = metrics.N_RESAMPLES
 
 
@@ -99,6 +107,15 @@ def spearman_with_ci(
             replicates.append(rho(pairs[idx, 0], pairs[idx, 1]))
         lo, hi = metrics.percentile_interval(np.array(replicates))
     return {"rho": None if math.isnan(value) else value, "ci_low": lo, "ci_high": hi, "n": len(pairs)}
+
+
+def headline(scorer: str, scores: list[Score]) -> Score | None:
+    """The score a scorer is ranked by: its preferred metric on all test contexts."""
+    for metric in HEADLINE_METRICS.get(scorer, ()):
+        for s in scores:
+            if s.metric == metric and s.subset == "all":
+                return s
+    return next((s for s in scores if s.subset == "all"), None)
 
 
 def _finite(value: Any) -> bool:

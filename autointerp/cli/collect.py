@@ -35,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="`stdlib-docs` (bundled), a local .txt/.jsonl/.parquet file, or hub:NAME[:split] (online)",
     )
     parser.add_argument("--text-column", default=_DEFAULTS.text_column, help="text column of .jsonl/.parquet/hub datasets")
-    parser.add_argument("--tokens", type=int, default=_DEFAULTS.tokens, help="number of tokens to record")
+    parser.add_argument("--tokens", type=int, default=_DEFAULTS.tokens, help="number of tokens to record (default %(default)s)")
     parser.add_argument(
-        "--context-len", type=int, default=_DEFAULTS.context_len, help="tokens per context window (non-overlapping)"
+        "--context-len", type=int, default=_DEFAULTS.context_len, help="tokens per context window, non-overlapping (default %(default)s)"
     )
     parser.add_argument(
         "--source", help="source name in the store (default: MODEL-LLAYER-neurons or MODEL-LLAYER-sae-FOLDER)"
@@ -47,14 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_DEFAULTS.top_k_per_token,
         help="neurons only: neurons are dense and signed, so each token keeps only its K largest positive "
-        "activations (0 keeps every positive one); negative values are never stored. SAEs keep every non-zero",
+        "activations (default %(default)s; 0 keeps every positive one); negative values are never stored. "
+        "SAEs keep every non-zero",
     )
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="contexts per forward pass")
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="contexts per forward pass (default %(default)s)")
     parser.add_argument(
         "--chunk-tokens",
         type=int,
         default=_DEFAULTS.chunk_tokens,
-        help="tokens per stored chunk; a killed run resumes from the last whole chunk",
+        help="tokens per stored chunk (default %(default)s); a killed run resumes from the last whole chunk",
     )
     parser.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument(
@@ -87,4 +88,6 @@ def run(args: argparse.Namespace) -> int:
         f"({report.new_tokens:,} new, {report.new_activations:,} activations, "
         f"{report.tokens_per_second:,.0f} tokens/s; finalised in {report.finalize_seconds:.1f} s) -> {args.db}"
     )
+    if report.n_tokens < cfg.tokens - cfg.tokens % cfg.context_len:
+        print(f"the dataset ran out after {report.n_tokens:,} of the {cfg.tokens:,} tokens asked for")
     return 0

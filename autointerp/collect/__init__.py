@@ -1,6 +1,11 @@
 """Recording activations: subject models, feature sources (neurons, SAEs), corpora, and the collector."""
 
-from autointerp.collect.collector import CollectConfig, CollectReport, LayerReader, collect
+from autointerp.collect.collector import (
+    CollectConfig,
+    CollectReport,
+    LayerReader,
+    collect,
+)
 from autointerp.collect.corpora import iter_documents
 from autointerp.collect.features import load_feature_source, load_sae
 from autointerp.collect.models import SubjectModel, load_subject_model

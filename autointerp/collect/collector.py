@@ -9,9 +9,12 @@ where the next chunk starts in the corpus, so a killed run continues where it st
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,11 +22,22 @@ import torch
 from tqdm.auto import tqdm
 
 from autointerp.collect.corpora import iter_documents
-from autointerp.collect.features import MLP_IN, NEURONS, FeatureSource, SaeFeatures, load_feature_source
+from autointerp.collect.features import (
+    MLP_IN,
+    NEURONS,
+    FeatureSource,
+    SaeFeatures,
+    load_feature_source,
+)
 from autointerp.collect.models import SubjectModel, load_subject_model, model_short_name
 from autointerp.errors import AutointerpError
 from autointerp.store import Store
-from autointerp.store.activations import append_chunk, collection_progress, create_source, finalize_source
+from autointerp.store.activations import (
+    append_chunk,
+    collection_progress,
+    create_source,
+    finalize_source,
+)
 
 MAX_CONTEXT_LEN = 32767  # positions are stored as SMALLINT
 
@@ -56,6 +70,7 @@ class CollectReport:
     new_activations: int
     seconds: float  # this run's forward passes, extraction and writes, without loading or finalising
     finalize_seconds: float
+    cpu_seconds: float = 0.0  # process CPU time of the same span as `seconds` (all threads)
 
     @property
     def tokens_per_second(self) -> float:
@@ -78,6 +93,7 @@ class LayerReader:
 
     def __init__(self, subject: SubjectModel, features: FeatureSource):
         self.model = subject.model
+        self.device = subject.device
         self._captured: torch.Tensor | None = None
         if features.capture == MLP_IN:
             module = subject.mlp_out_proj(features.layer)
@@ -111,7 +127,7 @@ class LayerReader:
     def close(self) -> None:
         self._handle.remove()
 
-    def __enter__(self) -> "LayerReader":
+    def __enter__(self) -> LayerReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -177,7 +193,7 @@ def collect(
     """Record `cfg.tokens` tokens of activations into the store, resuming a source collected before.
 
     `subject`: an already loaded model (skips loading cfg.model; its name must match). `on_chunk(index)`
-    runs after each chunk is committed.
+    runs after each chunk is committed (on the writer thread; an exception there stops the collection).
     """
     _check(cfg)
     if subject is not None and subject.name != model_short_name(cfg.model):
@@ -189,8 +205,9 @@ def collect(
     if isinstance(features, SaeFeatures):
         features.to(subject.device)
     bos = prepends_bos(subject.tokenizer)
-    if next(iter_documents(cfg.dataset, text_column=cfg.text_column), None) is None:
-        raise AutointerpError(f"dataset {cfg.dataset!r} has no text")
+    documents = iter_documents(cfg.dataset, text_column=cfg.text_column)
+    if next(iter_contexts(documents, subject.tokenizer, cfg.context_len, bos=bos), None) is None:
+        raise AutointerpError(f"no document of {cfg.dataset!r} has {cfg.context_len} tokens; use a shorter --context-len")
     name = cfg.source or default_source_name(cfg.model, features)
     n_target = cfg.tokens // cfg.context_len
 
@@ -215,10 +232,15 @@ def collect(
         start = (state["document"], state["offset"]) if state else None
         documents = iter_documents(cfg.dataset, text_column=cfg.text_column, start=start[0] if start else 0)
         contexts = iter_contexts(documents, subject.tokenizer, cfg.context_len, bos=bos, start=start)
-        pieces = TokenPieces(subject.tokenizer)
-        per_chunk = max(1, cfg.chunk_tokens // cfg.context_len)
-        new_contexts = new_activations = 0
-        seconds = 0.0
+        chunks = _chunks(
+            contexts,
+            per_chunk=max(1, cfg.chunk_tokens // cfg.context_len),
+            n_wanted=0 if done else n_target - context_id,
+            step=cfg.context_len - (1 if bos else 0),
+        )
+        writer = _ChunkWriter(store, info.source_id, cfg.context_len, bos, TokenPieces(subject.tokenizer), on_chunk)
+        first_new = context_id
+        t0, c0 = time.perf_counter(), time.process_time()
         bar = tqdm(
             total=n_target * cfg.context_len,
             initial=context_id * cfg.context_len,
@@ -227,36 +249,14 @@ def collect(
             desc=name,
             disable=not progress,
         )
-        with bar:
-            pending = None if done else next(contexts, None)
-            if pending is None and context_id == 0:
-                raise AutointerpError(
-                    f"no document of {cfg.dataset!r} has {cfg.context_len} tokens; use a shorter --context-len"
-                )
-            while pending is not None and context_id < n_target:
-                t0 = time.perf_counter()
-                n = min(per_chunk, n_target - context_id)
-                chunk = [pending, *itertools.islice(contexts, n - 1)]
-                pending = next(contexts, None) if context_id + len(chunk) < n_target else None
-                table, activations = _record_chunk(reader, features, chunk, context_id, cfg, bos, pieces, subject.device)
-                last = chunk[-1]
-                resume = {
-                    "document": last.document_id,
-                    "offset": last.doc_offset + cfg.context_len - (1 if bos else 0),
-                    "exhausted": pending is None and context_id + len(chunk) < n_target,
-                }
-                with store.writing() as con:
-                    append_chunk(
-                        con, info.source_id, chunk_index, table, activations, len(chunk) * cfg.context_len, resume
-                    )
-                seconds += time.perf_counter() - t0
+        with bar, writer:
+            for chunk, resume in chunks:
+                batches = _run_batches(reader, features, chunk, cfg.batch_size, cfg.context_len)
+                writer.submit(chunk_index, context_id, chunk, batches, resume)
                 chunk_index += 1
                 context_id += len(chunk)
-                new_contexts += len(chunk)
-                new_activations += activations.num_rows
                 bar.update(len(chunk) * cfg.context_len)
-                if on_chunk is not None:
-                    on_chunk(chunk_index - 1)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
 
     t0 = time.perf_counter()
     with store.writing() as con:
@@ -267,11 +267,95 @@ def collect(
         already_complete=False,
         n_contexts=context_id,
         n_tokens=context_id * cfg.context_len,
-        new_tokens=new_contexts * cfg.context_len,
-        new_activations=new_activations,
+        new_tokens=(context_id - first_new) * cfg.context_len,
+        new_activations=writer.n_activations,
         seconds=seconds,
         finalize_seconds=time.perf_counter() - t0,
+        cpu_seconds=cpu_seconds,
     )
+
+
+def _chunks(
+    contexts: Iterator[Context], *, per_chunk: int, n_wanted: int, step: int
+) -> Iterator[tuple[list[Context], dict[str, Any]]]:
+    """Up to `n_wanted` contexts in chunks, each with the resume state that follows it.
+
+    The state says where the next chunk's first window starts, and whether the corpus ran out first.
+    """
+    pending = next(contexts, None) if n_wanted > 0 else None
+    while pending is not None:
+        chunk = [pending, *itertools.islice(contexts, min(per_chunk, n_wanted) - 1)]
+        n_wanted -= len(chunk)
+        pending = next(contexts, None) if n_wanted > 0 else None
+        last = chunk[-1]
+        resume = {"document": last.document_id, "offset": last.doc_offset + step, "exhausted": pending is None and n_wanted > 0}
+        yield chunk, resume
+
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows (token index within the chunk), features, values
+
+
+def _run_batches(
+    reader: LayerReader, features: FeatureSource, chunk: list[Context], batch_size: int, context_len: int
+) -> list[Batch]:
+    """Sparse activations of a chunk's contexts, batch by batch, on the CPU."""
+    ids = torch.tensor([c.token_ids for c in chunk], dtype=torch.long)
+    out = []
+    for b in range(0, len(chunk), batch_size):
+        captured = reader(ids[b : b + batch_size].to(reader.device))
+        sparse = features.encode(captured.reshape(-1, captured.shape[-1]))
+        out.append((sparse.rows.cpu().numpy() + b * context_len, sparse.features.cpu().numpy(), sparse.values.cpu().numpy()))
+    return out
+
+
+class _ChunkWriter:
+    """Builds and stores chunks on one background thread, in order, while the model computes the next chunk.
+
+    At most one chunk waits in the queue. An error while storing (or in `on_chunk`) is raised in the caller at
+    its next `submit` or when the `with` block ends; chunks after a failed one are never stored.
+    """
+
+    def __init__(self, store: Store, source_id: int, context_len: int, bos: bool, pieces: TokenPieces, on_chunk):
+        self.store, self.source_id, self.context_len, self.bos = store, source_id, context_len, bos
+        self.pieces, self.on_chunk = pieces, on_chunk
+        self.n_activations = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="autointerp-chunk-writer", daemon=True)
+
+    def __enter__(self) -> _ChunkWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()  # a chunk being written when the caller fails still lands whole
+        if exc_type is None:
+            self._raise_if_failed()
+
+    def submit(self, chunk_index: int, first_context_id: int, chunk: list[Context], batches: list[Batch], resume: dict) -> None:
+        self._raise_if_failed()
+        self._queue.put((chunk_index, first_context_id, chunk, batches, resume))
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._store(*item)
+                except BaseException as exc:
+                    self._error = exc
+
+    def _store(self, chunk_index: int, first_context_id: int, chunk: list[Context], batches: list[Batch], resume: dict) -> None:
+        contexts, activations = _tables(chunk, first_context_id, batches, self.context_len, self.bos, self.pieces)
+        with self.store.writing() as con:
+            append_chunk(con, self.source_id, chunk_index, contexts, activations, len(chunk) * self.context_len, resume)
+        self.n_activations += activations.num_rows
+        if self.on_chunk is not None:
+            self.on_chunk(chunk_index)
 
 
 def _check(cfg: CollectConfig) -> None:
@@ -297,50 +381,30 @@ def _identity(cfg: CollectConfig, features: FeatureSource, bos: bool) -> dict[st
     }
 
 
-def _record_chunk(
-    reader: LayerReader,
-    features: FeatureSource,
-    chunk: list[Context],
-    first_context_id: int,
-    cfg: CollectConfig,
-    bos: bool,
-    pieces: TokenPieces,
-    device: torch.device,
+def _tables(
+    chunk: list[Context], first_context_id: int, batches: list[Batch], context_len: int, bos: bool, pieces: TokenPieces
 ) -> tuple[pa.Table, pa.Table]:
-    """Run a chunk's contexts through the model in batches; the contexts and activations tables to store."""
-    ids = np.asarray([c.token_ids for c in chunk], dtype=np.int32)
-    parts = []
-    for b in range(0, len(chunk), cfg.batch_size):
-        batch = torch.from_numpy(ids[b : b + cfg.batch_size]).to(device=device, dtype=torch.long)
-        captured = reader(batch)
-        sparse = features.encode(captured.reshape(-1, captured.shape[-1]))
-        rows = sparse.rows.cpu().numpy()
-        parts.append(
-            (
-                rows // cfg.context_len + first_context_id + b,
-                rows % cfg.context_len,
-                sparse.features.cpu().numpy(),
-                sparse.values.cpu().numpy(),
-            )
-        )
-    context_ids, pos, feature, value = (np.concatenate(p) for p in zip(*parts))
+    """The contexts and activations tables of one chunk, as `append_chunk` takes them."""
+    rows, feature, value = (np.concatenate(p) for p in zip(*batches))
+    pos = rows % context_len
     if bos:  # the BOS position looks the same in every context: its activations say nothing about the text
         keep = pos > 0
-        context_ids, pos, feature, value = context_ids[keep], pos[keep], feature[keep], value[keep]
+        rows, pos, feature, value = rows[keep], pos[keep], feature[keep], value[keep]
     activations = pa.table(
         {
             "feature": pa.array(feature.astype(np.int32)),
-            "context_id": pa.array(context_ids.astype(np.int64)),
+            "context_id": pa.array((rows // context_len + first_context_id).astype(np.int64)),
             "pos": pa.array(pos.astype(np.int16)),
             "value": pa.array(value.astype(np.float32)),
         }
     )
-    offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32) * cfg.context_len)
+    ids = np.asarray([c.token_ids for c in chunk], dtype=np.int32).reshape(-1)
+    offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32) * context_len)
     contexts = pa.table(
         {
             "context_id": pa.array(np.arange(first_context_id, first_context_id + len(chunk), dtype=np.int64)),
-            "token_ids": pa.ListArray.from_arrays(offsets, pa.array(ids.reshape(-1))),
-            "tokens": pa.ListArray.from_arrays(offsets, pa.array(pieces(ids.reshape(-1).tolist()), pa.string())),
+            "token_ids": pa.ListArray.from_arrays(offsets, pa.array(ids)),
+            "tokens": pa.ListArray.from_arrays(offsets, pa.array(pieces(ids.tolist()), pa.string())),
             "document_id": pa.array([c.document_id for c in chunk], pa.int64()),
             "doc_offset": pa.array([c.doc_offset for c in chunk], pa.int32()),
         }

@@ -15,8 +15,8 @@ import io
 import itertools
 import sys
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
 
 from autointerp.collect.hub import require_hub
 from autointerp.errors import AutointerpError

@@ -94,7 +94,7 @@ class SaeFeatures:
             "k": self.k,
         }
 
-    def to(self, device: torch.device) -> "SaeFeatures":
+    def to(self, device: torch.device) -> SaeFeatures:
         for name in ("W_enc", "b_enc", "b_dec_in", "threshold", "pre_scale"):
             value = getattr(self, name)
             if value is not None:
@@ -215,7 +215,7 @@ def _saelens(folder: Path, cfg: dict, layer: int | None) -> SaeFeatures:
         b_enc=b_enc,
         b_dec_in=b_dec if cfg.get("apply_b_dec_to_input", True) else None,
         file_format="saelens",
-        path=str(folder),
+        path=str(folder.resolve()),
     )
     if architecture == "topk":
         sae.k = _positive_k(folder, k, width)
@@ -253,7 +253,7 @@ def _sparsify(folder: Path, cfg: dict, layer: int | None) -> SaeFeatures:
         b_dec_in=b_dec,
         k=_positive_k(folder, cfg.get("k"), width),
         file_format="sparsify",
-        path=str(folder),
+        path=str(folder.resolve()),
     )
 
 

@@ -45,7 +45,7 @@ def make_llm(
     the running one at `base_url`. Close with `await llm.aclose()` (or `async with`) to flush the ledger.
     """
     provider, _, model = spec.partition(":")
-    common = dict(store=store, run_id=run_id, limits=limits, prices=prices, retries=retries, cache=cache)
+    common = {"store": store, "run_id": run_id, "limits": limits, "prices": prices, "retries": retries, "cache": cache}
     if provider == "openai" and model:
         from autointerp.llm.openai_client import OpenAICompatibleLLM
 

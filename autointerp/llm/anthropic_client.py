@@ -52,7 +52,7 @@ class AnthropicLLM(ProviderLLM):
             raise SendError("timeout") from None
         except anthropic.APIConnectionError as exc:
             raise SendError("connection", detail=str(exc)) from None
-        return json_body(raw.text)
+        return json_body(await raw.text())  # this SDK's raw response reads its body asynchronously
 
     def _parse(self, endpoint: str, body: dict[str, Any]) -> LLMResponse:
         try:

@@ -186,13 +186,11 @@ class ProviderLLM:
             del self._inflight[slot]
             done.set()
 
-    def _answer_from_cache(self, endpoint, request, key, stage, answer) -> LLMResponse:
-        body, prompt_tokens, completion_tokens = answer
+    def _answer_from_cache(self, endpoint, request, key, stage, body) -> LLMResponse:
         response = self._parse(endpoint, body)
         response.cached = True
-        response.cost_usd = 0.0
         response.raw = body
-        self._record(key, stage, request, None, response.usage, 0.0, True, 0.0, None, cached=True, attempts=0)
+        self._record(key, stage, request, usage=response.usage, cached=True, attempts=0)
         return response
 
     async def _call_server(self, endpoint, request, key, stage, est_tokens) -> LLMResponse:
@@ -211,7 +209,7 @@ class ProviderLLM:
             response = self._parse(endpoint, body)
         except SendError as exc:
             message = self._failure_message(exc, attempts)
-            self._record(key, stage, request, None, Usage(), 0.0, True, started, message, attempts=attempts)
+            self._record(key, stage, request, started=started, error=message, attempts=attempts)
             raise LLMCallError(message, exc.kind) from None
         except MalformedResponse as exc:
             body = exc.body if isinstance(exc.body, dict) else {"unparsed_body": str(exc.body)[:20000]}
@@ -219,20 +217,37 @@ class ProviderLLM:
                 f"{self._where()} sent a response for {self.name} that is not a valid {endpoint} answer "
                 f"({redact(str(exc), self._secrets())}); the body is kept in llm_calls"
             )
-            self._record(key, stage, request, body, Usage(), 0.0, True, started, message, attempts=attempts)
+            self._record(key, stage, request, body=body, started=started, error=message, attempts=attempts)
             raise LLMCallError(message, "malformed") from None
         except Exception as exc:  # an SDK surprise: still one ledger row, then the original error
             message = redact(f"{type(exc).__name__}: {exc}", self._secrets())
-            self._record(key, stage, request, None, Usage(), 0.0, True, started, message, attempts=attempts)
+            self._record(key, stage, request, started=started, error=message, attempts=attempts)
             raise
         cost, priced = self.prices.cost(self.provider, self.model, response.usage)
         response.cost_usd = cost
         response.raw = body
         self._limiter.settle(est_tokens, response.usage.prompt_tokens + response.usage.completion_tokens)
-        self._record(key, stage, request, body, response.usage, cost, priced, started, None, attempts=attempts)
+        self._record(
+            key, stage, request, body=body, usage=response.usage, cost=cost, priced=priced, started=started, attempts=attempts
+        )
         return response
 
-    def _record(self, key, stage, request, body, usage, cost, priced, started, error, *, cached=False, attempts=1):
+    def _record(
+        self,
+        key: str,
+        stage: str | None,
+        request: dict[str, Any],
+        *,
+        body: dict[str, Any] | None = None,
+        usage: Usage | None = None,
+        cost: float = 0.0,
+        priced: bool = True,
+        started: float | None = None,
+        error: str | None = None,
+        cached: bool = False,
+        attempts: int = 1,
+    ) -> None:
+        usage = usage or Usage()
         self.ledger.record(
             LLMCall(
                 cache_key=key,
@@ -245,7 +260,7 @@ class ProviderLLM:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 cost_usd=cost,
-                latency_ms=(time.perf_counter() - started) * 1000 if started else 0.0,
+                latency_ms=(time.perf_counter() - started) * 1000 if started is not None else 0.0,
                 error=error,
                 cached=cached,
                 attempts=attempts,

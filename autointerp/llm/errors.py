@@ -36,7 +36,7 @@ class SendError(Exception):
         return self.kind in RETRYABLE
 
     @classmethod
-    def from_status(cls, status: int, headers, detail: str) -> "SendError":
+    def from_status(cls, status: int, headers, detail: str) -> SendError:
         if status in (401, 403):
             kind = "auth"
         elif status == 429:

@@ -20,13 +20,19 @@ from autointerp.errors import AutointerpError
 from autointerp.llm.base import Usage
 from autointerp.llm.prices import PriceTable
 from autointerp.store.db import Store
-from autointerp.store.llm_calls import LLMCall, answer_counts, insert_calls, spend, stored_answers
+from autointerp.store.llm_calls import (
+    LLMCall,
+    answer_counts,
+    insert_calls,
+    spend,
+    stored_answers,
+)
 
 log = logging.getLogger(__name__)
 
-Answer = tuple[dict[str, Any], int, int]  # response body, prompt tokens, completion tokens
+Answer = dict[str, Any]  # a stored response body
 
-_LIVE: "weakref.WeakSet[Ledger]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Ledger] = weakref.WeakSet()
 
 
 def cache_key(provider: str, model: str, endpoint_host: str | None, endpoint: str, request: dict[str, Any]) -> str:
@@ -47,9 +53,11 @@ class Ledger:
         provider: str,
         model: str,
         endpoint_host: str | None,
-        flush_rows: int = 64,
-        flush_seconds: float = 2.0,
+        flush_rows: int = 256,
+        flush_seconds: float = 5.0,
     ):
+        if store is not None and store.read_only:
+            raise AutointerpError(f"the LLM call ledger writes to {store.path}: open the store for writing, not read-only")
         self.store = store
         self.provider = provider
         self.model = model
@@ -109,7 +117,7 @@ class Ledger:
             return
         self._pending.append(call)
         if call.error is None and not call.cached and call.response is not None:
-            self._fresh.setdefault(call.cache_key, []).append((call.response, call.prompt_tokens, call.completion_tokens))
+            self._fresh.setdefault(call.cache_key, []).append(call.response)
         if len(self._pending) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             try:
                 self.flush()

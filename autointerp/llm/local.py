@@ -154,7 +154,7 @@ class LocalServer:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         self.start()
         return self
 
@@ -195,27 +195,11 @@ def release_shared_server() -> None:
             _shared = None
 
 
-def echo_prefix(model_path: Path) -> str:
-    """The text to put before an echoed prompt so that llama-cpp-python aligns prompt logprobs correctly.
-
-    llama-cpp-python 0.3.36 pairs each echoed token with the logits of its own position (those that predict
-    the NEXT token) unless the prompt starts with the model's BOS token, which it then strips
-    (abetlen/llama-cpp-python#1983). SmolLM2's GGUF declares BOS = <|im_start|> and add_bos = false, so
-    echo prompts are sent starting with <|im_start|>.
-    """
-    import gguf
-
-    reader = gguf.GGUFReader(str(model_path))
-
-    def field(name):
-        f = reader.fields.get(name)
-        return None if f is None else f.parts[f.data[0]]
-
-    add_bos, bos_id = field("tokenizer.ggml.add_bos_token"), field("tokenizer.ggml.bos_token_id")
-    if bos_id is None or (add_bos is not None and bool(add_bos[0])):
-        return ""
-    tokens = reader.fields["tokenizer.ggml.tokens"]
-    return bytes(tokens.parts[tokens.data[int(bos_id[0])]]).decode("utf-8")
+# llama-cpp-python 0.3.36 pairs each echoed prompt token with the logits of its own position (those that
+# predict the NEXT token) unless the prompt starts with the model's BOS token, which it then strips
+# (abetlen/llama-cpp-python#1983). The bundled SmolLM2 GGUF declares BOS = <|im_start|> with add_bos = false,
+# so echo prompts are sent starting with it (ChatML prompts already do).
+BUNDLED_BOS = "<|im_start|>"
 
 
 class LocalLLM(OpenAICompatibleLLM):
@@ -228,7 +212,6 @@ class LocalLLM(OpenAICompatibleLLM):
     def __init__(self, *, base_url: str | None = None, **kwargs):
         self._owns_server = base_url is None
         self._holds_server = False
-        self._echo_prefix: str | None = None
         super().__init__(LOCAL_MODEL_ALIAS, base_url=base_url, api_key="no-key-needed", **kwargs)
 
     def _endpoint_host(self) -> str:
@@ -244,14 +227,12 @@ class LocalLLM(OpenAICompatibleLLM):
         return super()._make_client()
 
     async def complete(self, prompt: str, *, echo: bool = False, **kwargs) -> LLMResponse:
-        if echo:
-            if self._echo_prefix is None:
-                self._echo_prefix = echo_prefix(smollm2_gguf_path())
-            prefix = self._echo_prefix
-            if prefix and not prompt.startswith(prefix):
-                response = await super().complete(prefix + prompt, echo=True, **kwargs)
-                response.text = response.text.removeprefix(prefix)
-                return response
+        """With echo, a prompt not starting with BOS gets it prepended (then removed from the text) so that the
+        prompt logprobs line up; the model then reads plain text as if after a chat-turn opener."""
+        if echo and not prompt.startswith(BUNDLED_BOS):
+            response = await super().complete(BUNDLED_BOS + prompt, echo=True, **kwargs)
+            response.text = response.text.removeprefix(BUNDLED_BOS)
+            return response
         return await super().complete(prompt, echo=echo, **kwargs)
 
     async def aclose(self) -> None:

@@ -51,10 +51,10 @@ class PriceTable:
     as_of: str = ""
 
     @classmethod
-    def default(cls) -> "PriceTable":
+    def default(cls) -> PriceTable:
         return cls({k: Price(*v) for k, v in DEFAULT_PRICES.items()}, DEFAULT_PRICES_AS_OF)
 
-    def with_overrides(self, data: dict[str, Any]) -> "PriceTable":
+    def with_overrides(self, data: dict[str, Any]) -> PriceTable:
         """data: {"as_of": "2026-01-01", "openai:gpt-4o": {"input": 2.5, "output": 10.0}, ...} (per 1M tokens)."""
         prices = dict(self.prices)
         as_of = str(data.get("as_of", self.as_of))
@@ -70,7 +70,7 @@ class PriceTable:
         return PriceTable(prices, as_of)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "PriceTable":
+    def from_toml(cls, path: str | Path) -> PriceTable:
         """The defaults, overridden by a TOML file: as_of = "..." and [prices."provider:model"] input/output."""
         return cls.default().with_overrides(load_toml(path))
 

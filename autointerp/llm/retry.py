@@ -3,10 +3,16 @@ honouring Retry-After; never on auth or other client errors."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from autointerp.errors import AutointerpError
 from autointerp.llm.errors import SendError
@@ -29,7 +35,7 @@ class Retries:
 
 
 def _wait(retries: Retries):
-    backoff = wait_exponential_jitter(initial=retries.min_wait_s, max=retries.max_wait_s, jitter=retries.min_wait_s)
+    backoff = wait_exponential_jitter(multiplier=retries.min_wait_s, max=retries.max_wait_s, jitter=retries.min_wait_s)
 
     def wait(state) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -164,4 +164,6 @@ def row_details(
     }
     if not (mask & (truth == 0)).any():
         row["note"] = f"no {subset.replace('_', ' ') if subset != 'all' else 'negatives'} in the {split} split"
+    elif not (row["n_positive"] and row["n_negative"]):
+        row["note"] = "the parsed answers cover only one class: metric undefined"
     return row

@@ -63,6 +63,7 @@ async def judge(
             dist = digit_distribution(slots[j], BINARY_VALUES) if j in slots else None
             if dist is not None:
                 probabilities[i] = dist.get(1, 0.0)
+    unparsed_outputs = [r.text[:200] for b, r in zip(batches, responses) if any(predictions[i] is None for i in b)]
     judgements = Judgements(
         truth=[it.truth for it in items],
         groups=[it.group for it in items],
@@ -79,5 +80,6 @@ async def judge(
             "completion_tokens": sum(r.usage.completion_tokens for r in responses),
         },
         "probabilities": "logprobs" if use_logprobs else "none",
+        "unparsed_outputs": unparsed_outputs[:3],
     }
     return judgements, details

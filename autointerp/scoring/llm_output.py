@@ -10,8 +10,8 @@ from autointerp.llm.base import TokenLogprob
 ACTIVATION_VALUES = range(0, 11)
 BINARY_VALUES = range(0, 2)
 
-_ANSWER_LINE = re.compile(r"^[\s*#>\-]*(?:context\s*)?(\d+)\s*[:.)=\-]+\s*\**\s*(\d+|yes|no)\b", re.I | re.M)
-_SLOT_PREFIX = re.compile(r"(?:^|\n)[\s*#>\-]*(?:context\s*)?(\d+)\s*[:.)=\-]+[ \t*]*$", re.I)
+_ANSWER_LINE = re.compile(r"^[\s*#>\-]*(?:context\s*)?(\d+)\**\s*[:.)=\-]+\s*\**\s*(\d+|yes|no)\b", re.I | re.M)
+_SLOT_PREFIX = re.compile(r"(?:^|\n)[\s*#>\-]*(?:context\s*)?(\d+)\**\s*[:.)=\-]+[ \t*]*$", re.I)
 
 
 def digit_distribution(top: dict[str, float], values: range = ACTIVATION_VALUES) -> dict[int, float] | None:

@@ -37,6 +37,12 @@ from autointerp.scoring.llm_output import (
 MODES = ("echo", "chat_logprobs", "json")
 SLOT_WORD = "unknown"
 SUBSETS = ("all", *NEGATIVE_SUBSETS, "positives")
+_SUBSET_GROUPS = {
+    "all": ("positives", *NEGATIVE_SUBSETS),
+    "random_negatives": ("positives", "random_negatives"),
+    "hard_negatives": ("positives", "hard_negatives"),
+    "positives": ("positives",),
+}
 _JSON_LIST = re.compile(r"\[[^\[\]]*\]")
 
 
@@ -74,7 +80,7 @@ class SimulationScorer:
         contexts_per_prompt: int = 4,
         before: int = 16,
         after: int = 7,
-        top_logprobs: int = 10,
+        top_logprobs: int = 20,
         concurrency: int = 4,
         n_resamples: int = metrics.N_RESAMPLES,
         seed: int = metrics.SEED,
@@ -222,8 +228,11 @@ class SimulationScorer:
                 "n_unparsed_tokens": int(np.asarray(unparsed_tokens)[mask].sum()),
                 "n_tokens": int(sum(len(x) for x in t)),
             }
+            missing = [g for g in _SUBSET_GROUPS[subset] if g not in row["groups"]]
+            if missing:
+                row["note"] = f"no {' or '.join(g.replace('_', ' ') for g in missing)} in the {split} split"
             if value is None:
-                row["note"] = _undefined_reason(t, p)
+                row["note"] = "; ".join(filter(None, [row.get("note"), _undefined_reason(t, p)]))
             scores.append(
                 Score(
                     scorer=self.name,

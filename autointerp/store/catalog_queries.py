@@ -209,8 +209,9 @@ def best_explanation_ids(
         WHERE ($source IS NULL OR e.source_id = $source) AND ($feature IS NULL OR e.feature = $feature)
         QUALIFY row_number() OVER (
             PARTITION BY e.source_id, e.feature
-            ORDER BY (r.verdict = 'accept') DESC NULLS LAST, r.accept_id DESC NULLS LAST,
-                     (r.verdict IN ('reject', 'edit')) ASC NULLS FIRST,
+            ORDER BY coalesce(r.verdict = 'accept', false) DESC,
+                     CASE WHEN r.verdict = 'accept' THEN r.accept_id END DESC NULLS LAST,
+                     coalesce(r.verdict IN ('reject', 'edit'), false) ASC,
                      sc.value DESC NULLS LAST, e.explanation_id DESC
         ) = 1
         ORDER BY e.source_id, e.feature
@@ -303,24 +304,53 @@ def run_features(con: duckdb.DuckDBPyConnection, run_id: str, limit: int) -> lis
 # ---- search ------------------------------------------------------------------------------------------
 
 
-def labels_version(con: duckdb.DuckDBPyConnection, model: str) -> tuple[int, int, int]:
-    """(number of labels, highest explanation id, number of label embeddings of `model`): changes whenever
-    labels are added (explanations are append-only; an edit adds a new one)."""
-    n, top = con.execute("SELECT count(*), coalesce(max(explanation_id), 0) FROM explanations").fetchone()
-    (n_vectors,) = con.execute("SELECT count(*) FROM label_embeddings WHERE model = ?", [model]).fetchone()
-    return int(n), int(top), int(n_vectors)
+def labels_version(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+    """(number of labels, highest explanation id, number of label embeddings): changes whenever labels are
+    added (explanations are append-only; an edit adds a new one). Cheap: counts and a max, no scan of text."""
+    row = con.execute(
+        """
+        SELECT (SELECT count(*) FROM explanations), (SELECT coalesce(max(explanation_id), 0) FROM explanations),
+               (SELECT count(*) FROM label_embeddings)
+        """
+    ).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def label_texts(con: duckdb.DuckDBPyConnection):
-    """An Arrow table of (explanation_id, label) for every label."""
-    return con.execute("SELECT explanation_id, label FROM explanations ORDER BY explanation_id").fetch_arrow_table()
+    """An Arrow table of (explanation_id, source_id, feature, label) for every label."""
+    return con.execute(
+        "SELECT explanation_id, source_id, feature, label FROM explanations ORDER BY explanation_id"
+    ).to_arrow_table()
+
+
+def source_ids_matching(
+    con: duckdb.DuckDBPyConnection, name: str | None, model: str | None, layer: int | None
+) -> list[int]:
+    return [
+        r[0]
+        for r in con.execute(
+            """
+            SELECT source_id FROM sources
+            WHERE ($name IS NULL OR name = $name) AND ($model IS NULL OR model = $model)
+              AND ($layer IS NULL OR layer = $layer)
+            """,
+            {"name": name, "model": model, "layer": layer},
+        ).fetchall()
+    ]
+
+
+def _id_list(ids: Sequence[int], prefix: str) -> tuple[str, dict[str, int]]:
+    """`$p0, $p1, ...` placeholders and their values: an IN list of bound parameters, which DuckDB answers
+    from the primary-key index (an IN over an unnested list parameter scans the whole table)."""
+    names = [f"{prefix}{i}" for i in range(len(ids))]
+    return ", ".join("$" + n for n in names) or "NULL", {n: int(v) for n, v in zip(names, ids)}
 
 
 def label_vector_batches(con: duckdb.DuckDBPyConnection, model: str, batch_rows: int):
     """Arrow record batches of (explanation_id, vector) for every label embedded with `model`."""
     return con.execute(
         "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? ORDER BY explanation_id", [model]
-    ).fetch_record_batch(batch_rows)
+    ).to_arrow_reader(batch_rows)
 
 
 def filter_candidates(
@@ -346,19 +376,23 @@ def filter_candidates(
     scorer, metric, threshold = min_score if min_score else (None, None, None)
     if explanation_ids is None:
         cand = "SELECT explanation_id, NULL::DOUBLE AS score FROM explanations"
+        picked, only_candidates = "explanations", ""
         order = "s.name, e.feature, e.explanation_id DESC"
         params: dict[str, Any] = {}
     else:
+        id_list, params = _id_list(explanation_ids, "c")
         cand = "SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score"
+        picked = f"(SELECT * FROM explanations WHERE explanation_id IN ({id_list}))"
+        only_candidates = f"explanation_id IN ({id_list}) AND"
         order = "c.score DESC, c.explanation_id"
-        params = {"ids": [int(i) for i in explanation_ids], "scores": [float(x) for x in scores]}
+        params.update(ids=[int(i) for i in explanation_ids], scores=[float(x) for x in scores])
     return con.execute(
         f"""
         WITH cand AS ({cand})
         SELECT c.explanation_id, c.score, s.name, e.feature, e.label, e.author, {_REVIEW_STATE} AS review_state,
                fs.density, s.model, s.layer
-        FROM cand c
-        JOIN explanations e USING (explanation_id)
+        FROM {picked} e
+        JOIN cand c ON c.explanation_id = e.explanation_id
         JOIN sources s ON s.source_id = e.source_id
         LEFT JOIN feature_stats fs ON fs.source_id = e.source_id AND fs.feature = e.feature
         LEFT JOIN ({_LATEST_REVIEW}) r ON r.explanation_id = c.explanation_id
@@ -368,10 +402,10 @@ def filter_candidates(
           AND ($density_min IS NULL OR fs.density >= $density_min)
           AND ($density_max IS NULL OR fs.density <= $density_max)
           AND ($review IS NULL OR {_REVIEW_STATE} = $review)
-          AND ($scorer IS NULL OR EXISTS (
-                SELECT 1 FROM scores sc
-                WHERE sc.explanation_id = c.explanation_id AND sc.scorer = $scorer AND sc.metric = $metric
-                  AND sc.subset = 'all' AND sc.split = 'test' AND sc.value >= $threshold))
+          AND ($scorer IS NULL OR c.explanation_id IN (
+                SELECT explanation_id FROM scores
+                WHERE {only_candidates} scorer = $scorer AND metric = $metric
+                  AND subset = 'all' AND split = 'test' AND value >= $threshold))
         QUALIFY row_number() OVER (PARTITION BY e.source_id, e.feature ORDER BY {order}) = 1
         ORDER BY {order}
         LIMIT $limit OFFSET $offset
@@ -474,3 +508,50 @@ def fts_match_bm25(fts: duckdb.DuckDBPyConnection, query: str, limit: int) -> li
         """,
         [query, limit],
     ).fetchall()
+
+
+# ---- exchange ---------------------------------------------------------------------------------------
+
+
+def explanation_ids(con: duckdb.DuckDBPyConnection, source_id: int | None) -> list[int]:
+    rows = con.execute(
+        "SELECT explanation_id FROM explanations WHERE ($1 IS NULL OR source_id = $1) ORDER BY source_id, feature, explanation_id",
+        [source_id],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def existing_labels(con: duckdb.DuckDBPyConnection, source_id: int) -> set[tuple[int, str]]:
+    return {(f, t) for f, t in con.execute("SELECT feature, label FROM explanations WHERE source_id = ?", [source_id]).fetchall()}
+
+
+def bulk_insert_labels(con: duckdb.DuckDBPyConnection, source_id: int, table, model: str, author: str) -> None:
+    """Many labels at once from an Arrow table (feature, label, vector FLOAT[384], scorer, metric, value, n),
+    one label per feature: for benchmarks and bulk loads, where a write_label call per label is too slow."""
+    con.register("_bulk_labels", table)
+    try:
+        con.execute(
+            """
+            INSERT INTO explanations (source_id, feature, label, author)
+            SELECT ?, feature, label, ? FROM _bulk_labels ORDER BY feature
+            """,
+            [source_id, author],
+        )
+        con.execute(
+            f"""
+            INSERT INTO label_embeddings (explanation_id, model, vector)
+            SELECT e.explanation_id, ?, b.vector::FLOAT[{EMBEDDING_DIM}]
+            FROM _bulk_labels b JOIN explanations e ON e.source_id = ? AND e.feature = b.feature
+            """,
+            [model, source_id],
+        )
+        con.execute(
+            """
+            INSERT INTO scores (explanation_id, scorer, metric, value, ci_low, ci_high, n)
+            SELECT e.explanation_id, b.scorer, b.metric, b.value, b.value - 0.1, b.value + 0.1, b.n
+            FROM _bulk_labels b JOIN explanations e ON e.source_id = ? AND e.feature = b.feature
+            """,
+            [source_id],
+        )
+    finally:
+        con.unregister("_bulk_labels")

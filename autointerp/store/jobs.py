@@ -164,3 +164,12 @@ def run_failures(con: duckdb.DuckDBPyConnection, run_id: str) -> list[Failure]:
         [run_id],
     ).fetchall()
     return [Failure(*r) for r in rows]
+
+
+def firing_features(con: duckdb.DuckDBPyConnection, source_id: int, features: list[int]) -> set[int]:
+    """Those of `features` that fire at all in the source (have statistics)."""
+    rows = con.execute(
+        "SELECT feature FROM feature_stats WHERE source_id = ? AND feature IN (SELECT unnest(?::INTEGER[]))",
+        [source_id, features],
+    ).fetchall()
+    return {int(f) for (f,) in rows}

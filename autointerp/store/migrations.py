@@ -291,3 +291,9 @@ def m003_llm_call_ledger_columns(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE llm_calls ADD COLUMN attempts INTEGER DEFAULT 1")
     con.execute("ALTER TABLE llm_calls ADD COLUMN endpoint_host VARCHAR")
     con.execute("ALTER TABLE llm_calls ADD COLUMN priced BOOLEAN DEFAULT true")
+
+
+@migration
+def m004_catalog_score_index(con: duckdb.DuckDBPyConnection) -> None:
+    """Search filters look up the scores of a page's candidates by explanation id."""
+    con.execute("CREATE INDEX scores_explanation_id ON scores (explanation_id)")

@@ -18,7 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from autointerp.bench.latency_server import BackgroundServer, fake_chat_body, fake_completion_body
+from autointerp.bench.latency_server import (
+    BackgroundServer,
+    fake_chat_body,
+    fake_completion_body,
+)
+
+FAKE_OPENAI_KEY = "sk-test-DOUBLEKEY-0123456789abcdef"
+FAKE_ANTHROPIC_KEY = "sk-ant-test-DOUBLEKEY-0123456789abcdef"
 
 
 @dataclass

@@ -1,0 +1,254 @@
+"""Search latency at catalog scale: keyword, semantic and hybrid p50/p95 over 10k, 100k and 1M synthetic
+labels, the index (re)build time, the recall of the compact semantic path against exact cosine, and the
+feature page's server time (request to rendered HTML, in-process client).
+
+    python -m autointerp.bench.search [--sizes 10000,100000,1000000] [--queries 60]
+
+Synthetic labels: three to four words drawn Zipf-like from the 3000 most frequent words of the Python
+documentation (so common words sit in many labels, as real labels repeat "tokens", "words", "code"), in a
+few templates. A label's vector is the normalised sum of its words' real MiniLM vectors plus noise; only
+the 3000 words are embedded, so building 1M labels takes minutes, not hours. Queries are one to three
+words drawn the same way, half from the frequent end. Latency is the whole `search()` call: query
+embedding, ranking, the SQL that filters and pages, for 20 results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from autointerp.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts
+from autointerp.search import EXACT_LIMIT, SearchFilters, SearchIndex, search
+from autointerp.store import Store
+from autointerp.store import catalog_queries as q
+from autointerp.store.activations import append_chunk, create_source, finalize_source
+
+N_WORDS = 3000
+CHUNK = 100_000
+TEMPLATES = ("{a} {b}", "{a} {b} and {c}", "tokens about {a} in {b} {c}", "{a} {b} {c} {d}")
+NOISE = 0.35
+PAGE_SOURCE = "bench-activations"
+PAGE_FEATURES = 300
+PAGE_CONTEXTS = 2000
+PAGE_CONTEXT_LEN = 64
+
+
+def vocabulary() -> list[str]:
+    from pydoc_data.topics import topics
+
+    counts = collections.Counter(w for text in topics.values() for w in re.findall(r"[a-z]{4,}", text.lower()))
+    return [w for w, _ in counts.most_common(N_WORDS)]
+
+
+def zipf_choice(rng: np.random.Generator, n: int, size) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1)
+    return rng.choice(n, size=size, p=weights / weights.sum())
+
+
+def make_queries(rng: np.random.Generator, words: list[str], n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        k = 1 + i % 3
+        idx = zipf_choice(rng, len(words), k) if i % 2 == 0 else rng.integers(0, len(words), k)
+        out.append(" ".join(words[j] for j in idx))
+    return out
+
+
+def write_labels(store: Store, n: int, words: list[str], word_vectors: np.ndarray, queries: np.ndarray, seed: int):
+    """Bulk-write n synthetic labels; return the exact top-10 features per query (cosine, brute force)."""
+    rng = np.random.default_rng(seed)
+    with store.writing() as con:
+        source = create_source(con, "bench-labels", model="bench", hookpoint="synthetic", layer=0,
+                               feature_kind="synthetic", width=n, context_len=None, config={"seed": seed})
+    best_sims = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    best_features = np.zeros((len(queries), 10), dtype=np.int64)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        picks = zipf_choice(rng, len(words), (m, 4))
+        template = rng.integers(0, len(TEMPLATES), m)
+        n_words = np.array([t.count("{") for t in TEMPLATES])[template]
+        mask = np.arange(4)[None, :] < n_words[:, None]
+        vectors = (word_vectors[picks] * mask[:, :, None]).sum(axis=1)
+        vectors += NOISE * rng.standard_normal(vectors.shape).astype(np.float32) / np.sqrt(EMBEDDING_DIM)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        labels = [
+            TEMPLATES[t].format(a=words[p[0]], b=words[p[1]], c=words[p[2]], d=words[p[3]])
+            for t, p in zip(template, picks)
+        ]
+        features = np.arange(start, start + m, dtype=np.int32)
+        table = pa.table(
+            {
+                "feature": features,
+                "label": labels,
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM),
+                "scorer": ["detection"] * m,
+                "metric": ["auroc"] * m,
+                "value": rng.random(m),
+                "n": np.full(m, 40, dtype=np.int32),
+            }
+        )
+        with store.writing() as con:
+            q.bulk_insert_labels(con, source.source_id, table, EMBEDDING_MODEL, "bench")
+        sims = queries @ vectors.T  # [n_queries, m]
+        merged_sims = np.concatenate([best_sims, sims], axis=1)
+        merged_features = np.concatenate([best_features, np.broadcast_to(features, sims.shape)], axis=1)
+        top = np.argsort(-merged_sims, axis=1)[:, :10]
+        best_sims = np.take_along_axis(merged_sims, top, axis=1)
+        best_features = np.take_along_axis(merged_features, top, axis=1)
+    return best_features
+
+
+def write_activation_source(store: Store, words: list[str], seed: int) -> None:
+    """A source with real contexts and activations for the feature-page timing, its features labeled too."""
+    rng = np.random.default_rng(seed)
+    with store.writing() as con:
+        source = create_source(con, PAGE_SOURCE, model="bench", hookpoint="synthetic", layer=1, feature_kind="synthetic",
+                               width=PAGE_FEATURES, context_len=PAGE_CONTEXT_LEN, config={"seed": seed})
+    n_tok = PAGE_CONTEXTS * PAGE_CONTEXT_LEN
+    tokens = zipf_choice(rng, len(words), n_tok)
+    offsets = pa.array(np.arange(0, n_tok + 1, PAGE_CONTEXT_LEN, dtype=np.int32))
+    contexts = pa.table(
+        {
+            "context_id": np.arange(PAGE_CONTEXTS, dtype=np.int64),
+            "token_ids": pa.ListArray.from_arrays(offsets, pa.array(tokens.astype(np.int32))),
+            "tokens": pa.ListArray.from_arrays(offsets, pa.array([words[t] for t in tokens], pa.string())),
+            "document_id": np.arange(PAGE_CONTEXTS, dtype=np.int64),
+            "doc_offset": np.zeros(PAGE_CONTEXTS, dtype=np.int32),
+        }
+    )
+    n_act = n_tok // 4
+    flat = rng.integers(0, n_tok, n_act)
+    activations = pa.table(
+        {
+            "feature": (tokens[flat] % PAGE_FEATURES).astype(np.int32),
+            "context_id": (flat // PAGE_CONTEXT_LEN).astype(np.int64),
+            "pos": (flat % PAGE_CONTEXT_LEN).astype(np.int16),
+            "value": rng.exponential(1.0, n_act).astype(np.float32),
+        }
+    )
+    activations = activations.group_by(["feature", "context_id", "pos"]).aggregate([("value", "max")]).rename_columns(
+        ["feature", "context_id", "pos", "value"]
+    )
+    vectors = embed_texts([f"{words[f]} tokens" for f in range(PAGE_FEATURES)])
+    table = pa.table(
+        {
+            "feature": np.arange(PAGE_FEATURES, dtype=np.int32),
+            "label": [f"{words[f]} tokens" for f in range(PAGE_FEATURES)],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM),
+            "scorer": ["detection"] * PAGE_FEATURES,
+            "metric": ["auroc"] * PAGE_FEATURES,
+            "value": rng.random(PAGE_FEATURES),
+            "n": np.full(PAGE_FEATURES, 40, dtype=np.int32),
+        }
+    )
+    with store.writing() as con:
+        append_chunk(con, source.source_id, 0, contexts, activations, n_tok, {})
+        finalize_source(con, source.source_id)
+        q.bulk_insert_labels(con, source.source_id, table, EMBEDDING_MODEL, "bench")
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def time_calls(fn, items) -> list[float]:
+    out = []
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: Path) -> dict:
+    path = folder / f"labels-{n}.duckdb"
+    store = Store(path)
+    start = time.perf_counter()
+    exact = write_labels(store, n, words, word_vectors, query_vectors, seed=n)
+    write_activation_source(store, words, seed=1)
+    row: dict = {"size": n, "write_s": time.perf_counter() - start}
+    with Store(path, read_only=True) as reader:
+        con = reader.con
+        index = SearchIndex()
+        row["build_s"] = min(index.build(con) for _ in range(2))  # the rebuild a changed catalog pays
+        row["compact"] = not index._vectors.exact
+        for mode in ("keyword", "semantic", "hybrid"):
+            for text in query_texts[:3]:
+                search(con, index, text, mode=mode)  # warm-up
+            row[mode] = percentiles(time_calls(lambda t: search(con, index, t, mode=mode, limit=20), query_texts))
+        filters = SearchFilters(min_score="detection:0.9", source="bench-labels")
+        row["hybrid_filtered"] = percentiles(
+            time_calls(lambda t: search(con, index, t, filters=filters, limit=20), query_texts)
+        )
+        hits = [search(con, index, t, mode="semantic", limit=10).hits for t in query_texts]
+        row["recall10"] = float(np.mean([
+            len({h.feature for h in hs if h.source == "bench-labels"} & set(top.tolist())) / 10 for hs, top in zip(hits, exact)
+        ]))
+    row["page"] = feature_page_times(path)
+    path.unlink(missing_ok=True)
+    return row
+
+
+def feature_page_times(path: Path) -> tuple[float, float]:
+    from fastapi.testclient import TestClient
+
+    from autointerp.web import create_app
+
+    rng = np.random.default_rng(0)
+    features = rng.choice(PAGE_FEATURES, 30, replace=False)
+    with TestClient(create_app(path)) as client:
+        client.get(f"/features/{PAGE_SOURCE}/{features[0]}")  # warm-up
+
+        def get(feature):
+            response = client.get(f"/features/{PAGE_SOURCE}/{feature}")
+            assert response.status_code == 200, response.text
+
+        return percentiles(time_calls(get, features))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--queries", type=int, default=60)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    import os
+
+    print(f"machine: {os.cpu_count()} CPUs; compact semantic path above {EXACT_LIMIT} labels")
+    words = vocabulary()
+    word_vectors = embed_texts(words)
+    query_texts = make_queries(np.random.default_rng(123), words, args.queries)
+    query_vectors = embed_texts(query_texts)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="autointerp-bench-search-") as folder:
+        for n in sizes:
+            row = bench_size(n, words, word_vectors, query_texts, query_vectors, Path(folder))
+            rows.append(row)
+            print(
+                f"{n:>9} labels  write {row['write_s']:6.1f}s  index build {row['build_s']:6.2f}s  "
+                f"{'(compact vectors)' if row['compact'] else '(exact vectors)'}"
+            )
+            for key in ("keyword", "semantic", "hybrid", "hybrid_filtered"):
+                p50, p95 = row[key]
+                print(f"           {key:<16} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
+            print(f"           semantic recall@10 vs exact cosine {row['recall10']:.3f}")
+            print(f"           feature page     p50 {row['page'][0]:7.1f} ms  p95 {row['page'][1]:7.1f} ms")
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        print(f"\np95 ratio {last['size']} / {first['size']} labels:")
+        for key in ("keyword", "semantic", "hybrid", "hybrid_filtered", "page"):
+            print(f"  {key:<16} {last[key][1] / first[key][1]:6.2f}x")
+        print(f"  index build      {last['build_s'] / first['build_s']:6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""`autointerp label`: the batch labeling job (sample, explain, score on held-out contexts, store)."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+from autointerp.bench.report import HEADLINE_METRICS, fmt_ci
+from autointerp.config import load_job_config
+from autointerp.errors import AutointerpError
+from autointerp.pipeline import CostEstimate, JobSummary, estimate_job, run_label_job
+from autointerp.records import Score
+from autointerp.store import Store
+
+NAME = "label"
+HELP = "Label features with an LLM, score the labels on held-out contexts and store both (resumable)."
+LABEL_WIDTH = 48
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, help="the store file")
+    parser.add_argument("--config", metavar="TOML", help="job file: these options as keys, plus [sampling] and [scorer_options.<scorer>]; flags override it")
+    parser.add_argument("--source", help="source name (see `autointerp features`)")
+    parser.add_argument("--features", help="0-99 | 1,5,9 | auto:N (N features across density strata; default auto:20)")
+    parser.add_argument("--explainer", help="local | openai:<model> | anthropic:<model> (default local)")
+    parser.add_argument("--simulator", help="model for the LLM scorers (default: the explainer)")
+    parser.add_argument("--scorers", help="comma list of simulation, detection, fuzzing, embedding (default detection,embedding)")
+    parser.add_argument("--prompt", help="explainer prompt: highlight | pairs | contrastive (default highlight)")
+    parser.add_argument("--k", type=int, help="candidate labels per feature; the best on the valid split is kept (default 1)")
+    parser.add_argument("--concurrency", type=int, help="features (and remote requests) in flight (default 8)")
+    parser.add_argument("--base-url", help="endpoint of the models: an OpenAI-compatible server, or a running local server")
+    parser.add_argument("--prices", metavar="TOML", help="price table overrides (USD per 1M tokens)")
+    parser.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    parser.add_argument("--dry-run", action="store_true", help="print the requests, tokens and cost it would take; call no model")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    job = load_job_config(
+        args.config,
+        source=args.source,
+        features=args.features,
+        explainer=args.explainer,
+        simulator=args.simulator,
+        scorers=[s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else None,
+        prompt=args.prompt,
+        k=args.k,
+        concurrency=args.concurrency,
+        base_url=args.base_url,
+        prices=args.prices,
+        seed=args.seed,
+    )
+    if args.dry_run:
+        with Store(args.db, read_only=True) as store:
+            print_estimate(estimate_job(store, job))
+        return 0
+    summary = run_label_job(existing_store(args.db), job, progress=not args.quiet)
+    print_summary(summary, args.db)
+    return 0
+
+
+def existing_store(path: str) -> Store:
+    """The store at `path` opened for writing; an error (not a new empty file) when there is none."""
+    if not Path(path).exists():
+        raise AutointerpError(f"no store at {path}: run `autointerp collect` or `autointerp import` first")
+    return Store(path)
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for line in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+
+
+def headline(scores: list[Score], scorer: str) -> Score | None:
+    """The score a scorer is ranked by: its first headline metric with a value, on all test contexts."""
+    mine = [s for s in scores if s.scorer == scorer and s.subset == "all" and s.split == "test"]
+    for metric in HEADLINE_METRICS.get(scorer, ()) + tuple(s.metric for s in mine):
+        found = [s for s in mine if s.metric == metric and s.value is not None]
+        if found:
+            return found[0]
+    return mine[0] if mine else None
+
+
+def score_cell(score: Score | None) -> str:
+    if score is None:
+        return "-"
+    return f"{score.metric} {fmt_ci(score.value, score.ci_low, score.ci_high, 2)} n={score.n}"
+
+
+def print_summary(summary: JobSummary, db: str) -> None:
+    labeled = summary.with_status("done") + summary.with_status("already_done")
+    scorers = list(dict.fromkeys(s.scorer for r in labeled for s in r.scores))
+    if labeled:
+        rows = [
+            [str(r.feature), textwrap.shorten(r.label or "", LABEL_WIDTH), *(score_cell(headline(r.scores, name)) for name in scorers)]
+            + (["(earlier run)"] if r.status == "already_done" else [""])
+            for r in sorted(labeled, key=lambda r: r.feature)
+        ]
+        print()
+        print_table(["feature", "label", *scorers, ""], rows)
+    failed = summary.with_status("failed")
+    if failed:
+        print(f"\nfailed ({len(failed)}; no label stored, details in the failures table):")
+        for r in failed:
+            print(f"  feature {r.feature} at {r.stage}: {textwrap.shorten(r.error or '', 100)}")
+    sparse = summary.with_status("skipped_sparse")
+    if sparse:
+        print(f"\nskipped as too sparse to label ({len(sparse)}): features {', '.join(str(r.feature) for r in sparse)}")
+    counts, usage = summary.counts(), summary.usage
+    print(
+        f"\nrun {summary.run_id} {summary.status}: {counts['done']} labeled, {counts['already_done']} already done, "
+        f"{counts['failed']} failed, {counts['skipped_sparse']} too sparse in {summary.seconds:.0f} s"
+    )
+    print(
+        f"LLM: {usage.calls} calls ({usage.cached} answered from the cache), {usage.prompt_tokens:,} prompt + "
+        f"{usage.completion_tokens:,} completion tokens, ${usage.cost_usd:.4f}"
+    )
+    print(f"browse: autointerp serve --db {db}    search: autointerp search --db {db} \"words\"")
+
+
+def print_estimate(est: CostEstimate) -> None:
+    print(
+        f"dry run: {est.n_features} features to label ({est.n_already_done} already done); request sizes measured on "
+        f"{est.n_sampled} of them; no model was called"
+    )
+    rows = [
+        [s.stage, s.model, f"{s.requests:.1f}", f"{s.prompt_tokens:,.0f}", f"{s.max_completion_tokens:,.0f}",
+         "no price" if s.cost_usd is None else f"${s.cost_usd:.5f}"]
+        for s in est.stages
+    ]
+    print_table(["stage", "model", "requests", "prompt tokens", "completion tokens (max)", "cost (max)"], rows)
+    per_feature = est.cost_per_feature
+    prompt = sum(s.prompt_tokens for s in est.stages)
+    completion = sum(s.max_completion_tokens for s in est.stages)
+    print(
+        f"per feature: {est.requests_per_feature:.1f} requests, ~{prompt:,.0f} prompt + <= {completion:,.0f} completion tokens"
+        + ("" if per_feature is None else f", <= ${per_feature:.5f}")
+    )
+    total = "unknown (a model has no price: give --prices FILE)" if per_feature is None else f"<= ${per_feature * est.n_features:.4f}"
+    print(
+        f"whole job: ~{est.requests_per_feature * est.n_features:,.0f} requests, ~{prompt * est.n_features:,.0f} prompt tokens, "
+        f"cost {total} (prices as of {est.prices_as_of}; prompt tokens estimated as characters / 4; "
+        "answers already in the ledger cost nothing)"
+    )

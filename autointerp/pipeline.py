@@ -1,0 +1,703 @@
+"""The batch labeling job: per feature, sample -> explain (best of k on valid) -> score on test -> one
+transaction storing the label, its scores, its provenance and the feature's job row.
+
+Features run concurrently on one event loop. Every store access happens on that loop's thread between awaits,
+and the file is closed between transactions (the sampler's connection is closed right after each sample), so
+the web catalog can read the same file while a job runs.
+
+Resume: a rerun under the same configuration hash skips features already done (or found too sparse), and the
+LLM ledger answers every request it has already seen, so a stopped job continues without paying twice. Each
+feature's ledger rows are flushed before its label is written; after a SIGKILL only the answers of features
+then in flight and not yet flushed (at most the ledger's flush interval) are asked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from autointerp import __version__
+from autointerp.catalog import load_labels, write_label
+from autointerp.config import JobConfig, SamplingConfig, config_hash
+from autointerp.embeddings import embed_texts
+from autointerp.errors import AutointerpError
+from autointerp.explain import STAGE as EXPLAIN_STAGE
+from autointerp.explain import STYLES, ExplanationParseError, best_of_k
+from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
+from autointerp.llm.base import LLMResponse, Usage
+from autointerp.llm.limits import estimate_tokens
+from autointerp.prompts import available_prompts, load_prompt
+from autointerp.records import Explanation, FeatureExamples, Score
+from autointerp.sampling import TooFewActivations, sample
+from autointerp.scoring import NEEDS_LLM, SCORERS, Scorer, make_scorer
+from autointerp.store import jobs
+from autointerp.store.activations import SourceInfo, get_source, select_features
+from autointerp.store.db import Store
+
+# LLM failures that every later call would hit too: the job stops instead of failing feature after feature.
+FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
+CHAT_TOKENS_PER_MESSAGE = 4  # role markers and separators a chat template adds around each message
+
+
+@dataclass
+class FeatureResult:
+    feature: int
+    status: str  # done | failed | skipped_sparse | already_done
+    label: str | None = None
+    explanation_id: int | None = None
+    scores: list[Score] = field(default_factory=list)
+    stage: str | None = None  # where a failure happened: sample | explain | score:<scorer> | write
+    error: str | None = None
+
+
+@dataclass
+class Meter:
+    """What a job's LLM calls used; cache hits are counted as calls but cost no tokens and nothing."""
+
+    calls: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, response: LLMResponse) -> None:
+        self.calls += 1
+        if response.cached:
+            self.cached += 1
+            return
+        self.prompt_tokens += response.usage.prompt_tokens
+        self.completion_tokens += response.usage.completion_tokens
+        self.cost_usd += response.cost_usd
+
+
+@dataclass
+class JobSummary:
+    run_id: str
+    status: str  # done | failed | interrupted
+    config_hash: str
+    source: str
+    results: list[FeatureResult]
+    usage: Meter
+    seconds: float
+
+    def with_status(self, status: str) -> list[FeatureResult]:
+        return [r for r in self.results if r.status == status]
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("done", "already_done", "failed", "skipped_sparse")}
+        for r in self.results:
+            out[r.status] += 1
+        return out
+
+
+class _MeteredLLM:
+    """An LLM that adds what every answer used to a Meter; everything else is the wrapped LLM's."""
+
+    def __init__(self, llm: Any, meter: Meter):
+        self.llm = llm
+        self.meter = meter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.llm, name)
+
+    async def chat(self, messages, **kwargs) -> LLMResponse:
+        response = await self.llm.chat(messages, **kwargs)
+        self.meter.add(response)
+        return response
+
+    async def complete(self, prompt, **kwargs) -> LLMResponse:
+        response = await self.llm.complete(prompt, **kwargs)
+        self.meter.add(response)
+        return response
+
+
+# --- configuration -------------------------------------------------------------------------------------
+
+
+def simulator_spec(job: JobConfig) -> str:
+    return job.simulator or job.explainer
+
+
+def _prompt_hashes() -> dict[str, str]:
+    return {name: load_prompt(name).sha256 for name in available_prompts()}
+
+
+def scoring_config_hash(job: JobConfig) -> str:
+    """A hash of what changes scores: scorers and their options, the simulator, sampling (hence the test
+    split), every prompt template file and the package version."""
+    return config_hash(
+        {
+            "source": job.source,
+            "simulator": simulator_spec(job) if set(job.scorers) & NEEDS_LLM else None,
+            "scorers": sorted(job.scorers),
+            "scorer_options": {name: job.scorer_options.get(name, {}) for name in sorted(job.scorers)},
+            "sampling": dataclasses.asdict(job.sampling),
+            "prompts": _prompt_hashes(),
+            "version": __version__,
+        }
+    )
+
+
+def job_config_hash(job: JobConfig) -> str:
+    """A hash of everything that changes a job's results: the scoring configuration plus explainer, prompt
+    and k. Not: which features, concurrency, endpoint, rate limits or prices."""
+    return config_hash(scoring_config_hash(job), {"explainer": job.explainer, "prompt": job.prompt, "k": job.k})
+
+
+def _check_job(job: JobConfig) -> None:
+    if not job.source:
+        raise AutointerpError("name the source to label with --source (see `autointerp features --db ...`)")
+    if job.k < 1:
+        raise AutointerpError(f"k must be at least 1, got {job.k}")
+    if job.prompt not in STYLES:
+        raise AutointerpError(f"unknown explainer prompt {job.prompt!r}; choose one of {', '.join(STYLES)}")
+    if job.concurrency < 1:
+        raise AutointerpError(f"concurrency must be at least 1, got {job.concurrency}")
+    if not job.scorers:
+        raise AutointerpError("choose at least one scorer (--scorers detection,embedding)")
+    unknown = sorted(set(job.scorers) - set(SCORERS))
+    if unknown:
+        raise AutointerpError(f"unknown scorer(s) {unknown}; choose from {', '.join(SCORERS)}")
+
+
+def parse_feature_spec(spec: str) -> tuple[int | None, list[int]]:
+    """("auto:N" -> (N, [])) or ("0-99", "1,5,9", "0-9,20" -> (None, sorted distinct features))."""
+    spec = spec.strip()
+    bad = AutointerpError(f"cannot read --features {spec!r}: write a range (0-99), a list (1,5,9) or auto:N")
+    if spec.startswith("auto:"):
+        try:
+            n = int(spec[5:])
+        except ValueError:
+            raise bad from None
+        if n < 1:
+            raise bad
+        return n, []
+    features: set[int] = set()
+    for part in spec.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise bad from None
+        if first < 0 or last < first:
+            raise bad
+        features.update(range(first, last + 1))
+    return None, sorted(features)
+
+
+def resolve_features(con, source: SourceInfo, spec: str, sampling: SamplingConfig) -> list[int]:
+    n_auto, features = parse_feature_spec(spec)
+    if n_auto is not None:
+        chosen = select_features(con, source.source_id, n_auto, sampling.seed, sampling.min_active_contexts)
+        if not chosen:
+            raise AutointerpError(
+                f"no feature of {source.name!r} fires in at least {sampling.min_active_contexts} contexts; "
+                "collect more tokens or lower min_active_contexts"
+            )
+        return chosen
+    if source.width and features[-1] >= source.width:
+        raise AutointerpError(f"source {source.name!r} has {source.width} features (0..{source.width - 1}); feature {features[-1]} does not exist")
+    return features
+
+
+# --- the job -------------------------------------------------------------------------------------------
+
+
+def new_run_id(kind: str) -> str:
+    return f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def make_job_llm(spec: str, job: JobConfig, *, store: Store | None, run_id: str | None) -> Any:
+    """The job's LLM for `spec`: remote models get `concurrency` requests in flight and the job's rpm/tpm;
+    the local model keeps its own limits (one llama.cpp server answers one request at a time)."""
+    limits = None if spec.startswith("local") else RateLimits(job.concurrency, job.rpm, job.tpm)
+    prices = PriceTable.from_toml(job.prices) if job.prices else None
+    return make_llm(spec, store=store, run_id=run_id, base_url=job.base_url, limits=limits, prices=prices)
+
+
+class _StoreSessions:
+    """The job's store work, batched: features are sampled ahead (up to `prefetch` ready) and finished
+    features' rows queued, and both are served together in one connection session at most every
+    `min_interval_s`, so the file is opened a few times a second whatever the concurrency and is free for
+    other processes (the web catalog) in between. Each queued write is still its own transaction."""
+
+    def __init__(self, store: Store, features: list[int], sample_one, before_writes, prefetch: int, min_interval_s: float = 0.5):
+        self.store = store
+        self._todo = iter(features)
+        self._sample_one = sample_one  # feature -> FeatureExamples, or the exception sampling raised
+        self._before_writes = before_writes
+        self._prefetch = prefetch
+        self.min_interval_s = min_interval_s
+        self._ready: asyncio.Queue = asyncio.Queue()
+        self._writes: list[Any] = []
+        self._exhausted = False
+        self._wanted = 0  # workers waiting for a feature
+        self._handle: asyncio.TimerHandle | None = None
+        self._last_end = -math.inf
+        self.error: BaseException | None = None  # a write that failed: the job stops with it
+
+    async def next_feature(self) -> tuple[int, Any] | None:
+        """(feature, its examples or the exception sampling raised), or None when no feature is left."""
+        if self.error is not None:
+            raise self.error
+        if self._ready.empty():
+            if self._exhausted:
+                return None
+            self._wanted += 1
+            self._schedule()
+            try:
+                return await self._ready.get()
+            finally:
+                self._wanted -= 1
+        item = self._ready.get_nowait()
+        if self._ready.qsize() < self._prefetch // 2:
+            self._schedule()
+        return item
+
+    def write(self, fn) -> None:
+        """Run fn(con) in its own transaction at the next session."""
+        self._writes.append(fn)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._handle is None:
+            delay = max(0.0, self._last_end + self.min_interval_s - time.monotonic())
+            self._handle = asyncio.get_running_loop().call_later(delay, self.run_session)
+
+    def run_session(self, sample_more: bool = True) -> None:
+        """Write what is queued and (unless told not to) top up the ready features, on one connection."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        writes, self._writes = self._writes, []
+        try:
+            self.store.con
+            if writes:
+                self._before_writes()
+            for fn in writes:
+                with self.store.writing() as con:
+                    fn(con)
+            need = max(self._prefetch - self._ready.qsize(), self._wanted)
+            while sample_more and not self._exhausted and need > 0:
+                feature = next(self._todo, None)
+                if feature is None:
+                    self._exhausted = True
+                    break
+                self._ready.put_nowait((feature, self._sample_one(feature)))
+                need -= 1
+        except BaseException as exc:
+            self.error = self.error or exc
+        finally:
+            self.store.close()
+            self._last_end = time.monotonic()
+        if self._exhausted:
+            for _ in range(self._wanted - self._ready.qsize()):
+                self._ready.put_nowait(None)
+        if self.error is not None:
+            for _ in range(self._wanted):
+                self._ready.put_nowait(None)
+
+
+class _Job:
+    """One running job or scoring: its run row, LLMs (made on first use, one per model spec), tallies and
+    the per-feature steps."""
+
+    def __init__(self, store: Store, job: JobConfig, run_id: str, chash: str, source: SourceInfo):
+        self.store, self.job, self.run_id, self.chash, self.source = store, job, run_id, chash, source
+        self.meter = Meter()
+        self.results: list[FeatureResult] = []
+        self.sessions: _StoreSessions | None = None
+        self._llms: dict[str, _MeteredLLM] = {}
+        self.make_scorers()  # fail on unknown scorers or options before any feature starts
+
+    def llm(self, spec: str) -> _MeteredLLM:
+        if spec not in self._llms:
+            self._llms[spec] = _MeteredLLM(make_job_llm(spec, self.job, store=self.store, run_id=self.run_id), self.meter)
+        return self._llms[spec]
+
+    def make_scorers(self) -> list[Scorer]:
+        """Fresh scorers per feature: scorers may cache per-context work that is no use for the next feature."""
+        return [
+            make_scorer(
+                name,
+                self.llm(simulator_spec(self.job)) if name in NEEDS_LLM else None,
+                **self.job.scorer_options.get(name, {}),
+            )
+            for name in self.job.scorers
+        ]
+
+    async def aclose(self) -> None:
+        for llm in self._llms.values():
+            await llm.aclose()
+
+    def flush_ledgers(self) -> None:
+        for llm in self._llms.values():
+            ledger = getattr(llm.llm, "ledger", None)
+            if ledger is not None:
+                ledger.flush()
+
+    def _counts(self) -> dict[str, Any]:
+        statuses = [r.status for r in self.results]
+        return {
+            "n_done": statuses.count("done") + statuses.count("already_done"),
+            "n_failed": statuses.count("failed"),
+            "n_skipped": statuses.count("skipped_sparse"),
+            "prompt_tokens": self.meter.prompt_tokens,
+            "completion_tokens": self.meter.completion_tokens,
+            "cost_usd": self.meter.cost_usd,
+        }
+
+    def create_run(self, kind: str, n_total: int) -> None:
+        with self.store.writing() as con:
+            jobs.create_run(con, self.run_id, kind, _job_record(self.job), self.chash, n_total)
+
+    def update_run(self, status: str | None = None, ended: bool = False) -> None:
+        try:
+            self.store.con  # one connection for the ledger flush and the update
+            self.flush_ledgers()
+            with self.store.writing() as con:
+                jobs.update_run(con, self.run_id, status=status, ended=ended, **self._counts())
+        finally:
+            self.store.close()
+
+    def _store_result(self, result: FeatureResult, write) -> None:
+        """Queue the feature's rows, its job row and the run's counts: one transaction, written after the
+        LLM answers it used are in the ledger."""
+
+        def transaction(con) -> None:
+            write(con)
+            jobs.mark_feature(
+                con, self.chash, self.source.source_id, result.feature, result.status,
+                run_id=self.run_id, explanation_id=result.explanation_id, error=result.error,
+            )
+            self.results.append(result)
+            try:
+                jobs.update_run(con, self.run_id, **self._counts())
+            except BaseException:
+                self.results.remove(result)
+                raise
+
+        self.sessions.write(transaction)
+
+    def _failed(self, feature: int, stage: str, exc: BaseException, raw: str | None = None) -> None:
+        error = str(exc) if isinstance(exc, AutointerpError) else f"{type(exc).__name__}: {exc}"
+
+        def write(con) -> None:
+            jobs.record_failure(
+                con, run_id=self.run_id, source_id=self.source.source_id, feature=feature, stage=stage, error=error, raw_output=raw
+            )
+
+        self._store_result(FeatureResult(feature, "failed", stage=stage, error=error), write)
+
+    def sample(self, feature: int) -> FeatureExamples:
+        try:
+            return sample(self.store, self.job.source, feature, self.job.sampling)
+        finally:
+            self.store.close()
+
+    def sample_or_error(self, feature: int, firing: set[int]) -> FeatureExamples | AutointerpError:
+        """Within a store session (the connection stays open)."""
+        if feature not in firing:
+            return TooFewActivations(self.source.name, feature, 0, 0, self.job.sampling.min_active_contexts)
+        try:
+            return sample(self.store, self.job.source, feature, self.job.sampling)
+        except AutointerpError as exc:
+            return exc
+
+    async def score(self, explanation: Explanation, examples: FeatureExamples, on_stage=None) -> list[Score]:
+        scores: list[Score] = []
+        for scorer in self.make_scorers():
+            if on_stage:
+                on_stage(f"score:{scorer.name}")
+            scores += await scorer.score(explanation, examples, split="test")
+        return scores
+
+    async def label_feature(self, feature: int, sampled: FeatureExamples | AutointerpError) -> None:
+        if isinstance(sampled, TooFewActivations):
+            self._store_result(FeatureResult(feature, "skipped_sparse", stage="sample", error=str(sampled)), lambda con: None)
+            return
+        if isinstance(sampled, AutointerpError):
+            self._failed(feature, "sample", sampled)
+            return
+        examples = sampled
+        stage = "explain"
+
+        def entering(name: str) -> None:
+            nonlocal stage
+            stage = name
+
+        try:
+            explanation = await best_of_k(examples, self.llm(self.job.explainer), prompt=self.job.prompt, k=self.job.k)
+            explanation.details["sampling_notes"] = examples.notes
+            scores = await self.score(explanation, examples, entering)
+            stage = "write"
+            vector = (await asyncio.to_thread(embed_texts, [explanation.label]))[0]
+        except ExplanationParseError as exc:
+            raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
+            self._failed(feature, stage, exc, raw)
+            return
+        except LLMCallError as exc:
+            if exc.kind in FATAL_LLM_ERRORS:
+                raise
+            self._failed(feature, stage, exc)
+            return
+        except Exception as exc:  # one feature's failure never stops the job
+            self._failed(feature, stage, exc)
+            return
+        result = FeatureResult(feature, "done", label=explanation.label, scores=scores)
+
+        def write(con) -> None:
+            result.explanation_id = self.write_label(con, explanation, examples, scores, vector)
+
+        self._store_result(result, write)
+
+    def write_label(self, con, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> int:
+        return write_label(
+            con, explanation, scores, run_id=self.run_id, config_hash=self.chash,
+            sampling_config=examples.sampling_config, seed=examples.seed, embedding=vector,
+        )
+
+
+def _job_record(job: JobConfig) -> dict[str, Any]:
+    return {**dataclasses.asdict(job), "simulator": simulator_spec(job)}
+
+
+def _already_done(store: Store, chash: str, source: SourceInfo, features: list[int], statuses: dict[int, str]) -> list[FeatureResult]:
+    with store.reading() as con:
+        ids = jobs.feature_explanation_ids(con, chash, source.source_id)
+        labels = {lab.feature: lab for lab in load_labels(con, [ids[f] for f in features if f in ids])}
+    out = []
+    for f in features:
+        if statuses.get(f) == "skipped_sparse":
+            out.append(FeatureResult(f, "skipped_sparse", stage="sample", error="too few activations (an earlier run)"))
+        elif f in labels:
+            lab = labels[f]
+            out.append(FeatureResult(f, "already_done", label=lab.label, explanation_id=lab.explanation_id, scores=lab.scores))
+    return out
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="feature", file=sys.stderr, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def run_label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSummary:
+    """Label, score and store the job's features; see the module docstring. Ctrl-C leaves the run 'interrupted'."""
+    return asyncio.run(label_job(store, job, progress=progress))
+
+
+async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSummary:
+    """The job as a coroutine (for callers that already run an event loop); see `run_label_job`."""
+    started = time.monotonic()
+    _check_job(job)
+    chash = job_config_hash(job)
+    with store.reading() as con:
+        source = get_source(con, job.source)
+        features = resolve_features(con, source, job.features, job.sampling)
+        statuses = jobs.feature_statuses(con, chash, source.source_id)
+        firing = jobs.firing_features(con, source.source_id, features)
+    finished = {f for f in features if statuses.get(f) in jobs.FINISHED_STATUSES}
+    todo = [f for f in features if f not in finished]
+    state = _Job(store, job, new_run_id("label"), chash, source)
+    state.create_run("label", len(features))
+    state.results.extend(_already_done(store, chash, source, sorted(finished), statuses))
+    sessions = state.sessions = _StoreSessions(
+        store, todo, lambda f: state.sample_or_error(f, firing), state.flush_ledgers, prefetch=max(2, job.concurrency)
+    )
+    status = "failed"
+    bar = _progress_bar(len(todo), progress)
+    try:
+
+        async def worker() -> None:
+            while (item := await sessions.next_feature()) is not None:
+                await state.label_feature(*item)
+                m = state.meter
+                bar.set_postfix_str(f"{m.prompt_tokens + m.completion_tokens:,} tok, ${m.cost_usd:.4f}", refresh=False)
+                bar.update(1)
+
+        tasks = [asyncio.create_task(worker()) for _ in range(min(job.concurrency, len(todo)))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if sessions.error is not None:
+            raise sessions.error
+        status = "done"
+    except asyncio.CancelledError:
+        status = "interrupted"
+        raise
+    except LLMCallError as exc:
+        sessions.write(
+            lambda con: jobs.record_failure(con, run_id=state.run_id, source_id=source.source_id, feature=None, stage="job", error=str(exc))
+        )
+        raise AutointerpError(f"the job stopped: {exc}") from None
+    finally:
+        bar.close()
+        await state.aclose()
+        sessions.run_session(sample_more=False)  # write what is still queued
+        state.update_run(status=status, ended=True)
+        if sessions.error is not None and status != "failed":
+            raise sessions.error
+    results = sorted(state.results, key=lambda r: r.feature)
+    return JobSummary(state.run_id, status, chash, source.name, results, state.meter, time.monotonic() - started)
+
+
+# --- a label a person proposes -------------------------------------------------------------------------
+
+
+def score_label(store: Store, job: JobConfig, feature: int, label: str) -> FeatureResult:
+    """Score a person's label on the feature's test split (the same split a job with `job.sampling` scores
+    on) and store it as author "human" with its scores, in a run of kind "score"."""
+    return asyncio.run(ascore_label(store, job, feature, label))
+
+
+async def ascore_label(store: Store, job: JobConfig, feature: int, label: str) -> FeatureResult:
+    label = " ".join(label.split())
+    if not label:
+        raise AutointerpError("the label is empty: pass the text to score with --label")
+    _check_job(job)
+    with store.reading() as con:
+        source = get_source(con, job.source)
+    state = _Job(store, job, new_run_id("score"), scoring_config_hash(job), source)
+    examples = state.sample(feature)
+    state.create_run("score", 1)
+    status = "failed"
+    try:
+        explanation = Explanation(source=source.name, feature=feature, label=label, author="human")
+        scores = await state.score(explanation, examples)
+        vector = (await asyncio.to_thread(embed_texts, [label]))[0]
+        with store.writing() as con:
+            explanation_id = state.write_label(con, explanation, examples, scores, vector)
+        state.results.append(FeatureResult(feature, "done", label=label, explanation_id=explanation_id, scores=scores))
+        status = "done"
+    except asyncio.CancelledError:
+        status = "interrupted"
+        raise
+    finally:
+        await state.aclose()
+        state.update_run(status=status, ended=True)
+    return state.results[0]
+
+
+# --- the dry run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageEstimate:
+    """Per labeled feature: requests and tokens of one stage (completion tokens as requested maxima)."""
+
+    stage: str
+    model: str
+    requests: float
+    prompt_tokens: float
+    max_completion_tokens: float
+    cost_usd: float | None  # at most; None when the price table does not know the model
+
+
+@dataclass
+class CostEstimate:
+    n_features: int  # still to label
+    n_already_done: int
+    n_sampled: int  # features whose prompts were rendered to measure the sizes
+    stages: list[StageEstimate]
+    prices_as_of: str
+
+    @property
+    def requests_per_feature(self) -> float:
+        return sum(s.requests for s in self.stages)
+
+    @property
+    def cost_per_feature(self) -> float | None:
+        costs = [s.cost_usd for s in self.stages]
+        return None if any(c is None for c in costs) else sum(costs)
+
+
+class _DryRunLLM:
+    """Stands in for a job's model in the dry run: keeps the size of every request and calls nothing.
+
+    Explainer requests get a parsable label so that the scorers' requests are rendered too; scorer requests
+    get an empty answer (which scorers count as unparsed)."""
+
+    def __init__(self, name: str, supports_logprobs: bool, supports_echo: bool):
+        self.name, self.supports_logprobs, self.supports_echo = name, supports_logprobs, supports_echo
+        self.requests: list[tuple[str, int, int]] = []  # stage, estimated prompt tokens, max_tokens
+
+    def _answer(self, stage: str | None, prompt_tokens: int, max_tokens: int) -> LLMResponse:
+        self.requests.append((stage or "other", prompt_tokens, max_tokens))
+        return LLMResponse(text="Label: dry run" if stage == EXPLAIN_STAGE else "", model=self.name)
+
+    async def chat(self, messages, *, max_tokens=256, temperature=0.0, top_logprobs=None, stage=None) -> LLMResponse:
+        chars = sum(len(m.get("content", "")) for m in messages)
+        return self._answer(stage, estimate_tokens(chars, 0) + CHAT_TOKENS_PER_MESSAGE * len(messages), max_tokens)
+
+    async def complete(self, prompt, *, max_tokens=16, temperature=0.0, logprobs=None, echo=False, stage=None) -> LLMResponse:
+        return self._answer(stage, estimate_tokens(len(prompt), 0), max_tokens)
+
+
+def _dry_run_llm(spec: str, job: JobConfig) -> _DryRunLLM:
+    try:
+        llm = make_job_llm(spec, job, store=None, run_id=None)  # makes no request
+        return _DryRunLLM(llm.name, llm.supports_logprobs, llm.supports_echo)
+    except AutointerpError:  # e.g. no API key yet: assume what the provider's adapter offers
+        logprobs = not spec.startswith("anthropic")
+        return _DryRunLLM(spec, logprobs, logprobs)
+
+
+def estimate_job(store: Store, job: JobConfig, n_sample: int = 3) -> CostEstimate:
+    """What the job would send, per feature and in all, measured by rendering every request for up to
+    `n_sample` of its features (prompt tokens ~ characters / 4) and priced with the price table; no model
+    is called and nothing is written."""
+    return asyncio.run(_estimate_job(store, job, n_sample))
+
+
+async def _estimate_job(store: Store, job: JobConfig, n_sample: int) -> CostEstimate:
+    _check_job(job)
+    chash = job_config_hash(job)
+    with store.reading() as con:
+        source = get_source(con, job.source)
+        features = resolve_features(con, source, job.features, job.sampling)
+        statuses = jobs.feature_statuses(con, chash, source.source_id)
+    todo = [f for f in features if statuses.get(f) not in jobs.FINISHED_STATUSES]
+    explainer = _dry_run_llm(job.explainer, job)
+    simulator = explainer if simulator_spec(job) == job.explainer else _dry_run_llm(simulator_spec(job), job)
+    sampled = 0
+    for feature in todo:
+        if sampled == n_sample:
+            break
+        try:
+            examples = sample(store, job.source, feature, job.sampling)
+        except AutointerpError:
+            continue
+        finally:
+            store.close()
+        explanation = await best_of_k(examples, explainer, prompt=job.prompt, k=job.k)
+        for name in job.scorers:
+            if name in NEEDS_LLM:
+                await make_scorer(name, simulator, **job.scorer_options.get(name, {})).score(explanation, examples)
+        sampled += 1
+    if not sampled:
+        raise AutointerpError(f"none of the job's {len(todo)} remaining features could be sampled: nothing to estimate")
+    prices = PriceTable.from_toml(job.prices) if job.prices else PriceTable.default()
+    stages = []
+    for llm in dict.fromkeys([explainer, simulator]):
+        provider, _, model = llm.name.partition(":")
+        by_stage: dict[str, list[tuple[int, int]]] = {}
+        for stage, prompt_tokens, max_tokens in llm.requests:
+            by_stage.setdefault(stage, []).append((prompt_tokens, max_tokens))
+        for stage, sizes in by_stage.items():
+            prompt_tokens = sum(p for p, _ in sizes) / sampled
+            completion = sum(m for _, m in sizes) / sampled
+            cost, priced = prices.cost(provider, model, Usage(round(prompt_tokens), round(completion)))
+            stages.append(StageEstimate(stage, llm.name, len(sizes) / sampled, prompt_tokens, completion, cost if priced else None))
+    return CostEstimate(len(todo), len(features) - len(todo), sampled, stages, prices.as_of)

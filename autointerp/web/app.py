@@ -1,0 +1,254 @@
+"""The catalog web app: search, feature and run pages (Jinja2, autoescaped) and a JSON API.
+
+The app opens a short read-only connection per request and a short write transaction per review, so
+a labeling job can write to the same store between them (DuckDB allows one writing process or many
+reading ones). Requests of this process take turns on the store (one lock): DuckDB also refuses a
+read-only and a writing connection to one file inside one process at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+import duckdb
+import jinja2
+from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from autointerp.catalog import REVIEW_STATES, VERDICTS, FeatureView, feature_view, load_labels, review_label, run_view
+from autointerp.errors import AutointerpError
+from autointerp.search import MODES, SearchFilters, SearchIndex, search
+from autointerp.store import Store, connect
+from autointerp.store.jobs import list_runs
+
+HERE = Path(__file__).parent
+REFRESH_FACTOR = 10.0  # rebuild the search index at most once per 10x its last build time
+# Beginnings of the catalog's messages for things that do not exist: answered 404, other user errors 400.
+NOT_FOUND_MESSAGES = ("unknown source", "no label", "no run", "feature ", "source ")
+
+
+class CatalogAccess:
+    """The store file as the web app uses it: one lock, short connections, one search index."""
+
+    def __init__(self, path: str | Path, refresh_factor: float = REFRESH_FACTOR):
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self.index = SearchIndex()
+        self.refresh_factor = refresh_factor
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.lock:
+            con = connect(self.path, read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.lock:
+            with Store(self.path).writing() as con:
+                yield con
+
+
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["num"] = lambda x, digits=3: "–" if x is None else f"{x:.{digits}g}"
+    env.filters["path"] = lambda s: quote(str(s), safe="")
+    return env
+
+
+def _histogram(view: FeatureView, width: int = 400, height: int = 80) -> list[dict[str, Any]]:
+    """SVG bars of the activation histogram (active tokens only), heights scaled to the tallest bin."""
+    if view.stats is None or not view.stats.hist_counts:
+        return []
+    counts, edges = view.stats.hist_counts, view.stats.hist_edges
+    top = max(counts) or 1
+    bar = width / len(counts)
+    return [
+        {
+            "x": round(i * bar, 2),
+            "w": round(bar - 1, 2),
+            "h": round(height * c / top, 2),
+            "y": round(height - height * c / top, 2),
+            "title": f"{edges[i]:.3g} to {edges[i + 1]:.3g}: {c} tokens",
+        }
+        for i, c in enumerate(counts)
+    ]
+
+
+def _shade_max(view: FeatureView) -> float:
+    if view.stats is not None and view.stats.max_value > 0:
+        return view.stats.max_value
+    return max([c.max_value for c in view.contexts] + [1e-9])
+
+
+def _filters(
+    source: str | None, model: str | None, layer: int | None, min_score: str | None,
+    density_min: float | None, density_max: float | None, review: str | None,
+) -> SearchFilters:
+    return SearchFilters(
+        source=source or None, model=model or None, layer=layer, min_score=min_score or None,
+        density_min=density_min, density_max=density_max, review=review or None,
+    )
+
+
+def _number(text: str | None, kind: type, name: str):
+    if text is None or not text.strip():
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise AutointerpError(f"the {name} filter wants a number, not {text!r}") from None
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse writes that a page from another site makes the browser send (CSRF)."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+
+
+def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -> FastAPI:
+    access = CatalogAccess(db_path, refresh_factor)
+    env = _templates()
+    app = FastAPI(
+        title="autointerp catalog",
+        description="Search feature labels, read their scores and evidence, and review them.",
+        version="1",
+    )
+    app.state.access = access
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(template).render(**context), status_code=status)
+
+    def run_search(con, q: str, mode: str, filters: SearchFilters, limit: int, offset: int):
+        if q.strip():
+            access.index.refresh(con, access.refresh_factor)
+        return search(con, access.index, q, mode=mode, filters=filters, limit=limit, offset=offset)
+
+    @app.exception_handler(AutointerpError)
+    async def user_error(request: Request, exc: AutointerpError):
+        status = 404 if str(exc).startswith(NOT_FOUND_MESSAGES) else 400
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+        return page("error.html", status=status, message=str(exc))
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/search", status_code=302)
+
+    @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
+    def search_page(
+        q: str = "", mode: str = "hybrid", source: str | None = None, model: str | None = None,
+        layer: str | None = None, min_score: str | None = None, density_min: str | None = None,
+        density_max: str | None = None, review: str | None = None, limit: int = 20, offset: int = 0,
+    ) -> HTMLResponse:
+        # The filter form sends empty fields as empty strings: they mean "no filter".
+        filters = _filters(
+            source, model, _number(layer, int, "layer"), min_score,
+            _number(density_min, float, "density from"), _number(density_max, float, "density to"), review,
+        )
+        with access.reading() as con:
+            results = run_search(con, q, mode, filters, limit, offset)
+        params = {k: v for k, v in dataclasses.asdict(filters).items() if v is not None}
+        base = {"q": q, "mode": mode, "limit": limit, **params}
+        prev_url = f"/search?{urlencode({**base, 'offset': max(offset - limit, 0)})}" if offset > 0 else None
+        next_url = f"/search?{urlencode({**base, 'offset': offset + limit})}" if len(results.hits) == limit else None
+        return page(
+            "search.html", results=results, q=q, mode=mode, modes=MODES, filters=filters,
+            review_states=REVIEW_STATES, prev_url=prev_url, next_url=next_url,
+        )
+
+    @app.get("/features/{source}/{feature}", response_class=HTMLResponse, include_in_schema=False)
+    def feature_page(source: str, feature: int) -> HTMLResponse:
+        with access.reading() as con:
+            view = feature_view(con, source, feature)
+        return page("feature.html", view=view, bars=_histogram(view), shade_max=_shade_max(view), verdicts=VERDICTS)
+
+    @app.post("/features/{source}/{feature}/reviews", include_in_schema=False)
+    async def review_form(source: str, feature: int, request: Request) -> RedirectResponse:
+        _same_origin(request)
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8"), keep_blank_values=True).items()}
+        try:
+            explanation_id = int(form.get("explanation_id", ""))
+        except ValueError:
+            raise AutointerpError("the review form lacks the label's explanation_id") from None
+        with access.writing() as con:
+            review_label(
+                con, explanation_id, form.get("verdict", ""), note=form.get("note") or None,
+                edited_label=form.get("label") or None,
+            )
+        return RedirectResponse(f"/features/{quote(source, safe='')}/{feature}", status_code=303)
+
+    @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
+    def runs_page() -> HTMLResponse:
+        with access.reading() as con:
+            runs = list_runs(con, limit=100)
+        return page("runs.html", runs=runs)
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
+    def run_page(run_id: str) -> HTMLResponse:
+        with access.reading() as con:
+            view = run_view(con, run_id)
+        return page("run.html", view=view)
+
+    # ---- JSON API -------------------------------------------------------------------------------
+
+    @app.get("/api/search", summary="Search labels", tags=["search"])
+    def api_search(
+        q: str = Query("", description="query text; empty lists labeled features"),
+        mode: str = Query("hybrid", description="hybrid | keyword | semantic"),
+        source: str | None = None, model: str | None = None, layer: int | None = None,
+        min_score: str | None = Query(None, description="scorer:value or scorer.metric:value"),
+        density_min: float | None = None, density_max: float | None = None,
+        review: str | None = Query(None, description="accepted | rejected | edited | unreviewed"),
+        limit: int = 20, offset: int = 0,
+    ) -> dict:
+        filters = _filters(source, model, layer, min_score, density_min, density_max, review)
+        with access.reading() as con:
+            return jsonable_encoder(run_search(con, q, mode, filters, limit, offset).to_dict())
+
+    @app.get("/api/features/{source}/{feature}", summary="A feature: stats, best label, history, contexts", tags=["features"])
+    def api_feature(source: str, feature: int) -> dict:
+        with access.reading() as con:
+            return jsonable_encoder(dataclasses.asdict(feature_view(con, source, feature)))
+
+    @app.get("/api/explanations/{explanation_id}", summary="One label with provenance, scores and reviews", tags=["explanations"])
+    def api_explanation(explanation_id: int) -> dict:
+        with access.reading() as con:
+            found = load_labels(con, [explanation_id])
+        if not found:
+            raise AutointerpError(f"no label with explanation id {explanation_id} in this store")
+        return jsonable_encoder(dataclasses.asdict(found[0]))
+
+    @app.post("/api/explanations/{explanation_id}/reviews", summary="Accept, reject or edit a label", tags=["reviews"])
+    def api_review(
+        explanation_id: int,
+        request: Request,
+        verdict: str = Body(..., description="accept | reject | edit"),
+        label: str | None = Body(None, description="the corrected label, for edit"),
+        note: str | None = Body(None),
+    ) -> dict:
+        _same_origin(request)
+        with access.writing() as con:
+            current = review_label(con, explanation_id, verdict, note=note, edited_label=label)
+        return jsonable_encoder(dataclasses.asdict(current))
+
+    @app.get("/api/runs/{run_id}", summary="A job's progress, tokens and cost", tags=["runs"])
+    def api_run(run_id: str) -> dict:
+        with access.reading() as con:
+            return jsonable_encoder(dataclasses.asdict(run_view(con, run_id)))
+
+    return app

@@ -1,0 +1,332 @@
+"""Scorers: arithmetic and parsing through a scripted LLM double, then the real bundled model and MiniLM."""
+
+import asyncio
+import math
+import re
+
+import pytest
+from doubles_llm import ScriptedLLMDouble
+from handmade_examples import ANIMALS, animal_feature
+
+from autointerp.errors import AutointerpError
+from autointerp.llm.base import LLMResponse, TokenLogprob
+from autointerp.records import Explanation
+from autointerp.scoring import make_scorer, metrics
+from autointerp.scoring.llm_output import answer_slots, answer_values, digit_distribution, expected_value
+from autointerp.scoring.simulation import parse_json_predictions
+
+LABEL = Explanation(source="handmade", feature=7, label="names of animals")
+
+
+def _has_animal(text: str) -> bool:
+    return any(w in ANIMALS for w in re.findall(r"[a-z]+", text.lower()))
+
+
+def _excerpts(call) -> list[tuple[int, str]]:
+    return [(int(n), t) for n, t in re.findall(r"^(\d+)\. (.*)$", call.messages[-1]["content"], re.M)]
+
+
+def _by_subset(scores, metric):
+    return {s.subset: s for s in scores if s.metric == metric}
+
+
+# --- reading model output ---------------------------------------------------------------------------------
+
+
+def test_expected_value_from_digit_logprobs():
+    top = {"0": math.log(0.2), "5": math.log(0.2), " 5": math.log(0.1), "x": math.log(0.5)}
+    # digits present: 0 -> 0.2, 5 -> 0.3; renormalised 0.4 / 0.6; EV = 0.6 * 5
+    assert expected_value(top) == pytest.approx(3.0)
+    assert digit_distribution(top) == pytest.approx({0: 0.4, 5: 0.6})
+    assert expected_value({"10": 0.0}) == pytest.approx(10.0)
+    assert expected_value({"11": 0.0, "a": -1.0}) is None
+    assert digit_distribution({"1": math.log(0.3), "0": math.log(0.1), "7": 0.0}, range(2)) == pytest.approx(
+        {0: 0.25, 1: 0.75}
+    )
+
+
+def test_answer_values_and_slots():
+    assert answer_values("1: 0\n2: 1\n**3**: yes\nContext 4: no\n5: maybe") == {1: 0, 2: 1, 3: 1, 4: 0}
+    tokens = [TokenLogprob(t, -0.1, {t: -0.1, "0": -2.0}) for t in ["1", ":", " ", "1", "\n", "2", ":", " 0"]]
+    slots = answer_slots(tokens)
+    assert set(slots) == {1, 2}
+    assert digit_distribution(slots[1], range(2))[1] > 0.8
+    assert slots[2] == {" 0": -0.1, "0": -2.0}
+
+
+def test_json_predictions_parse_strictly():
+    assert parse_json_predictions("Sure: [0, 3, 10]", 3) == [0.0, 3.0, 10.0]
+    assert parse_json_predictions("[0, 3]", 3) is None
+    assert parse_json_predictions("[0, 3, 11]", 3) is None
+    assert parse_json_predictions("[0, true, 1]", 3) is None
+    assert parse_json_predictions("no list here", 3) is None
+
+
+# --- detection --------------------------------------------------------------------------------------------
+
+
+def _detection_double(with_logprobs: bool, skip: int | None = None):
+    def reply(call):
+        lines, tokens = [], []
+        for n, text in _excerpts(call):
+            if n == skip:
+                continue
+            fits = _has_animal(text)
+            lines.append(f"{n}: {int(fits)}")
+            p = 0.9 if fits else 0.2
+            tokens += [(str(n), {}), (":", {}), (" ", {}), (str(int(fits)), {"1": math.log(p), "0": math.log(1 - p)})]
+            tokens.append(("\n", {}))
+        text = "\n".join(lines)
+        if not with_logprobs:
+            return text
+        return LLMResponse(text=text, model="double", logprobs=[TokenLogprob(t, None, top) for t, top in tokens])
+
+    return ScriptedLLMDouble(reply, supports_logprobs=with_logprobs)
+
+
+def test_detection_balanced_accuracy_per_subset():
+    llm = _detection_double(with_logprobs=False)
+    scores = asyncio.run(make_scorer("detection", llm).score(LABEL, animal_feature()))
+    ba = _by_subset(scores, "balanced_accuracy")
+    # The double says 1 for any animal word: right on all 5 positives and 7 random negatives, wrong on the
+    # 3 hard negatives ("rocking horse", "pig latin", "duck tape").
+    assert ba["random_negatives"].value == pytest.approx(1.0)
+    assert ba["hard_negatives"].value == pytest.approx(0.5)
+    assert ba["all"].value == pytest.approx((1 + 7 / 10) / 2)
+    assert (ba["all"].n, ba["random_negatives"].n, ba["hard_negatives"].n) == (15, 12, 8)
+    assert ba["all"].ci_low <= ba["all"].value <= ba["all"].ci_high
+    assert not _by_subset(scores, "auroc")  # no logprobs, no probabilities
+    assert {c.stage for c in llm.calls} == {"detection"}
+    assert len(llm.calls) == 3 and all(len(_excerpts(c)) == 5 for c in llm.calls)
+
+
+def test_detection_auroc_from_logprobs():
+    scores = asyncio.run(make_scorer("detection", _detection_double(with_logprobs=True)).score(LABEL, animal_feature()))
+    auc = _by_subset(scores, "auroc")
+    assert auc["random_negatives"].value == pytest.approx(1.0)
+    assert auc["hard_negatives"].value == pytest.approx(0.5)  # hard negatives tie with positives
+    assert auc["all"].value == pytest.approx((5 * 7 + 0.5 * 5 * 3) / (5 * 10))
+
+
+def test_detection_unparsed_answers_leave_n_and_are_counted():
+    scores = asyncio.run(make_scorer("detection", _detection_double(False, skip=2)).score(LABEL, animal_feature()))
+    for s in scores:
+        total = {"all": 15, "random_negatives": 12, "hard_negatives": 8}[s.subset]
+        assert s.n + s.details["n_unparsed"] == total
+    assert _by_subset(scores, "balanced_accuracy")["all"].details["n_unparsed"] == 3  # one per batch of 5
+
+
+def test_detection_batches_are_reproducible():
+    first, second = _detection_double(False), _detection_double(False)
+    asyncio.run(make_scorer("detection", first).score(LABEL, animal_feature()))
+    asyncio.run(make_scorer("detection", second).score(LABEL, animal_feature()))
+    assert [c.text() for c in first.calls] == [c.text() for c in second.calls]
+
+
+# --- fuzzing ----------------------------------------------------------------------------------------------
+
+
+def test_fuzzing_separates_correct_from_misplaced_highlights():
+    def reply(call):
+        return "\n".join(
+            f"{n}: {int(all(_has_animal(m) for m in re.findall(r'<<(.*?)>>', t)))}" for n, t in _excerpts(call)
+        )
+
+    llm = ScriptedLLMDouble(reply)
+    [score] = asyncio.run(make_scorer("fuzzing", llm).score(LABEL, animal_feature()))
+    assert score.metric == "balanced_accuracy" and score.value == pytest.approx(1.0)
+    assert score.n == 10 and score.details["n_positive"] == 5 and score.details["n_negative"] == 5
+    texts = "\n".join(c.text() for c in llm.calls)
+    assert texts.count("<<") >= 10 and {c.stage for c in llm.calls} == {"fuzzing"}
+
+
+# --- simulation -------------------------------------------------------------------------------------------
+
+ANIMAL_TOP = {"10": math.log(0.8), "0": math.log(0.2)}  # EV 8
+OTHER_TOP = {"0": math.log(0.9), "1": math.log(0.1)}  # EV 0.1
+
+
+def _echo_double(top_for=lambda token: ANIMAL_TOP if token.strip().lower() in ANIMALS else OTHER_TOP):
+    def reply(call):
+        tokens = []
+        for line in call.prompt.split("\n"):
+            if line.endswith("\tunknown"):
+                token = line[: -len("\tunknown")]
+                tokens += [
+                    TokenLogprob(token, None),
+                    TokenLogprob("\t", None),
+                    TokenLogprob("unknown", -9.0, top_for(token)),
+                ]
+            else:
+                tokens.append(TokenLogprob(line, None))
+            tokens.append(TokenLogprob("\n", None))
+        return LLMResponse(text=call.prompt + "0", model="double", logprobs=tokens)
+
+    return ScriptedLLMDouble(reply, supports_logprobs=True, supports_echo=True)
+
+
+def _bills_expected(examples, groups):
+    """Pooled correlation computed independently from the examples (sentences fit inside the window)."""
+    chosen = [e for g in groups for e in getattr(examples.test, g)]
+    true = [e.activations for e in chosen]
+    pred = [[8.0 if t.strip().lower() in ANIMALS else 0.1 for t in e.tokens] for e in chosen]
+    return metrics.pooled_pearson(true, pred)
+
+
+def test_simulation_echo_matches_bills_correlation():
+    examples = animal_feature()
+    llm = _echo_double()
+    scores = asyncio.run(make_scorer("simulation", llm).score(LABEL, examples))
+    rows = _by_subset(scores, "ev_correlation")
+    assert rows["random_negatives"].value == pytest.approx(_bills_expected(examples, ["positives", "random_negatives"]))
+    assert rows["hard_negatives"].value == pytest.approx(_bills_expected(examples, ["positives", "hard_negatives"]))
+    assert rows["positives"].value == pytest.approx(_bills_expected(examples, ["positives"]))
+    assert rows["all"].value == pytest.approx(
+        _bills_expected(examples, ["positives", "random_negatives", "hard_negatives"])
+    )
+    assert rows["all"].n == 15 and rows["all"].details["n_unparsed_tokens"] == 0
+    assert rows["all"].ci_low <= rows["all"].value <= rows["all"].ci_high
+    assert all(c.kind == "complete" and c.kwargs["echo"] and c.stage == "simulation" for c in llm.calls)
+    assert len(llm.calls) == 4  # 15 contexts, 4 per prompt
+
+
+def test_simulation_constant_predictions_give_no_value():
+    scores = asyncio.run(make_scorer("simulation", _echo_double(lambda t: OTHER_TOP)).score(LABEL, animal_feature()))
+    for s in scores:
+        assert s.value is None and s.ci_low is None
+        assert "constant predictions" in s.details["note"]
+
+
+def test_simulation_unparsed_slots_are_excluded_and_counted():
+    # No digit among the alternatives at " the": those tokens are dropped, never read as 0.
+    llm = _echo_double(
+        lambda t: {"x": -0.1} if t == " the" else ANIMAL_TOP if t.strip().lower() in ANIMALS else OTHER_TOP
+    )
+    examples = animal_feature()
+    rows = _by_subset(asyncio.run(make_scorer("simulation", llm).score(LABEL, examples)), "ev_correlation")
+    n_the = sum(e.tokens.count(" the") for e in examples.test.all())
+    assert rows["all"].details["n_unparsed_tokens"] == n_the > 0
+    assert rows["all"].details["n_tokens"] == sum(len(e.tokens) for e in examples.test.all()) - n_the
+
+
+def test_simulation_chat_logprobs_mode():
+    def reply(call):
+        pieces = []
+        for n, tok in re.findall(r"^(\d+)\t(.*)$", call.messages[-1]["content"], re.M):
+            top = ANIMAL_TOP if tok.strip().lower() in ANIMALS else OTHER_TOP
+            pieces += [TokenLogprob(n, None), TokenLogprob(":", None), TokenLogprob(" ", None)]
+            pieces += [TokenLogprob(max(top, key=top.get), None, top), TokenLogprob("\n", None)]
+        return LLMResponse(text="".join(p.token for p in pieces), model="double", logprobs=pieces)
+
+    examples = animal_feature()
+    llm = ScriptedLLMDouble(reply, supports_logprobs=True)
+    rows = _by_subset(asyncio.run(make_scorer("simulation", llm).score(LABEL, examples)), "ev_correlation")
+    assert rows["random_negatives"].value == pytest.approx(_bills_expected(examples, ["positives", "random_negatives"]))
+    assert all(c.kwargs["top_logprobs"] and c.stage == "simulation" for c in llm.calls)
+    assert rows["all"].details["mode"] == "chat_logprobs"
+
+
+def test_simulation_json_mode_without_logprobs():
+    def reply(call):
+        tokens = re.findall(r"^\d+\t(.*)$", call.messages[-1]["content"], re.M)
+        if any(t.strip() == "Tax" for t in tokens):
+            return "I would rather not."
+        return str([9 if t.strip().lower() in ANIMALS else 0 for t in tokens])
+
+    examples = animal_feature()
+    llm = ScriptedLLMDouble(reply)
+    rows = _by_subset(asyncio.run(make_scorer("simulation", llm).score(LABEL, examples)), "ev_correlation")
+    assert rows["all"].details["mode"] == "json"
+    assert rows["all"].n == 14 and rows["all"].details["n_unparsed"] == 1  # the "Tax returns" context
+    chosen = [e for e in examples.test.all() if e.tokens[0] != "Tax"]
+    expected = metrics.pooled_pearson(
+        [e.activations for e in chosen],
+        [[9.0 if t.strip().lower() in ANIMALS else 0.0 for t in e.tokens] for e in chosen],
+    )
+    assert rows["all"].value == pytest.approx(expected)
+
+
+# --- embedding and the registry ---------------------------------------------------------------------------
+
+
+def test_embedding_ranks_the_right_label_above_an_unrelated_one():
+    scorer = make_scorer("embedding")
+    examples = animal_feature()
+    right = _by_subset(asyncio.run(scorer.score(LABEL, examples)), "auroc")
+    wrong = _by_subset(
+        asyncio.run(scorer.score(Explanation("handmade", 7, "tax law and government budgets"), examples)), "auroc"
+    )
+    assert right["random_negatives"].value > 0.9 > wrong["random_negatives"].value
+    assert right["all"].value > wrong["all"].value
+    assert right["all"].n == 15 and right["hard_negatives"].n == 8
+    assert right["all"].scorer_model == "all-MiniLM-L6-v2"
+    assert right["all"].ci_low <= right["all"].value <= right["all"].ci_high
+
+
+def test_scorers_refuse_the_train_split_and_bad_names():
+    with pytest.raises(AutointerpError, match="split"):
+        asyncio.run(make_scorer("embedding").score(LABEL, animal_feature(), split="train"))
+    with pytest.raises(AutointerpError, match="unknown scorer"):
+        make_scorer("vibes")
+    with pytest.raises(AutointerpError, match="needs an LLM"):
+        make_scorer("detection", None)
+
+
+# --- the real bundled model -------------------------------------------------------------------------------
+
+
+class StageSpy:
+    """Passes every call to the real LLM, noting the stage it was made under."""
+
+    def __init__(self, llm):
+        self.llm, self.stages = llm, []
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+    async def chat(self, messages, **kwargs):
+        self.stages.append(kwargs.get("stage"))
+        return await self.llm.chat(messages, **kwargs)
+
+    async def complete(self, prompt, **kwargs):
+        self.stages.append(kwargs.get("stage"))
+        return await self.llm.complete(prompt, **kwargs)
+
+
+def _small_test_split(n_pos: int, n_neg: int):
+    examples = animal_feature(n_test=n_pos)
+    examples.test.random_negatives = examples.test.random_negatives[:n_neg]
+    examples.test.hard_negatives = examples.test.hard_negatives[:n_neg]
+    return examples
+
+
+def _consistent(scores, sizes):
+    for s in scores:
+        assert s.n + s.details["n_unparsed"] == sizes[s.subset]
+        if s.value is not None:
+            assert s.ci_low is None or s.ci_low - 1e-9 <= s.value <= s.ci_high + 1e-9
+        else:
+            assert s.details.get("note")
+
+
+def test_detection_with_the_bundled_model(local_llm):
+    spy = StageSpy(local_llm)
+    scores = asyncio.run(make_scorer("detection", spy, batch_size=3).score(LABEL, _small_test_split(2, 2)))
+    _consistent(scores, {"all": 6, "random_negatives": 4, "hard_negatives": 4})
+    assert spy.stages == ["detection", "detection"]
+    assert all(s.scorer_model == local_llm.name for s in scores)
+    assert scores[0].details["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_simulation_with_the_bundled_model(local_llm):
+    """Echo mode over llama.cpp's completions endpoint: ~50 ms per prompt token on 2 cores."""
+    spy = StageSpy(local_llm)
+    scorer = make_scorer("simulation", spy, before=3, after=2, contexts_per_prompt=2)
+    scores = asyncio.run(scorer.score(LABEL, _small_test_split(1, 1)))
+    _consistent(scores, {"all": 3, "random_negatives": 2, "hard_negatives": 2, "positives": 1})
+    assert spy.stages == ["simulation", "simulation"]
+    all_row = _by_subset(scores, "ev_correlation")["all"]
+    assert all_row.details["mode"] == "echo"
+    assert all_row.details["n_tokens"] + all_row.details["n_unparsed_tokens"] == 3 * 6
+    assert all_row.details["n_tokens"] > 0  # the bundled model puts digits among its alternatives at most slots

@@ -1,0 +1,225 @@
+"""Search on a small labeled catalog: BM25 keyword hits, semantic synonyms, hybrid, filters, pagination,
+hostile queries, staleness, and the compact (PCA + int8) semantic path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autointerp import catalog, search as search_module
+from autointerp.cli import main as cli
+from autointerp.errors import AutointerpError
+from autointerp.records import Explanation
+from autointerp.search import SearchFilters, SearchIndex, search
+from autointerp.store import Store
+from autointerp.store import catalog_queries as q
+from catalog_fixtures import FEATURES_A, FEATURES_B, HOSTILE_LABEL, SOURCE_A, SOURCE_B, catalog_copy
+
+INJECTION = "'; DROP TABLE explanations; --"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return catalog_copy(tmp_path_factory.mktemp("search"))
+
+
+@pytest.fixture(scope="module")
+def con(db):
+    with Store(db, read_only=True) as store:
+        yield store.con
+
+
+@pytest.fixture(scope="module")
+def index(con):
+    built = SearchIndex()
+    built.build(con)
+    return built
+
+
+def labels(results) -> list[str]:
+    return [h.label for h in results.hits]
+
+
+def test_keyword_finds_exact_words_with_stemming(con, index):
+    # both of feature 8's labels match; the hit is its best-matching one (the shorter label scores higher)
+    assert labels(search(con, index, "kettle", mode="keyword")) == ["kitchen kettle"]
+    assert labels(search(con, index, "teapots", mode="keyword")) == ["kettles and teapots"]
+    assert labels(search(con, index, "brackets", mode="keyword"))[0] == "closing brackets and parentheses"
+    assert labels(search(con, index, "lake", mode="keyword")) == ["rivers lakes and streams"]  # lakes -> lake
+    assert search(con, index, "canine", mode="keyword").hits == []  # no shared word
+    assert search(con, index, "the and of", mode="keyword").hits == []  # stopwords only
+
+
+def test_keyword_ranking_matches_duckdb_match_bm25(con, index):
+    fts = index._fts
+    for query in ("dogs puppies", "stock market", "loops code range", "and streams", "kettles"):
+        ours = index.keyword(query, 50)
+        reference = q.fts_match_bm25(fts, query, 50)
+        assert [int(i) for i in ours[0]] == [r[0] for r in reference]
+        assert np.allclose(ours[1], [r[1] for r in reference], rtol=1e-5)
+
+
+def test_semantic_finds_synonyms(con, index):
+    assert labels(search(con, index, "canine", mode="semantic"))[0] == "dogs and puppies"
+    assert labels(search(con, index, "feline pets", mode="semantic"))[0] == "cats and kittens"
+    assert "rivers lakes and streams" in labels(search(con, index, "water flowing", mode="semantic", limit=2))
+    assert labels(search(con, index, "violins and cellos", mode="semantic"))[0] == "violin"
+
+
+def test_hybrid_is_the_default_and_fuses_both(con, index):
+    results = search(con, index, "dogs")
+    assert results.mode == "hybrid" and labels(results)[0] == "dogs and puppies"
+    # a hit in both rankings outranks one found by a single ranking
+    assert results.hits[0].score > results.hits[1].score
+    assert labels(search(con, index, "canine"))[0] == "dogs and puppies"  # semantic alone carries it
+
+
+def test_one_hit_per_feature_with_its_best_matching_label(con, index):
+    hits = search(con, index, "loops", mode="keyword").hits
+    assert [(h.source, h.feature) for h in hits] == [(SOURCE_A, 2)]
+    results = search(con, index, "code", limit=50)
+    keys = [(h.source, h.feature) for h in results.hits]
+    assert len(keys) == len(set(keys)) == 12
+
+
+@pytest.mark.parametrize(
+    "filters, expected",
+    [
+        (SearchFilters(source=SOURCE_B), {(SOURCE_B, 0), (SOURCE_B, 1)}),
+        (SearchFilters(layer=1), {(SOURCE_B, 0), (SOURCE_B, 1)}),
+        (SearchFilters(model="toy", layer=0, source=SOURCE_B), set()),
+        (SearchFilters(min_score="detection:0.8"), {(SOURCE_A, 0), (SOURCE_A, 1), (SOURCE_A, 5), (SOURCE_B, 0)}),
+        (SearchFilters(min_score="embedding.auroc:0.78"), {(SOURCE_A, 8)}),  # 1 - 0.40/2
+    ],
+)
+def test_filters(con, index, filters, expected):
+    for mode in ("hybrid", "semantic"):  # semantic ranks every label, so the filter alone decides the set
+        hits = search(con, index, "things", mode=mode, filters=filters, limit=50).hits
+        assert {(h.source, h.feature) for h in hits} == expected
+    every_word = " ".join(text for _, labels in [*FEATURES_A.values(), *FEATURES_B.values()] for text, _ in labels)
+    keyword = search(con, index, every_word, mode="keyword", filters=filters, limit=50).hits
+    assert {(h.source, h.feature) for h in keyword} == expected
+
+
+def test_density_filter_uses_feature_stats(con, index):
+    all_hits = search(con, index, "words", mode="semantic", limit=50).hits
+    cut = sorted(h.density for h in all_hits if h.density is not None)[len(all_hits) // 2]
+    low = search(con, index, "words", mode="semantic", filters=SearchFilters(density_max=cut), limit=50).hits
+    high = search(con, index, "words", mode="semantic", filters=SearchFilters(density_min=cut), limit=50).hits
+    assert low and high and all(h.density <= cut for h in low) and all(h.density >= cut for h in high)
+
+
+def test_review_filter(tmp_path):
+    with Store(catalog_copy(tmp_path)) as store:
+        with store.writing() as w:
+            catalog.review_label(w, catalog.best_label(w, SOURCE_A, 0).explanation_id, "accept")
+            catalog.review_label(w, catalog.best_label(w, SOURCE_A, 1).explanation_id, "reject")
+        index = SearchIndex()
+        for state, expected in (("accepted", [(SOURCE_A, 0)]), ("rejected", [(SOURCE_A, 1)])):
+            hits = search(store.con, index, "animals", filters=SearchFilters(review=state), limit=50).hits
+            assert [(h.source, h.feature) for h in hits] == expected
+        unreviewed = search(store.con, index, "animals", filters=SearchFilters(review="unreviewed"), limit=50).hits
+        assert len(unreviewed) == 10 and (SOURCE_A, 0) not in {(h.source, h.feature) for h in unreviewed}
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "semantic"])
+def test_pages_are_never_short_and_never_overlap(con, index, mode):
+    filters = SearchFilters(source=SOURCE_A)  # removes the other source's labels from every page
+    everything = search(con, index, "words", mode=mode, filters=filters, limit=50).hits
+    assert len(everything) == 10
+    pages = [search(con, index, "words", mode=mode, filters=filters, limit=3, offset=o).hits for o in (0, 3, 6, 9)]
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert [h.explanation_id for p in pages for h in p] == [h.explanation_id for h in everything]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
+def test_candidate_pool_grows_until_the_filtered_page_is_full(con, index, monkeypatch, mode):
+    monkeypatch.setattr(search_module, "MIN_CANDIDATES", 1)
+    monkeypatch.setattr(search_module, "CANDIDATES_PER_RESULT", 1)
+    rounds = []
+    real = q.filter_candidates
+    monkeypatch.setattr(q, "filter_candidates", lambda *a, **k: rounds.append(1) or real(*a, **k))
+    query = "kitchen kettle teapots cats"  # feature 8's labels rank first but are filtered out
+    results = search(con, index, query, mode=mode, filters=SearchFilters(source=SOURCE_B), limit=1)
+    assert [(h.source, h.feature) for h in results.hits] == [(SOURCE_B, 0)]
+    assert len(rounds) > 1
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
+@pytest.mark.parametrize("query", [INJECTION, '"dog" OR 1=1', "dog's", "%", "\\", "*", "a' AND match_bm25(", "😀 dogs"])
+def test_hostile_queries_are_only_text(db, con, index, mode, query):
+    before = con.execute("SELECT count(*) FROM explanations").fetchone()[0]
+    results = search(con, index, query, mode=mode, limit=5)
+    if mode != "keyword":
+        assert results.hits  # the semantic side always ranks something
+    assert con.execute("SELECT count(*) FROM explanations").fetchone()[0] == before == 14
+
+
+def test_hostile_filters_are_only_values(con, index):
+    assert search(con, index, "dogs", filters=SearchFilters(source=INJECTION, model=INJECTION)).hits == []
+    with pytest.raises(AutointerpError, match="min-score wants"):
+        search(con, index, "dogs", filters=SearchFilters(min_score=INJECTION))
+    with pytest.raises(AutointerpError, match="no test scores from scorer"):
+        search(con, index, "dogs", filters=SearchFilters(min_score=f"{INJECTION}:0.5"))
+    hits = search(con, index, "markup injection", mode="keyword").hits
+    assert hits[0].label == HOSTILE_LABEL
+
+
+def test_bad_arguments_say_what_to_do(con, index):
+    with pytest.raises(AutointerpError, match="unknown search mode"):
+        search(con, index, "x", mode="fuzzy")
+    with pytest.raises(AutointerpError, match="unknown review state"):
+        search(con, index, "x", filters=SearchFilters(review="pending"))
+    with pytest.raises(AutointerpError, match="limit must be"):
+        search(con, index, "x", limit=0)
+
+
+def test_empty_query_lists_labeled_features(con):
+    index = SearchIndex()
+    results = search(con, index, "", limit=50)
+    assert len(results.hits) == 12 and index.version is None  # listing needs no index
+    assert [(h.source, h.feature) for h in results.hits][:2] == [(SOURCE_A, 0), (SOURCE_A, 1)]
+
+
+def test_index_goes_stale_on_new_labels_and_refresh_finds_them(tmp_path):
+    with Store(catalog_copy(tmp_path)) as store:
+        index = SearchIndex()
+        index.build(store.con)
+        assert not index.is_stale(store.con) and index.build_seconds > 0
+        with store.writing() as w:
+            catalog.write_label(w, Explanation(SOURCE_B, 1, "harpsichord recitals"), [], run_id=None,
+                                config_hash=None, sampling_config=None, seed=None)
+        assert index.is_stale(store.con)
+        stale = search(store.con, index, "harpsichord", mode="keyword")
+        assert stale.stale and stale.hits == []
+        assert index.refresh(store.con, min_interval_factor=1e9) is False  # too soon after the last build
+        assert index.refresh(store.con) is True
+        fresh = search(store.con, index, "harpsichord", mode="keyword")
+        assert not fresh.stale and labels(fresh) == ["harpsichord recitals"]
+
+
+def test_compact_semantic_path_ranks_like_the_exact_one(con, monkeypatch):
+    exact = SearchIndex()
+    exact.build(con)
+    monkeypatch.setattr(search_module, "EXACT_LIMIT", 4)
+    compact = SearchIndex()
+    compact.build(con)
+    assert exact._vectors.exact and not compact._vectors.exact
+    for query in ("canine", "finance", "music", "code"):
+        e_ids, e_sims, _ = exact.semantic(query, 5)
+        c_ids, c_sims, _ = compact.semantic(query, 5)
+        assert list(c_ids[:3]) == list(e_ids[:3])
+        assert np.allclose(c_sims, e_sims, atol=0.02)
+
+
+def test_cli_search(db, capsys):
+    assert cli(["search", "--db", str(db), "canine", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "toy-L0/0  dogs and puppies" in out.splitlines()[0]
+    assert cli(["search", "--db", str(db), "kettle", "--json", "--mode", "keyword", "--source", SOURCE_A]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["mode"] == "keyword" and [h["label"] for h in data["hits"]] == ["kitchen kettle"]
+    assert cli(["search", "--db", str(db), "x", "--min-score", "nonsense"]) == 2
+    assert "min-score wants" in capsys.readouterr().err
