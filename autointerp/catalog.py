@@ -7,8 +7,10 @@ which is itself accepted. The edited label therefore has its own history entry, 
 hit, and the old label keeps its scores and provenance.
 
 Best label of a feature: the most recently accepted label when a human accepted one; otherwise the
-explanation with the highest test score under the chosen scorer and metric (subset "all"), skipping
-labels whose latest review is a rejection; the newest label when none has that score.
+unreviewed label with the highest test score under the chosen scorer and metric (subset "all"; by
+default the preferred one present, see `resolve_metric`), the newest one among labels without that score.
+Labels whose latest review is a rejection or an edit come last: a feature whose only label was rejected
+still shows it, marked rejected.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 import duckdb
 import numpy as np
 
+from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, Score
 from autointerp.store import catalog_queries as q
@@ -29,8 +32,9 @@ from autointerp.store.llm_calls import spend
 
 VERDICTS = ("accept", "reject", "edit")
 REVIEW_STATES = ("accepted", "rejected", "edited", "unreviewed")
-DEFAULT_SCORER = "detection"
-DEFAULT_METRIC = "balanced_accuracy"
+# Scorers and metrics preferred for "the" score of a label, when the caller names none.
+PREFERRED_SCORERS = ("detection", "fuzzing", "simulation", "embedding")
+PREFERRED_METRICS = ("auroc", "balanced_accuracy", "ev_correlation")  # as autointerp.bench.report ranks them
 
 
 def write_label(
@@ -49,8 +53,6 @@ def write_label(
     Runs inside the caller's transaction (`with store.writing() as con:`): it neither begins nor commits.
     The embedding is computed with the offline MiniLM model unless `embedding` is given.
     """
-    from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
-
     sid = get_source(con, explanation.source).source_id
     vector = embed_texts([explanation.label])[0] if embedding is None else np.asarray(embedding, dtype=np.float32)
     explanation_id = q.insert_explanation(
@@ -59,11 +61,6 @@ def write_label(
     q.insert_scores(con, explanation_id, scores, run_id)
     q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
     return explanation_id
-
-
-# Scorers and metrics preferred for "the" score of a label, when the caller names none.
-PREFERRED_SCORERS = ("detection", "fuzzing", "simulation", "embedding")
-PREFERRED_METRICS = ("auroc", "balanced_accuracy", "ev_correlation")  # as autointerp.bench.report ranks them
 
 
 @dataclass
@@ -162,14 +159,19 @@ def label_history(con: duckdb.DuckDBPyConnection, source: str, feature: int) -> 
     return _labels_from_rows(con, q.feature_explanation_rows(con, sid, feature))
 
 
+def _best_of(con: duckdb.DuckDBPyConnection, labels: list[Label], ranked_by: tuple[str, str] | None) -> Label | None:
+    """The best of one feature's labels, by the rule in the module docstring."""
+    if not labels:
+        return None
+    rows = q.best_explanation_ids(con, *(ranked_by or (None, None)), explanation_ids=[l.explanation_id for l in labels])
+    return next(l for l in labels if l.explanation_id == rows[0][2])
+
+
 def best_label(
     con: duckdb.DuckDBPyConnection, source: str, feature: int, scorer: str | None = None, metric: str | None = None
 ) -> Label | None:
     """The feature's best label (see the module docstring), or None when it has no label."""
-    sid = get_source(con, source).source_id
-    ranked = resolve_metric(con, scorer, metric) or (None, None)
-    rows = q.best_explanation_ids(con, *ranked, source_id=sid, feature=feature)
-    return load_labels(con, [rows[0][2]])[0] if rows else None
+    return _best_of(con, label_history(con, source, feature), resolve_metric(con, scorer, metric))
 
 
 def best_labels(
@@ -275,7 +277,7 @@ def feature_view(
 ) -> FeatureView:
     """Everything the feature page shows: stats, best label, label history, and top / quantile / random contexts."""
     info = get_source(con, source)
-    history = label_history(con, source, feature)
+    history = _labels_from_rows(con, q.feature_explanation_rows(con, info.source_id, feature))
     try:
         stats = feature_stats(con, info.source_id, feature)
     except AutointerpError:
@@ -283,22 +285,16 @@ def feature_view(
             raise
         stats = None  # labels imported for a feature this store has no activations for
     ranked_by = resolve_metric(con, scorer, metric)
-    best = best_label(con, source, feature, *(ranked_by or (None, None))) if history else None
-    picks = [(c, v, "top", None) for c, v in q.top_contexts(con, info.source_id, feature, n_top)]
-    picks += [(c, v, "quantile", b) for c, v, b in q.quantile_contexts(con, info.source_id, feature, n_bands, per_band)]
-    picks += [(c, v, "random", None) for c, v in q.random_contexts(con, info.source_id, feature, n_random, seed)]
-    ids = sorted({p[0] for p in picks})
-    tokens = q.context_tokens(con, info.source_id, ids)
-    values: dict[int, dict[int, float]] = {}
-    for context_id, pos, value in q.context_activations(con, info.source_id, feature, ids):
-        values.setdefault(context_id, {})[pos] = float(value)
+    best = _best_of(con, history, ranked_by)
+    picks = q.feature_context_picks(con, info.source_id, feature, n_top, n_bands, per_band, n_random, seed)
+    found = q.contexts_with_activations(con, info.source_id, feature, sorted({p[1] for p in picks}))
     contexts = []
-    for context_id, max_value, kind, band in picks:
-        toks = tokens.get(context_id, [])
-        acts = values.get(context_id, {})
-        contexts.append(
-            ContextView(context_id, kind, toks, [acts.get(i, 0.0) for i in range(len(toks))], float(max_value), band)
-        )
+    for kind, context_id, max_value, band in picks:
+        tokens, positions, values = found.get(context_id, ([], [], []))
+        activations = [0.0] * len(tokens)
+        for pos, value in zip(positions, values):
+            activations[pos] = float(value)
+        contexts.append(ContextView(context_id, kind, tokens, activations, float(max_value), band))
     return FeatureView(info, feature, stats, best, history, contexts, ranked_by)
 
 
@@ -314,7 +310,7 @@ class RunView:
 def run_view(con: duckdb.DuckDBPyConnection, run_id: str, n_recent: int = 50) -> RunView:
     run = get_run(con, run_id)
     if run is None:
-        raise AutointerpError(f"no run {run_id!r} in this store; check the run id printed by `autointerp label`")
+        raise AutointerpError(f"no run {run_id!r} in this store; `autointerp runs --db ...` lists the runs it holds")
     return RunView(
         run=run,
         spend=spend(con, run_id),

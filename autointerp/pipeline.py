@@ -226,23 +226,33 @@ def make_job_llm(spec: str, job: JobConfig, *, store: Store | None, run_id: str 
 class _StoreSessions:
     """The job's store work, batched: features are sampled ahead (up to `prefetch` ready) and finished
     features' rows queued, and both are served together in one connection session at most every
-    `min_interval_s`, so the file is opened a few times a second whatever the concurrency and is free for
-    other processes (the web catalog) in between. Each queued write is still its own transaction."""
+    `min_interval_s`, so the file is opened about once a second whatever the concurrency and is free for
+    other processes (the web catalog) in between. Each queued write is still its own transaction, and a
+    session yields to the event loop between steps so that LLM answers keep flowing. Closing checkpoints
+    the write-ahead log only every `checkpoint_every_s` (a checkpoint costs more than the rest of a session;
+    between them, opening the file replays a short log)."""
 
-    def __init__(self, store: Store, features: list[int], sample_one, before_writes, prefetch: int, min_interval_s: float = 0.5):
+    def __init__(
+        self, store: Store, features: list[int], sample_one, before_writes, after_writes, prefetch: int,
+        min_interval_s: float = 1.0, checkpoint_every_s: float = 3.0,
+    ):
         self.store = store
         self._todo = iter(features)
         self._sample_one = sample_one  # feature -> FeatureExamples, or the exception sampling raised
-        self._before_writes = before_writes
+        self._before_writes = before_writes  # () -> None, on the session's connection: the ledgers' flush
+        self._after_writes = after_writes  # con -> None: the run's counts
         self._prefetch = prefetch
         self.min_interval_s = min_interval_s
+        self.checkpoint_every_s = checkpoint_every_s
+        self._last_checkpoint = time.monotonic()
         self._ready: asyncio.Queue = asyncio.Queue()
         self._writes: list[Any] = []
         self._exhausted = False
         self._wanted = 0  # workers waiting for a feature
         self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
         self._last_end = -math.inf
-        self.error: BaseException | None = None  # a write that failed: the job stops with it
+        self.error: BaseException | None = None  # a failed session: the job stops with it
 
     async def next_feature(self) -> tuple[int, Any] | None:
         """(feature, its examples or the exception sampling raised), or None when no feature is left."""
@@ -254,11 +264,14 @@ class _StoreSessions:
             self._wanted += 1
             self._schedule()
             try:
-                return await self._ready.get()
+                item = await self._ready.get()
             finally:
                 self._wanted -= 1
+            if self.error is not None:
+                raise self.error
+            return item
         item = self._ready.get_nowait()
-        if self._ready.qsize() < self._prefetch // 2:
+        if self._ready.qsize() <= self._prefetch // 2:
             self._schedule()
         return item
 
@@ -268,23 +281,18 @@ class _StoreSessions:
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._handle is None:
+        if self._handle is None and self._task is None:
             delay = max(0.0, self._last_end + self.min_interval_s - time.monotonic())
-            self._handle = asyncio.get_running_loop().call_later(delay, self.run_session)
+            self._handle = asyncio.get_running_loop().call_later(delay, self._start)
 
-    def run_session(self, sample_more: bool = True) -> None:
-        """Write what is queued and (unless told not to) top up the ready features, on one connection."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        writes, self._writes = self._writes, []
+    def _start(self) -> None:
+        self._handle = None
+        self._task = asyncio.get_running_loop().create_task(self._session(sample_more=True))
+
+    async def _session(self, sample_more: bool) -> None:
         try:
             self.store.con
-            if writes:
-                self._before_writes()
-            for fn in writes:
-                with self.store.writing() as con:
-                    fn(con)
+            await self._write_queued()
             need = max(self._prefetch - self._ready.qsize(), self._wanted)
             while sample_more and not self._exhausted and need > 0:
                 feature = next(self._todo, None)
@@ -293,17 +301,49 @@ class _StoreSessions:
                     break
                 self._ready.put_nowait((feature, self._sample_one(feature)))
                 need -= 1
-        except BaseException as exc:
+                await asyncio.sleep(0)
+            await self._write_queued()
+        except Exception as exc:
             self.error = self.error or exc
         finally:
-            self.store.close()
+            self._close(checkpoint=not sample_more)
             self._last_end = time.monotonic()
-        if self._exhausted:
-            for _ in range(self._wanted - self._ready.qsize()):
+            self._task = None
+        waiting = self._wanted - self._ready.qsize()
+        if self.error is not None or self._exhausted:
+            for _ in range(max(0, waiting)):
                 self._ready.put_nowait(None)
-        if self.error is not None:
-            for _ in range(self._wanted):
-                self._ready.put_nowait(None)
+        elif self._writes or waiting > 0:
+            self._schedule()
+
+    async def _write_queued(self) -> None:
+        if not self._writes:
+            return
+        self._before_writes()
+        while self._writes:
+            fn = self._writes.pop(0)
+            with self.store.writing() as con:
+                fn(con)
+            await asyncio.sleep(0)
+        with self.store.writing() as con:
+            self._after_writes(con)
+
+    def _close(self, checkpoint: bool) -> None:
+        recent = time.monotonic() - self._last_checkpoint < self.checkpoint_every_s
+        if self.store._con is not None and not checkpoint and recent:
+            jobs.skip_checkpoint_on_close(self.store.con)
+        else:
+            self._last_checkpoint = time.monotonic()
+        self.store.close()
+
+    async def finish(self) -> None:
+        """Write everything still queued (also after Ctrl-C) and close the file with a checkpoint."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._task is not None:
+            await asyncio.wait([self._task])
+        await self._session(sample_more=False)
 
 
 class _Job:
@@ -359,6 +399,9 @@ class _Job:
         with self.store.writing() as con:
             jobs.create_run(con, self.run_id, kind, _job_record(self.job), self.chash, n_total)
 
+    def write_counts(self, con) -> None:
+        jobs.update_run(con, self.run_id, **self._counts())
+
     def update_run(self, status: str | None = None, ended: bool = False) -> None:
         try:
             self.store.con  # one connection for the ledger flush and the update
@@ -369,8 +412,8 @@ class _Job:
             self.store.close()
 
     def _store_result(self, result: FeatureResult, write) -> None:
-        """Queue the feature's rows, its job row and the run's counts: one transaction, written after the
-        LLM answers it used are in the ledger."""
+        """Queue the feature's rows and its job row: one transaction, written after the LLM answers it used
+        are in the ledger (the run's counts follow in the same session)."""
 
         def transaction(con) -> None:
             write(con)
@@ -379,11 +422,6 @@ class _Job:
                 run_id=self.run_id, explanation_id=result.explanation_id, error=result.error,
             )
             self.results.append(result)
-            try:
-                jobs.update_run(con, self.run_id, **self._counts())
-            except BaseException:
-                self.results.remove(result)
-                raise
 
         self.sessions.write(transaction)
 
@@ -511,7 +549,8 @@ async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobS
     state.create_run("label", len(features))
     state.results.extend(_already_done(store, chash, source, sorted(finished), statuses))
     sessions = state.sessions = _StoreSessions(
-        store, todo, lambda f: state.sample_or_error(f, firing), state.flush_ledgers, prefetch=max(2, job.concurrency)
+        store, todo, lambda f: state.sample_or_error(f, firing), state.flush_ledgers, state.write_counts,
+        prefetch=max(2, job.concurrency),
     )
     status = "failed"
     bar = _progress_bar(len(todo), progress)
@@ -545,7 +584,7 @@ async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobS
     finally:
         bar.close()
         await state.aclose()
-        sessions.run_session(sample_more=False)  # write what is still queued
+        await sessions.finish()  # write what is still queued
         state.update_run(status=status, ended=True)
         if sessions.error is not None and status != "failed":
             raise sessions.error

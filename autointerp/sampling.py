@@ -29,7 +29,12 @@ from autointerp.config import SamplingConfig
 from autointerp.errors import AutointerpError
 from autointerp.records import Example, FeatureExamples, Split
 from autointerp.store import sampling_queries as q
-from autointerp.store.activations import SourceInfo, feature_stats, get_source, group_maxima
+from autointerp.store.activations import (
+    SourceInfo,
+    feature_stats,
+    get_source,
+    group_maxima,
+)
 from autointerp.store.db import Store
 
 WINDOW_HALF = 4
@@ -67,7 +72,7 @@ class _FeatureData:
     rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # all (context_id, pos, value), when read at once
 
 
-_SOURCES: "weakref.WeakKeyDictionary[Store, dict[str, _Source]]" = weakref.WeakKeyDictionary()
+_SOURCES: weakref.WeakKeyDictionary[Store, dict[str, _Source]] = weakref.WeakKeyDictionary()
 # Features with at most this many activations are read in one query and their per-context maxima computed
 # here; denser ones read feature_context_max, then only the chosen contexts' activations.
 READ_ALL_ROWS_BELOW = 100_000

@@ -5,15 +5,20 @@ The index lives in the searching process, built from a read-only look at the sto
 never needs the store's write lock (a labeling job may hold it):
 - keyword: DuckDB's full-text index (`PRAGMA create_fts_index`: tokenizer, English stopwords, Porter
   stemmer) built in a private in-memory database; its postings are then held as BM25 term weights in
-  arrays, scored with DuckDB's own formula (k1=1.2, b=0.75; a test checks the ranking against
-  `match_bm25`). Scoring arrays instead of running `match_bm25` per query keeps common terms fast at 1M
-  labels (match_bm25 takes ~0.5 s for a term in every label there).
+  arrays and scored with DuckDB's own formula (k1=1.2, b=0.75, log10 idf; a test checks the ranking and
+  scores against `match_bm25`). Scoring arrays instead of running `match_bm25` per query keeps common
+  terms fast at 1M labels (match_bm25 takes ~0.5 s there for a term that is in every label).
 - semantic: the label embedding matrix. Up to EXACT_LIMIT labels, exact float32 cosine. Above it, a first
-  pass over a PCA-reduced float32 copy picks candidates, re-ranked with an int8 copy of the full vectors
-  (memory per label: 4*REDUCED_DIM + 384 bytes instead of 1536).
+  pass over a PCA-reduced float32 copy (REDUCED_DIM) picks RERANK_MIN or more candidates, re-ranked by
+  cosine with an int8 copy of the full vectors: 4*REDUCED_DIM + 388 bytes per label instead of 1536, and
+  ~4x less memory to stream per query. It is approximate: `python -m autointerp.bench.search` reports its
+  recall against exact cosine.
 Both are static: `SearchIndex.refresh` rebuilds them when the labels version (count and highest id of
-labels and embeddings) changed. Filters run in SQL on the ranked candidates, before paging; the candidate
-pool grows until the page is full or every match was considered, so a page is never short because of them.
+labels, count of embeddings) changed. One hit per feature: its best-ranked label. Filters on source, model
+and layer run on the ranked ids in memory; filters on scores, density and review state run in SQL on the
+ranked candidates (an IN list of bound ids, answered from the primary-key index), before paging. The
+candidate pool grows until the page is full or every match was considered, so a page is never short
+because of a filter.
 """
 
 from __future__ import annotations
@@ -33,14 +38,17 @@ from autointerp.store import catalog_queries as q
 MODES = ("hybrid", "keyword", "semantic")
 RRF_K = 60
 BM25_K1, BM25_B = 1.2, 0.75
-EXACT_LIMIT = 100_000
+EXACT_LIMIT = 200_000
 REDUCED_DIM = 64
 PCA_SAMPLE = 20_000
 RERANK_FACTOR = 8
+RERANK_MIN = 1024  # candidates the compact first pass hands to the exact re-rank, at least
 LOAD_BATCH = 65_536
 MAX_LIMIT = 500
+QUERY_CACHE = 256
 MIN_CANDIDATES = 64  # the first candidate pool is the larger of this and CANDIDATES_PER_RESULT * (offset + limit);
 CANDIDATES_PER_RESULT = 4  # it grows 4x while filters leave the page short
+SQL_FILTER_FACTOR = 4  # and starts this much larger when score, density or review filters may drop many
 
 
 @dataclass
@@ -181,7 +189,7 @@ class _VectorIndex:
             sims = self.vectors @ query
             rows = _top_rows(sims, k)
             return rows, sims[rows]
-        pool = _top_rows(self.reduced @ (query @ self.basis), min(n, max(k * RERANK_FACTOR, 256)))
+        pool = _top_rows(self.reduced @ (query @ self.basis), min(n, max(k * RERANK_FACTOR, RERANK_MIN)))
         sims = (self.fine[pool].astype(np.float32) @ query) * self.scale[pool]
         best = np.argsort(-sims, kind="stable")[:k]
         return pool[best], sims[best]
@@ -209,6 +217,7 @@ class SearchIndex:
         self._keyword: _KeywordIndex | None = None
         self._vectors: _VectorIndex | None = None
         self._source_of = np.zeros(1, dtype=np.int32)  # by explanation id
+        self._query_vectors: dict[str, np.ndarray] = {}
         self._feature_of = np.zeros(1, dtype=np.int64)
 
     def is_stale(self, con: duckdb.DuckDBPyConnection) -> bool:
@@ -257,29 +266,72 @@ class SearchIndex:
     def n_labels(self) -> int:
         return 0 if self._keyword is None else len(self._keyword.ids)
 
+    def ranker(self, query: str, mode: str) -> Callable[[int], tuple[np.ndarray, np.ndarray, bool]]:
+        """A function k -> (explanation ids, scores, whether every match is in) for the k best labels in
+        `mode`; the query is tokenized and embedded once, however often the caller asks for more."""
+        terms = q.fts_query_terms(self._fts, query) if mode != "semantic" else []
+        vector = self._embed_query(query) if mode != "keyword" else None
+        keyword_index, vector_index = self._keyword, self._vectors
+
+        def keyword(k: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            rows, scores = keyword_index.scores(terms)
+            top = _top_rows(scores, min(k, len(scores)))
+            return keyword_index.ids[rows[top]], scores[top], k >= len(scores)
+
+        def semantic(k: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            rows, sims = vector_index.top(vector, k)
+            return vector_index.ids[rows], sims, k >= len(vector_index.ids)
+
+        def hybrid(k: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            """Reciprocal rank fusion: score = sum over both rankings of 1 / (RRF_K + rank)."""
+            kw_ids, _, kw_all = keyword(k)
+            sem_ids, _, sem_all = semantic(k)
+            fused: dict[int, float] = {}
+            for ids in (kw_ids, sem_ids):
+                for rank, eid in enumerate(ids.tolist(), start=1):
+                    fused[eid] = fused.get(eid, 0.0) + 1.0 / (RRF_K + rank)
+            order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+            return (
+                np.array([e for e, _ in order], dtype=np.int64),
+                np.array([v for _, v in order], dtype=np.float64),
+                kw_all and sem_all,
+            )
+
+        return {"keyword": keyword, "semantic": semantic, "hybrid": hybrid}[mode]
+
     def keyword(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """(explanation ids, BM25 scores, whether these are all matches) of the k best keyword matches."""
-        rows, scores = self._keyword.scores(q.fts_query_terms(self._fts, query))
-        top = _top_rows(scores, min(k, len(scores)))
-        return self._keyword.ids[rows[top]], scores[top], k >= len(scores)
+        return self.ranker(query, "keyword")(k)
 
     def semantic(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """(explanation ids, cosine similarities, whether these are all labels) of the k nearest labels."""
-        vector = self._embed_query(query)
-        rows, sims = self._vectors.top(vector, k)
-        return self._vectors.ids[rows], sims, k >= len(self._vectors.ids)
+        return self.ranker(query, "semantic")(k)
+
+    def hybrid(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        return self.ranker(query, "hybrid")(k)
 
     def _embed_query(self, query: str) -> np.ndarray:
         """One short text embeds fastest on one thread: with more, torch's threads contend with DuckDB's
-        (measured 11 ms on one thread, 20-500 ms on two, on a 2-core machine)."""
+        (measured 11 ms on one thread, 20-500 ms on two, on a 2-core machine). Recent queries are cached
+        (the next page of a search embeds nothing)."""
+        cached = self._query_vectors.get(query)
+        if cached is not None:
+            return cached
         import torch
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return np.asarray(self.embed([query])[0], dtype=np.float32)
+            vector = np.asarray(self.embed([query])[0], dtype=np.float32)
         finally:
             torch.set_num_threads(threads)
+        if len(self._query_vectors) >= QUERY_CACHE:
+            self._query_vectors.pop(next(iter(self._query_vectors)))
+        self._query_vectors[query] = vector
+        return vector
+
+    def clear_query_cache(self) -> None:
+        self._query_vectors.clear()
 
     def narrow(self, ids: np.ndarray, source_ids: list[int] | None) -> np.ndarray:
         """Positions of the ids whose label belongs to one of `source_ids` (all when None)."""
@@ -292,21 +344,6 @@ class SearchIndex:
         keys = self._source_of[ids].astype(np.int64) << 32 | self._feature_of[ids]
         _, first = np.unique(keys, return_index=True)
         return np.sort(first)
-
-    def hybrid(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Reciprocal rank fusion: score = sum over both rankings of 1 / (RRF_K + rank)."""
-        kw_ids, _, kw_all = self.keyword(query, k)
-        sem_ids, _, sem_all = self.semantic(query, k)
-        fused: dict[int, float] = {}
-        for ids in (kw_ids, sem_ids):
-            for rank, eid in enumerate(ids.tolist(), start=1):
-                fused[eid] = fused.get(eid, 0.0) + 1.0 / (RRF_K + rank)
-        order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-        return (
-            np.array([e for e, _ in order], dtype=np.int64),
-            np.array([s for _, s in order], dtype=np.float64),
-            kw_all and sem_all,
-        )
 
 
 def search(
@@ -347,10 +384,10 @@ def search(
     else:
         if index.version is None:
             index.build(con)
-        rank = {"keyword": index.keyword, "semantic": index.semantic, "hybrid": index.hybrid}[mode]
-        k = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * (offset + limit))
+        rank = index.ranker(query, mode)
+        k = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * (offset + limit)) * (SQL_FILTER_FACTOR if needs_sql else 1)
         while True:
-            ids, scores, complete = rank(query, k)
+            ids, scores, complete = rank(k)
             keep = index.narrow(ids, source_ids)
             ids, scores = ids[keep], scores[keep]
             if needs_sql:

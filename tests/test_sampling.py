@@ -8,9 +8,9 @@ import json
 import pytest
 from synthetic import make_synthetic_store, trigger_word
 
+from autointerp import sampling
 from autointerp.cli import main
 from autointerp.config import SamplingConfig
-from autointerp import sampling
 from autointerp.errors import AutointerpError
 from autointerp.records import FeatureExamples
 from autointerp.sampling import WINDOW_HALF, TooFewActivations, _apportion, sample

@@ -135,16 +135,23 @@ def test_pages_are_never_short_and_never_overlap(con, index, mode):
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
-def test_candidate_pool_grows_until_the_filtered_page_is_full(con, index, monkeypatch, mode):
+@pytest.mark.parametrize("filters", [SearchFilters(source=SOURCE_B), SearchFilters(min_score="detection:0.85")])
+def test_candidate_pool_grows_until_the_filtered_page_is_full(con, index, monkeypatch, mode, filters):
     monkeypatch.setattr(search_module, "MIN_CANDIDATES", 1)
     monkeypatch.setattr(search_module, "CANDIDATES_PER_RESULT", 1)
-    rounds = []
-    real = q.filter_candidates
-    monkeypatch.setattr(q, "filter_candidates", lambda *a, **k: rounds.append(1) or real(*a, **k))
-    query = "kitchen kettle teapots cats"  # feature 8's labels rank first but are filtered out
-    results = search(con, index, query, mode=mode, filters=SearchFilters(source=SOURCE_B), limit=1)
+    monkeypatch.setattr(search_module, "SQL_FILTER_FACTOR", 1)
+    pools = []
+    real = index.ranker
+
+    def counting_ranker(query, mode):
+        rank = real(query, mode)
+        return lambda k: pools.append(k) or rank(k)
+
+    monkeypatch.setattr(index, "ranker", counting_ranker)
+    query = "kitchen kettle teapots cats"  # feature 8's labels rank first but fail both filters
+    results = search(con, index, query, mode=mode, filters=filters, limit=1)
     assert [(h.source, h.feature) for h in results.hits] == [(SOURCE_B, 0)]
-    assert len(rounds) > 1
+    assert len(pools) > 1 and pools == sorted(pools)
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])

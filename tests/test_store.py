@@ -148,9 +148,9 @@ def test_stats_on_a_tiny_handmade_source(store):
         "SELECT feature, context_id, max_value, max_pos, n_active FROM feature_context_max ORDER BY ALL"
     ).fetchall()
     assert fcm == [(2, 0, 3.0, 2, 2), (2, 2, 2.0, 3, 1), (5, 1, 0.5, 0, 1)]
-    token_stats = dict(
-        (t, (n, c)) for t, n, c in store.con.execute("SELECT token, n_occurrences, n_contexts FROM token_stats").fetchall()
-    )
+    token_stats = {
+        t: (n, c) for t, n, c in store.con.execute("SELECT token, n_occurrences, n_contexts FROM token_stats").fetchall()
+    }
     assert token_stats["a"] == (3, 3) and token_stats["b"] == (3, 2) and token_stats["q"] == (1, 1)
     postings = store.con.execute("SELECT context_id FROM token_postings WHERE token = 'a' ORDER BY 1").fetchall()
     assert postings == [(0,), (1,), (2,)]

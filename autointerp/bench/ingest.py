@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -104,7 +104,7 @@ def build_store(path: Path, rows: int, seed: int = 0, source: str = "bench") -> 
     """Write a synthetic source through append_chunk (contexts with the first block) and finalize it; timings."""
     data = synthetic_source(rows, seed=seed)
     store = Store(path)
-    store.con  # hold one connection, as a collection job does, so each chunk is one transaction and no reopen
+    _ = store.con  # hold one connection, as a collection job does, so each chunk is one transaction and no reopen
     with store.writing() as con:
         sid = create_source(
             con, source, model="synthetic", hookpoint="bench", layer=0, feature_kind="synthetic",
@@ -154,7 +154,7 @@ def main() -> None:
         print(f"  append_chunk      {r['append_s']:8.2f} s  {r['rows'] / r['append_s'] / 1e6:7.2f} M rows/s")
         print(f"  finalize_source   {r['finalize_s']:8.2f} s  {r['rows'] / r['finalize_s'] / 1e6:7.2f} M rows/s")
         print(f"  together          {total:8.2f} s  {r['rows'] / total / 1e6:7.2f} M rows/s")
-        contexts, activations, n = write_parquet(tmp, args.rows)
+        contexts, activations, _ = write_parquet(tmp, args.rows)
         t = time.perf_counter()
         with Store(tmp / "import.duckdb") as store:
             report = import_parquet(store, "bench", contexts, activations)

@@ -270,18 +270,16 @@ def group_maxima(starts: np.ndarray, pos: np.ndarray, value: np.ndarray) -> tupl
 
 def _feature_ranges(features: np.ndarray, counts: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
     """Consecutive feature ranges [lo, hi] of at most max_rows rows each (a single bigger feature stands alone)."""
-    ranges, lo, rows = [], None, 0
+    ranges: list[list[int]] = []
+    rows = 0
     for f, n in zip(features.tolist(), counts.tolist()):
-        if lo is not None and rows + n > max_rows:
-            ranges.append((lo, prev))
-            lo, rows = None, 0
-        if lo is None:
-            lo = f
-        rows += n
-        prev = f
-    if lo is not None:
-        ranges.append((lo, prev))
-    return ranges
+        if ranges and rows + n <= max_rows:
+            ranges[-1][1] = f
+            rows += n
+        else:
+            ranges.append([f, f])
+            rows = n
+    return [(lo, hi) for lo, hi in ranges]
 
 
 def _build_feature_tables(con: duckdb.DuckDBPyConnection, source_id: int) -> None:

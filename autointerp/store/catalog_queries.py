@@ -13,9 +13,16 @@ from typing import Any, Sequence
 
 import duckdb
 
-from autointerp.errors import AutointerpError
 from autointerp.embeddings import EMBEDDING_DIM
+from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, Score
+
+
+def _id_list(ids: Sequence[int], prefix: str) -> tuple[str, dict[str, int]]:
+    """`$p0, $p1, ...` placeholders and their values: an IN list of bound parameters, which DuckDB answers
+    from the primary-key index (an IN over an unnested list parameter scans the whole table)."""
+    names = [f"{prefix}{i}" for i in range(len(ids))]
+    return ", ".join("$" + n for n in names) or "NULL", {n: int(v) for n, v in zip(names, ids)}
 
 
 def _json(value: Any) -> str | None:
@@ -123,12 +130,13 @@ def insert_review(
 
 def reviews_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
     """(review_id, explanation_id, verdict, edited_label, note, created_at), oldest first."""
+    id_list, params = _id_list(explanation_ids, "e")
     return con.execute(
-        """
+        f"""
         SELECT review_id, explanation_id, verdict, edited_label, note, created_at FROM reviews
-        WHERE explanation_id IN (SELECT unnest(?::BIGINT[])) ORDER BY review_id
+        WHERE explanation_id IN ({id_list}) ORDER BY review_id
         """,
-        [list(explanation_ids)],
+        params,
     ).fetchall()
 
 
@@ -148,9 +156,9 @@ _EXPLANATION_SELECT = f"""
 
 def explanation_rows(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
     """Rows in EXPLANATION_FIELDS order (JSON columns as text)."""
+    id_list, params = _id_list(explanation_ids, "e")
     return con.execute(
-        f"{_EXPLANATION_SELECT} WHERE e.explanation_id IN (SELECT unnest(?::BIGINT[])) ORDER BY e.explanation_id",
-        [list(explanation_ids)],
+        f"{_EXPLANATION_SELECT} WHERE e.explanation_id IN ({id_list}) ORDER BY e.explanation_id", params
     ).fetchall()
 
 
@@ -168,12 +176,13 @@ SCORE_FIELDS = ("explanation_id", "scorer", "metric", "subset", "split", "value"
 
 def scores_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
     """Score rows in SCORE_FIELDS order."""
+    id_list, params = _id_list(explanation_ids, "e")
     return con.execute(
         f"""
         SELECT {', '.join(SCORE_FIELDS)} FROM scores
-        WHERE explanation_id IN (SELECT unnest(?::BIGINT[])) ORDER BY explanation_id, scorer, metric, subset, score_id
+        WHERE explanation_id IN ({id_list}) ORDER BY explanation_id, scorer, metric, subset, score_id
         """,
-        [list(explanation_ids)],
+        params,
     ).fetchall()
 
 
@@ -189,24 +198,29 @@ def best_explanation_ids(
     scorer: str | None,
     metric: str | None,
     *,
+    explanation_ids: Sequence[int] | None = None,
     source_id: int | None = None,
-    feature: int | None = None,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[tuple[int, int, int]]:
-    """(source_id, feature, explanation_id) of each feature's best label; see `autointerp.catalog` for the rule."""
+    """(source_id, feature, explanation_id) of each feature's best label, among the given labels or all of
+    them (of one source); see `autointerp.catalog` for the rule."""
+    if explanation_ids is None:
+        only, params = "", {}
+    else:
+        id_list, params = _id_list(explanation_ids, "e")
+        only = f"explanation_id IN ({id_list}) AND"
     return con.execute(
         f"""
         WITH sc AS (
             SELECT explanation_id, arg_max(value, score_id) AS value FROM scores
-            WHERE scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
+            WHERE {only} scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
             GROUP BY explanation_id
         )
         SELECT e.source_id, e.feature, e.explanation_id
-        FROM explanations e
+        FROM (SELECT * FROM explanations WHERE {only} ($source IS NULL OR source_id = $source)) e
         LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
         LEFT JOIN sc USING (explanation_id)
-        WHERE ($source IS NULL OR e.source_id = $source) AND ($feature IS NULL OR e.feature = $feature)
         QUALIFY row_number() OVER (
             PARTITION BY e.source_id, e.feature
             ORDER BY coalesce(r.verdict = 'accept', false) DESC,
@@ -217,73 +231,65 @@ def best_explanation_ids(
         ORDER BY e.source_id, e.feature
         LIMIT $limit OFFSET $offset
         """,
-        {"scorer": scorer, "metric": metric, "source": source_id, "feature": feature, "limit": limit, "offset": offset},
+        {**params, "scorer": scorer, "metric": metric, "source": source_id, "limit": limit, "offset": offset},
     ).fetchall()
 
 
 # ---- features, contexts, runs ------------------------------------------------------------------------
 
 
-def top_contexts(con: duckdb.DuckDBPyConnection, source_id: int, feature: int, n: int) -> list[tuple[int, float]]:
+def feature_context_picks(
+    con: duckdb.DuckDBPyConnection, source_id: int, feature: int, n_top: int, n_bands: int, per_band: int,
+    n_random: int, seed: int,
+) -> list[tuple[str, int, float, int | None]]:
+    """(kind, context_id, max activation, band) of the contexts a feature page shows: the top n_top; a
+    deterministic per_band from each of n_bands equal-count activation bands (band 1 lowest); and n_random
+    pseudo-random contexts of the source (max 0.0 where the feature is silent)."""
     return con.execute(
         """
-        SELECT context_id, max_value FROM feature_context_max WHERE source_id = ? AND feature = ?
-        ORDER BY max_value DESC, context_id LIMIT ?
-        """,
-        [source_id, feature, n],
-    ).fetchall()
-
-
-def quantile_contexts(
-    con: duckdb.DuckDBPyConnection, source_id: int, feature: int, n_bands: int, per_band: int
-) -> list[tuple[int, float, int]]:
-    """(context_id, max_value, band): a deterministic few contexts from each of n equal-count activation bands."""
-    return con.execute(
-        """
-        SELECT context_id, max_value, band FROM (
-            SELECT context_id, max_value, ntile($bands) OVER (ORDER BY max_value, context_id) AS band
-            FROM feature_context_max WHERE source_id = $source AND feature = $feature
+        WITH fc AS (
+            SELECT context_id, max_value FROM feature_context_max WHERE source_id = $source AND feature = $feature
+        ),
+        top AS (SELECT 'top' AS kind, context_id, max_value, NULL::BIGINT AS band FROM fc
+                ORDER BY max_value DESC, context_id LIMIT $n_top),
+        banded AS (SELECT context_id, max_value, ntile($bands) OVER (ORDER BY max_value, context_id) AS band FROM fc),
+        quantile AS (
+            SELECT 'quantile' AS kind, context_id, max_value, band FROM banded
+            QUALIFY row_number() OVER (PARTITION BY band ORDER BY hash(context_id), context_id) <= $per_band
+        ),
+        random AS (
+            SELECT 'random' AS kind, c.context_id, coalesce(fc.max_value, 0.0) AS max_value, NULL::BIGINT AS band
+            FROM (SELECT context_id FROM contexts WHERE source_id = $source
+                  ORDER BY hash(context_id + $seed), context_id LIMIT $n_random) c
+            LEFT JOIN fc USING (context_id)
         )
-        QUALIFY row_number() OVER (PARTITION BY band ORDER BY hash(context_id), context_id) <= $per_band
-        ORDER BY band DESC, max_value DESC
+        SELECT kind, context_id, max_value, band
+        FROM (SELECT *, 0 AS part FROM top UNION ALL SELECT *, 1 FROM quantile UNION ALL SELECT *, 2 FROM random)
+        ORDER BY part, band DESC NULLS LAST, max_value DESC, context_id
         """,
-        {"bands": n_bands, "source": source_id, "feature": feature, "per_band": per_band},
+        {"source": source_id, "feature": feature, "n_top": n_top, "bands": n_bands, "per_band": per_band,
+         "n_random": n_random, "seed": seed},
     ).fetchall()
 
 
-def random_contexts(con: duckdb.DuckDBPyConnection, source_id: int, feature: int, n: int, seed: int) -> list[tuple[int, float]]:
-    """A deterministic pseudo-random few of the source's contexts, with the feature's max there (0.0 if silent)."""
-    return con.execute(
-        """
-        SELECT c.context_id, coalesce(m.max_value, 0.0) FROM (
-            SELECT context_id FROM contexts WHERE source_id = $source
-            ORDER BY hash(context_id + $seed), context_id LIMIT $n
-        ) c
-        LEFT JOIN feature_context_max m
-          ON m.source_id = $source AND m.feature = $feature AND m.context_id = c.context_id
-        """,
-        {"source": source_id, "feature": feature, "n": n, "seed": seed},
-    ).fetchall()
-
-
-def context_tokens(con: duckdb.DuckDBPyConnection, source_id: int, context_ids: Sequence[int]) -> dict[int, list[str]]:
-    rows = con.execute(
-        "SELECT context_id, tokens FROM contexts WHERE source_id = ? AND context_id IN (SELECT unnest(?::BIGINT[]))",
-        [source_id, list(context_ids)],
-    ).fetchall()
-    return {int(c): list(t) for c, t in rows}
-
-
-def context_activations(
+def contexts_with_activations(
     con: duckdb.DuckDBPyConnection, source_id: int, feature: int, context_ids: Sequence[int]
-) -> list[tuple[int, int, float]]:
-    return con.execute(
-        """
-        SELECT context_id, pos, value FROM activations
-        WHERE source_id = ? AND feature = ? AND context_id IN (SELECT unnest(?::BIGINT[]))
+) -> dict[int, tuple[list[str], list[int], list[float]]]:
+    """context_id -> (tokens, positions where the feature fires, its values there)."""
+    id_list, params = _id_list(context_ids, "c")
+    rows = con.execute(
+        f"""
+        SELECT c.context_id, c.tokens, list(a.pos ORDER BY a.pos) FILTER (WHERE a.pos IS NOT NULL),
+               list(a.value ORDER BY a.pos) FILTER (WHERE a.pos IS NOT NULL)
+        FROM (SELECT context_id, tokens FROM contexts WHERE source_id = $source AND context_id IN ({id_list})) c
+        LEFT JOIN (SELECT context_id, pos, value FROM activations
+                   WHERE source_id = $source AND feature = $feature AND context_id IN ({id_list})) a
+          USING (context_id)
+        GROUP BY c.context_id, c.tokens
         """,
-        [source_id, feature, list(context_ids)],
+        {**params, "source": source_id, "feature": feature},
     ).fetchall()
+    return {int(c): (list(t), list(p or []), list(v or [])) for c, t, p, v in rows}
 
 
 def run_explanation_count(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
@@ -337,13 +343,6 @@ def source_ids_matching(
             {"name": name, "model": model, "layer": layer},
         ).fetchall()
     ]
-
-
-def _id_list(ids: Sequence[int], prefix: str) -> tuple[str, dict[str, int]]:
-    """`$p0, $p1, ...` placeholders and their values: an IN list of bound parameters, which DuckDB answers
-    from the primary-key index (an IN over an unnested list parameter scans the whole table)."""
-    names = [f"{prefix}{i}" for i in range(len(ids))]
-    return ", ".join("$" + n for n in names) or "NULL", {n: int(v) for n, v in zip(names, ids)}
 
 
 def label_vector_batches(con: duckdb.DuckDBPyConnection, model: str, batch_rows: int):

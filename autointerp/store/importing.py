@@ -31,7 +31,11 @@ from pathlib import Path
 import duckdb
 
 from autointerp.errors import AutointerpError
-from autointerp.store.activations import create_source, finalize_source, source_token_count
+from autointerp.store.activations import (
+    create_source,
+    finalize_source,
+    source_token_count,
+)
 from autointerp.store.db import Store
 
 INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
