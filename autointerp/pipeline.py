@@ -1,14 +1,16 @@
 """The batch labeling job: per feature, sample -> explain (best of k on valid) -> score on test -> one
 transaction storing the label, its scores, its provenance and the feature's job row.
 
-Features run concurrently on one event loop. Every store access happens on that loop's thread between awaits,
-and the file is closed between transactions (the sampler's connection is closed right after each sample), so
-the web catalog can read the same file while a job runs.
+Features run concurrently on one event loop (`concurrency` workers; remote models also get `concurrency`
+requests in flight). Store work happens on that loop's thread in short sessions about once a second
+(`_StoreSessions`): features are sampled ahead, finished features written, and the file is closed in between,
+so the web catalog can read it while a job runs.
 
 Resume: a rerun under the same configuration hash skips features already done (or found too sparse), and the
-LLM ledger answers every request it has already seen, so a stopped job continues without paying twice. Each
-feature's ledger rows are flushed before its label is written; after a SIGKILL only the answers of features
-then in flight and not yet flushed (at most the ledger's flush interval) are asked again.
+LLM ledger answers every request it has already seen, so a stopped job continues without paying twice.
+Ctrl-C writes what is finished and marks the run 'interrupted'. The ledger rows are flushed before the labels
+that used them are written; after a SIGKILL, only answers received since the last flush (about a second of
+them, plus the ledger's own interval) are asked again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from autointerp import __version__
@@ -29,11 +31,9 @@ from autointerp.catalog import load_labels, write_label
 from autointerp.config import JobConfig, SamplingConfig, config_hash
 from autointerp.embeddings import embed_texts
 from autointerp.errors import AutointerpError
-from autointerp.explain import STAGE as EXPLAIN_STAGE
 from autointerp.explain import STYLES, ExplanationParseError, best_of_k
 from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
-from autointerp.llm.base import LLMResponse, Usage
-from autointerp.llm.limits import estimate_tokens
+from autointerp.llm.base import LLMResponse
 from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample
@@ -44,7 +44,6 @@ from autointerp.store.db import Store
 
 # LLM failures that every later call would hit too: the job stops instead of failing feature after feature.
 FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
-CHAT_TOKENS_PER_MESSAGE = 4  # role markers and separators a chat template adds around each message
 
 
 @dataclass
@@ -152,7 +151,7 @@ def job_config_hash(job: JobConfig) -> str:
     return config_hash(scoring_config_hash(job), {"explainer": job.explainer, "prompt": job.prompt, "k": job.k})
 
 
-def _check_job(job: JobConfig) -> None:
+def check_job(job: JobConfig) -> None:
     if not job.source:
         raise AutointerpError("name the source to label with --source (see `autointerp features --db ...`)")
     if job.k < 1:
@@ -204,7 +203,9 @@ def resolve_features(con, source: SourceInfo, spec: str, sampling: SamplingConfi
             )
         return chosen
     if source.width and features[-1] >= source.width:
-        raise AutointerpError(f"source {source.name!r} has {source.width} features (0..{source.width - 1}); feature {features[-1]} does not exist")
+        raise AutointerpError(
+            f"source {source.name!r} has {source.width} features (0..{source.width - 1}); feature {features[-1]} does not exist"
+        )
     return features
 
 
@@ -212,7 +213,7 @@ def resolve_features(con, source: SourceInfo, spec: str, sampling: SamplingConfi
 
 
 def new_run_id(kind: str) -> str:
-    return f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return f"{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def make_job_llm(spec: str, job: JobConfig, *, store: Store | None, run_id: str | None) -> Any:
@@ -233,8 +234,15 @@ class _StoreSessions:
     between them, opening the file replays a short log)."""
 
     def __init__(
-        self, store: Store, features: list[int], sample_one, before_writes, after_writes, prefetch: int,
-        min_interval_s: float = 1.0, checkpoint_every_s: float = 3.0,
+        self,
+        store: Store,
+        features: list[int],
+        sample_one,
+        before_writes,
+        after_writes,
+        prefetch: int,
+        min_interval_s: float = 1.0,
+        checkpoint_every_s: float = 3.0,
     ):
         self.store = store
         self._todo = iter(features)
@@ -291,7 +299,7 @@ class _StoreSessions:
 
     async def _session(self, sample_more: bool) -> None:
         try:
-            self.store.con
+            _ = self.store.con  # one connection for the whole session
             await self._write_queued()
             need = max(self._prefetch - self._ready.qsize(), self._wanted)
             while sample_more and not self._exhausted and need > 0:
@@ -303,7 +311,7 @@ class _StoreSessions:
                 need -= 1
                 await asyncio.sleep(0)
             await self._write_queued()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the workers, which stop the job
             self.error = self.error or exc
         finally:
             self._close(checkpoint=not sample_more)
@@ -360,7 +368,9 @@ class _Job:
 
     def llm(self, spec: str) -> _MeteredLLM:
         if spec not in self._llms:
-            self._llms[spec] = _MeteredLLM(make_job_llm(spec, self.job, store=self.store, run_id=self.run_id), self.meter)
+            self._llms[spec] = _MeteredLLM(
+                make_job_llm(spec, self.job, store=self.store, run_id=self.run_id), self.meter
+            )
         return self._llms[spec]
 
     def make_scorers(self) -> list[Scorer]:
@@ -404,7 +414,7 @@ class _Job:
 
     def update_run(self, status: str | None = None, ended: bool = False) -> None:
         try:
-            self.store.con  # one connection for the ledger flush and the update
+            _ = self.store.con  # one connection for the ledger flush and the update
             self.flush_ledgers()
             with self.store.writing() as con:
                 jobs.update_run(con, self.run_id, status=status, ended=ended, **self._counts())
@@ -418,8 +428,14 @@ class _Job:
         def transaction(con) -> None:
             write(con)
             jobs.mark_feature(
-                con, self.chash, self.source.source_id, result.feature, result.status,
-                run_id=self.run_id, explanation_id=result.explanation_id, error=result.error,
+                con,
+                self.chash,
+                self.source.source_id,
+                result.feature,
+                result.status,
+                run_id=self.run_id,
+                explanation_id=result.explanation_id,
+                error=result.error,
             )
             self.results.append(result)
 
@@ -430,7 +446,13 @@ class _Job:
 
         def write(con) -> None:
             jobs.record_failure(
-                con, run_id=self.run_id, source_id=self.source.source_id, feature=feature, stage=stage, error=error, raw_output=raw
+                con,
+                run_id=self.run_id,
+                source_id=self.source.source_id,
+                feature=feature,
+                stage=stage,
+                error=error,
+                raw_output=raw,
             )
 
         self._store_result(FeatureResult(feature, "failed", stage=stage, error=error), write)
@@ -460,7 +482,9 @@ class _Job:
 
     async def label_feature(self, feature: int, sampled: FeatureExamples | AutointerpError) -> None:
         if isinstance(sampled, TooFewActivations):
-            self._store_result(FeatureResult(feature, "skipped_sparse", stage="sample", error=str(sampled)), lambda con: None)
+            self._store_result(
+                FeatureResult(feature, "skipped_sparse", stage="sample", error=str(sampled)), lambda con: None
+            )
             return
         if isinstance(sampled, AutointerpError):
             self._failed(feature, "sample", sampled)
@@ -487,7 +511,7 @@ class _Job:
                 raise
             self._failed(feature, stage, exc)
             return
-        except Exception as exc:  # one feature's failure never stops the job
+        except Exception as exc:  # noqa: BLE001 - one feature's failure never stops the job
             self._failed(feature, stage, exc)
             return
         result = FeatureResult(feature, "done", label=explanation.label, scores=scores)
@@ -499,8 +523,14 @@ class _Job:
 
     def write_label(self, con, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> int:
         return write_label(
-            con, explanation, scores, run_id=self.run_id, config_hash=self.chash,
-            sampling_config=examples.sampling_config, seed=examples.seed, embedding=vector,
+            con,
+            explanation,
+            scores,
+            run_id=self.run_id,
+            config_hash=self.chash,
+            sampling_config=examples.sampling_config,
+            seed=examples.seed,
+            embedding=vector,
         )
 
 
@@ -508,7 +538,9 @@ def _job_record(job: JobConfig) -> dict[str, Any]:
     return {**dataclasses.asdict(job), "simulator": simulator_spec(job)}
 
 
-def _already_done(store: Store, chash: str, source: SourceInfo, features: list[int], statuses: dict[int, str]) -> list[FeatureResult]:
+def _already_done(
+    store: Store, chash: str, source: SourceInfo, features: list[int], statuses: dict[int, str]
+) -> list[FeatureResult]:
     with store.reading() as con:
         ids = jobs.feature_explanation_ids(con, chash, source.source_id)
         labels = {lab.feature: lab for lab in load_labels(con, [ids[f] for f in features if f in ids])}
@@ -518,7 +550,9 @@ def _already_done(store: Store, chash: str, source: SourceInfo, features: list[i
             out.append(FeatureResult(f, "skipped_sparse", stage="sample", error="too few activations (an earlier run)"))
         elif f in labels:
             lab = labels[f]
-            out.append(FeatureResult(f, "already_done", label=lab.label, explanation_id=lab.explanation_id, scores=lab.scores))
+            out.append(
+                FeatureResult(f, "already_done", label=lab.label, explanation_id=lab.explanation_id, scores=lab.scores)
+            )
     return out
 
 
@@ -536,7 +570,7 @@ def run_label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSum
 async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSummary:
     """The job as a coroutine (for callers that already run an event loop); see `run_label_job`."""
     started = time.monotonic()
-    _check_job(job)
+    check_job(job)
     chash = job_config_hash(job)
     with store.reading() as con:
         source = get_source(con, job.source)
@@ -549,7 +583,11 @@ async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobS
     state.create_run("label", len(features))
     state.results.extend(_already_done(store, chash, source, sorted(finished), statuses))
     sessions = state.sessions = _StoreSessions(
-        store, todo, lambda f: state.sample_or_error(f, firing), state.flush_ledgers, state.write_counts,
+        store,
+        todo,
+        lambda f: state.sample_or_error(f, firing),
+        state.flush_ledgers,
+        state.write_counts,
         prefetch=max(2, job.concurrency),
     )
     status = "failed"
@@ -577,10 +615,13 @@ async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobS
         status = "interrupted"
         raise
     except LLMCallError as exc:
+        error = str(exc)
         sessions.write(
-            lambda con: jobs.record_failure(con, run_id=state.run_id, source_id=source.source_id, feature=None, stage="job", error=str(exc))
+            lambda con: jobs.record_failure(
+                con, run_id=state.run_id, source_id=source.source_id, feature=None, stage="job", error=error
+            )
         )
-        raise AutointerpError(f"the job stopped: {exc}") from None
+        raise AutointerpError(f"the job stopped: {error}") from None
     finally:
         bar.close()
         await state.aclose()
@@ -605,7 +646,7 @@ async def ascore_label(store: Store, job: JobConfig, feature: int, label: str) -
     label = " ".join(label.split())
     if not label:
         raise AutointerpError("the label is empty: pass the text to score with --label")
-    _check_job(job)
+    check_job(job)
     with store.reading() as con:
         source = get_source(con, job.source)
     state = _Job(store, job, new_run_id("score"), scoring_config_hash(job), source)
@@ -627,116 +668,3 @@ async def ascore_label(store: Store, job: JobConfig, feature: int, label: str) -
         await state.aclose()
         state.update_run(status=status, ended=True)
     return state.results[0]
-
-
-# --- the dry run ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class StageEstimate:
-    """Per labeled feature: requests and tokens of one stage (completion tokens as requested maxima)."""
-
-    stage: str
-    model: str
-    requests: float
-    prompt_tokens: float
-    max_completion_tokens: float
-    cost_usd: float | None  # at most; None when the price table does not know the model
-
-
-@dataclass
-class CostEstimate:
-    n_features: int  # still to label
-    n_already_done: int
-    n_sampled: int  # features whose prompts were rendered to measure the sizes
-    stages: list[StageEstimate]
-    prices_as_of: str
-
-    @property
-    def requests_per_feature(self) -> float:
-        return sum(s.requests for s in self.stages)
-
-    @property
-    def cost_per_feature(self) -> float | None:
-        costs = [s.cost_usd for s in self.stages]
-        return None if any(c is None for c in costs) else sum(costs)
-
-
-class _DryRunLLM:
-    """Stands in for a job's model in the dry run: keeps the size of every request and calls nothing.
-
-    Explainer requests get a parsable label so that the scorers' requests are rendered too; scorer requests
-    get an empty answer (which scorers count as unparsed)."""
-
-    def __init__(self, name: str, supports_logprobs: bool, supports_echo: bool):
-        self.name, self.supports_logprobs, self.supports_echo = name, supports_logprobs, supports_echo
-        self.requests: list[tuple[str, int, int]] = []  # stage, estimated prompt tokens, max_tokens
-
-    def _answer(self, stage: str | None, prompt_tokens: int, max_tokens: int) -> LLMResponse:
-        self.requests.append((stage or "other", prompt_tokens, max_tokens))
-        return LLMResponse(text="Label: dry run" if stage == EXPLAIN_STAGE else "", model=self.name)
-
-    async def chat(self, messages, *, max_tokens=256, temperature=0.0, top_logprobs=None, stage=None) -> LLMResponse:
-        chars = sum(len(m.get("content", "")) for m in messages)
-        return self._answer(stage, estimate_tokens(chars, 0) + CHAT_TOKENS_PER_MESSAGE * len(messages), max_tokens)
-
-    async def complete(self, prompt, *, max_tokens=16, temperature=0.0, logprobs=None, echo=False, stage=None) -> LLMResponse:
-        return self._answer(stage, estimate_tokens(len(prompt), 0), max_tokens)
-
-
-def _dry_run_llm(spec: str, job: JobConfig) -> _DryRunLLM:
-    try:
-        llm = make_job_llm(spec, job, store=None, run_id=None)  # makes no request
-        return _DryRunLLM(llm.name, llm.supports_logprobs, llm.supports_echo)
-    except AutointerpError:  # e.g. no API key yet: assume what the provider's adapter offers
-        logprobs = not spec.startswith("anthropic")
-        return _DryRunLLM(spec, logprobs, logprobs)
-
-
-def estimate_job(store: Store, job: JobConfig, n_sample: int = 3) -> CostEstimate:
-    """What the job would send, per feature and in all, measured by rendering every request for up to
-    `n_sample` of its features (prompt tokens ~ characters / 4) and priced with the price table; no model
-    is called and nothing is written."""
-    return asyncio.run(_estimate_job(store, job, n_sample))
-
-
-async def _estimate_job(store: Store, job: JobConfig, n_sample: int) -> CostEstimate:
-    _check_job(job)
-    chash = job_config_hash(job)
-    with store.reading() as con:
-        source = get_source(con, job.source)
-        features = resolve_features(con, source, job.features, job.sampling)
-        statuses = jobs.feature_statuses(con, chash, source.source_id)
-    todo = [f for f in features if statuses.get(f) not in jobs.FINISHED_STATUSES]
-    explainer = _dry_run_llm(job.explainer, job)
-    simulator = explainer if simulator_spec(job) == job.explainer else _dry_run_llm(simulator_spec(job), job)
-    sampled = 0
-    for feature in todo:
-        if sampled == n_sample:
-            break
-        try:
-            examples = sample(store, job.source, feature, job.sampling)
-        except AutointerpError:
-            continue
-        finally:
-            store.close()
-        explanation = await best_of_k(examples, explainer, prompt=job.prompt, k=job.k)
-        for name in job.scorers:
-            if name in NEEDS_LLM:
-                await make_scorer(name, simulator, **job.scorer_options.get(name, {})).score(explanation, examples)
-        sampled += 1
-    if not sampled:
-        raise AutointerpError(f"none of the job's {len(todo)} remaining features could be sampled: nothing to estimate")
-    prices = PriceTable.from_toml(job.prices) if job.prices else PriceTable.default()
-    stages = []
-    for llm in dict.fromkeys([explainer, simulator]):
-        provider, _, model = llm.name.partition(":")
-        by_stage: dict[str, list[tuple[int, int]]] = {}
-        for stage, prompt_tokens, max_tokens in llm.requests:
-            by_stage.setdefault(stage, []).append((prompt_tokens, max_tokens))
-        for stage, sizes in by_stage.items():
-            prompt_tokens = sum(p for p, _ in sizes) / sampled
-            completion = sum(m for _, m in sizes) / sampled
-            cost, priced = prices.cost(provider, model, Usage(round(prompt_tokens), round(completion)))
-            stages.append(StageEstimate(stage, llm.name, len(sizes) / sampled, prompt_tokens, completion, cost if priced else None))
-    return CostEstimate(len(todo), len(features) - len(todo), sampled, stages, prices.as_of)

@@ -18,7 +18,7 @@ from autointerp.cli import main
 from autointerp.config import JobConfig, SamplingConfig, load_job_config
 from autointerp.errors import AutointerpError
 from autointerp.explain import explainer_messages
-from autointerp.pipeline import job_config_hash, parse_feature_spec, run_label_job, score_label
+from autointerp.pipeline import job_config_hash, parse_feature_spec, run_label_job
 from autointerp.prompts import load_prompt
 from autointerp.sampling import sample
 from autointerp.store import Store
@@ -49,10 +49,15 @@ def synthetic_db(path) -> str:
 
 
 def tiny_job(**overrides) -> JobConfig:
-    fields = dict(
-        source="synthetic", features=f"0-{N_FEATURES - 1}", explainer="local", scorers=("detection", "embedding"),
-        sampling=TINY_SAMPLING, scorer_options=ONE_DETECTION_CALL, concurrency=2,
-    )
+    fields = {
+        "source": "synthetic",
+        "features": f"0-{N_FEATURES - 1}",
+        "explainer": "local",
+        "scorers": ("detection", "embedding"),
+        "sampling": TINY_SAMPLING,
+        "scorer_options": ONE_DETECTION_CALL,
+        "concurrency": 2,
+    }
     return JobConfig(**{**fields, **overrides})
 
 
@@ -73,11 +78,16 @@ def test_feature_specs():
 
 def test_config_hash_covers_what_changes_results_and_nothing_else():
     base = job_config_hash(tiny_job())
-    for same in (dict(concurrency=64), dict(features="auto:3"), dict(base_url="http://x/v1"), dict(rpm=10.0)):
+    for same in ({"concurrency": 64}, {"features": "auto:3"}, {"base_url": "http://x/v1"}, {"rpm": 10.0}):
         assert job_config_hash(tiny_job(**same)) == base, same
     changed = [
-        dict(k=3), dict(prompt="pairs"), dict(explainer="openai:gpt-4o-mini"), dict(scorers=("embedding",)),
-        dict(sampling=dataclasses.replace(TINY_SAMPLING, seed=1)), dict(scorer_options={"detection": {"batch_size": 4}}), dict(simulator="openai:gpt-4o"),
+        {"k": 3},
+        {"prompt": "pairs"},
+        {"explainer": "openai:gpt-4o-mini"},
+        {"scorers": ("embedding",)},
+        {"sampling": dataclasses.replace(TINY_SAMPLING, seed=1)},
+        {"scorer_options": {"detection": {"batch_size": 4}}},
+        {"simulator": "openai:gpt-4o"},
     ]
     hashes = {job_config_hash(tiny_job(**c)) for c in changed}
     assert base not in hashes and len(hashes) == len(changed)
@@ -86,10 +96,16 @@ def test_config_hash_covers_what_changes_results_and_nothing_else():
 
 def test_job_file_and_flags(tmp_path):
     path = tmp_path / "job.toml"
-    path.write_text('source = "s"\nscorers = ["embedding"]\nk = 2\n[sampling]\nn_test_positives = 6\n[scorer_options.embedding]\nbefore = 4\n')
+    path.write_text(
+        'source = "s"\nscorers = ["embedding"]\nk = 2\n[sampling]\nn_test_positives = 6\n[scorer_options.embedding]\nbefore = 4\n'
+    )
     job = load_job_config(path, k=3, seed=7, explainer=None)
     assert (job.source, job.scorers, job.k, job.explainer) == ("s", ("embedding",), 3, "local")
-    assert (job.sampling.n_test_positives, job.sampling.seed, job.scorer_options) == (6, 7, {"embedding": {"before": 4}})
+    assert (job.sampling.n_test_positives, job.sampling.seed, job.scorer_options) == (
+        6,
+        7,
+        {"embedding": {"before": 4}},
+    )
     path.write_text("sorce = 's'\n")
     with pytest.raises(AutointerpError, match="unknown key"):
         load_job_config(path)
@@ -127,7 +143,11 @@ def test_job_labels_scores_and_stores_provenance(labeled):
         assert (prompt_name, prompt_hash) == (prompt.name, prompt.sha256)
         assert json.loads(sampling_config) == dataclasses.asdict(TINY_SAMPLING) and seed == TINY_SAMPLING.seed
         assert (run_id, chash) == (summary.run_id, job_config_hash(job))
-        stored = rows(db, "SELECT scorer, metric, subset, n, ci_low, value, ci_high FROM scores WHERE explanation_id = ?", [r.explanation_id])
+        stored = rows(
+            db,
+            "SELECT scorer, metric, subset, n, ci_low, value, ci_high FROM scores WHERE explanation_id = ?",
+            [r.explanation_id],
+        )
         assert {s[0] for s in stored} == {"detection", "embedding"}
         embedding_all = [s for s in stored if s[:3] == ("embedding", "auroc", "all")]
         assert embedding_all and embedding_all[0][3] == TEST_SIZE
@@ -141,13 +161,17 @@ def test_job_labels_scores_and_stores_provenance(labeled):
     assert all((e is not None) == (s == "done") for _, s, e in jobs_rows)
     for r in summary.with_status("failed"):  # the bundled model's unparsable answers: recorded, never a label
         assert rows(db, "SELECT count(*) FROM explanations WHERE feature = ?", [r.feature]) == [(0,)]
-        assert rows(db, "SELECT count(*) FROM failures WHERE feature = ? AND run_id = ?", [r.feature, summary.run_id]) == [(1,)]
+        assert rows(
+            db, "SELECT count(*) FROM failures WHERE feature = ? AND run_id = ?", [r.feature, summary.run_id]
+        ) == [(1,)]
 
     (run,) = rows(db, "SELECT status, n_total, n_done, n_failed, n_skipped, prompt_tokens, ended_at FROM runs")
     counts = summary.counts()
     assert run[:5] == ("done", N_FEATURES, counts["done"], counts["failed"], counts["skipped_sparse"])
     assert run[5] == summary.usage.prompt_tokens > 0 and run[6] is not None
-    ledger = rows(db, "SELECT coalesce(sum(prompt_tokens), 0) FROM llm_calls WHERE run_id = ? AND NOT cached", [summary.run_id])
+    ledger = rows(
+        db, "SELECT coalesce(sum(prompt_tokens), 0) FROM llm_calls WHERE run_id = ? AND NOT cached", [summary.run_id]
+    )
     assert ledger == [(summary.usage.prompt_tokens,)]
 
 
@@ -160,7 +184,9 @@ def test_no_test_context_reaches_an_explainer_prompt(labeled):
     with Store(db) as store:
         calls = [c for c in list_calls(store.con, summary.run_id) if c["stage"] == "explain"]
         examples = {
-            r.feature: sample(store, "synthetic", r.feature, TINY_SAMPLING) for r in summary.results if r.status != "skipped_sparse"
+            r.feature: sample(store, "synthetic", r.feature, TINY_SAMPLING)
+            for r in summary.results
+            if r.status != "skipped_sparse"
         }
     assert calls
     unmatched = list(calls)
@@ -185,7 +211,9 @@ def test_rerun_skips_finished_features_and_calls_nothing(labeled, local_llm_serv
     again = run_label_job(Store(db), tiny_job(base_url=local_llm_server), progress=False)
     done_before = {r.feature for r in first.with_status("done")}
     assert {r.feature for r in again.with_status("already_done")} == done_before
-    assert {r.feature: r.label for r in again.with_status("already_done")} == {r.feature: r.label for r in first.with_status("done")}
+    assert {r.feature: r.label for r in again.with_status("already_done")} == {
+        r.feature: r.label for r in first.with_status("done")
+    }
     assert again.with_status("skipped_sparse")[0].feature == N_FEATURES - 1
     # failed features are tried again, answered from the ledger: no fresh call
     assert rows(db, "SELECT count(*) FROM llm_calls WHERE run_id = ? AND NOT cached", [again.run_id]) == [(0,)]
@@ -204,7 +232,9 @@ def test_parse_failure_is_recorded_and_never_a_label(tmp_path, paid_api):
     assert rows(db, "SELECT count(*) FROM explanations") == [(0,)]
     failures = rows(db, "SELECT feature, stage, error, raw_output FROM failures ORDER BY feature")
     assert [(f, s) for f, s, *_ in failures] == [(f, "explain") for f in range(N_FEATURES - 1)]
-    answers = {fake_chat_body(c.body)["choices"][0]["message"]["content"] for c in paid_api.calls("/v1/chat/completions")}
+    answers = {
+        fake_chat_body(c.body)["choices"][0]["message"]["content"] for c in paid_api.calls("/v1/chat/completions")
+    }
     for _, _, error, raw in failures:
         assert "no usable label" in error
         assert raw and set(json.loads(raw)) <= answers  # what the model said, kept for inspection
@@ -225,12 +255,32 @@ def test_score_stores_a_human_label_on_the_job_test_split(labeled, local_llm_ser
         fh.write("[sampling]\n" + "".join(f"{k} = {v}\n" for k, v in dataclasses.asdict(TINY_SAMPLING).items()))
         fh.write(f"[scorer_options.detection]\nbatch_size = {TEST_SIZE}\n")
     code = main(
-        ["score", "--db", db, "--source", "synthetic", "--feature", "0", "--label", "the word 'dog'", "--config", job_file,
-         "--scorers", "detection,embedding", "--base-url", local_llm_server, "--json"]
+        [
+            "score",
+            "--db",
+            db,
+            "--source",
+            "synthetic",
+            "--feature",
+            "0",
+            "--label",
+            "the word 'dog'",
+            "--config",
+            job_file,
+            "--scorers",
+            "detection,embedding",
+            "--base-url",
+            local_llm_server,
+            "--json",
+        ]
     )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    (row,) = rows(db, "SELECT label, author, run_id, sampling_config FROM explanations WHERE explanation_id = ?", [out["explanation_id"]])
+    (row,) = rows(
+        db,
+        "SELECT label, author, run_id, sampling_config FROM explanations WHERE explanation_id = ?",
+        [out["explanation_id"]],
+    )
     assert row[:2] == ("the word 'dog'", "human") and json.loads(row[3]) == dataclasses.asdict(TINY_SAMPLING)
     assert rows(db, "SELECT kind, status FROM runs WHERE run_id = ?", [row[2]]) == [("score", "done")]
     stored = rows(db, "SELECT scorer, metric, subset, n FROM scores WHERE explanation_id = ?", [out["explanation_id"]])
@@ -243,8 +293,20 @@ def test_dry_run_calls_no_model(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     code = main(
-        ["label", "--db", db, "--source", "synthetic", "--features", "0-2", "--explainer", "openai:gpt-4o-mini",
-         "--scorers", "detection,embedding", "--dry-run"]
+        [
+            "label",
+            "--db",
+            db,
+            "--source",
+            "synthetic",
+            "--features",
+            "0-2",
+            "--explainer",
+            "openai:gpt-4o-mini",
+            "--scorers",
+            "detection,embedding",
+            "--dry-run",
+        ]
     )
     assert code == 0
     out = capsys.readouterr().out

@@ -29,16 +29,34 @@ def cli_args(db: str, base_url: str) -> list[str]:
     config = Path(f"{db}.toml")
     config.write_text("[sampling]\n" + "\n".join(sampling) + "\n")
     return [
-        sys.executable, "-c", "import sys; from autointerp.cli import main; sys.exit(main())", "label", "--db", db, "--source", job.source, "--features", job.features,
-        "--explainer", "local", "--scorers", ",".join(SCORERS), "--config", str(config), "--concurrency", "1",
-        "--base-url", base_url, "--quiet",
+        sys.executable,
+        "-c",
+        "import sys; from autointerp.cli import main; sys.exit(main())",
+        "label",
+        "--db",
+        db,
+        "--source",
+        job.source,
+        "--features",
+        job.features,
+        "--explainer",
+        "local",
+        "--scorers",
+        ",".join(SCORERS),
+        "--config",
+        str(config),
+        "--concurrency",
+        "1",
+        "--base-url",
+        base_url,
+        "--quiet",
     ]
 
 
 def n_finished(db: str) -> int:
     try:
         return rows(db, "SELECT count(*) FROM feature_jobs WHERE status IN ('done', 'failed')")[0][0]
-    except Exception:  # the job holds the file for a moment: ask again
+    except Exception:  # noqa: BLE001 - the job holds the file for a moment: ask again
         return -1
 
 
@@ -49,7 +67,9 @@ def stop_after(db: str, args: list[str], finished: int, sig: int, timeout: float
     deadline = time.monotonic() + timeout
     try:
         while n_finished(db) <= finished:
-            assert process.poll() is None, f"the job ended before it was stopped: {process.stderr.read().decode()[-2000:]}"
+            assert process.poll() is None, (
+                f"the job ended before it was stopped: {process.stderr.read().decode()[-2000:]}"
+            )
             assert time.monotonic() < deadline, "the job made no progress"
             time.sleep(0.2)
         process.send_signal(sig)
@@ -67,7 +87,11 @@ def stored_answers(db: str) -> set[str]:
 def labels_and_scores(db: str) -> dict[int, tuple]:
     out = {}
     for feature, label, eid in rows(db, "SELECT feature, label, explanation_id FROM explanations ORDER BY feature"):
-        scores = rows(db, "SELECT scorer, metric, subset, value, ci_low, ci_high, n FROM scores WHERE explanation_id = ? ORDER BY ALL", [eid])
+        scores = rows(
+            db,
+            "SELECT scorer, metric, subset, value, ci_low, ci_high, n FROM scores WHERE explanation_id = ? ORDER BY ALL",
+            [eid],
+        )
         out[feature] = (label, [tuple(round(v, 9) if isinstance(v, float) else v for v in s) for s in scores])
     return out
 
@@ -103,5 +127,7 @@ def test_stopped_job_resumes_to_the_same_result_without_repeating_calls(tmp_path
     )
 
     # no request whose answer was stored before the rerun was sent again
-    fresh = {k for (k,) in rows(db, "SELECT cache_key FROM llm_calls WHERE run_id = ? AND NOT cached", [summary.run_id])}
+    fresh = {
+        k for (k,) in rows(db, "SELECT cache_key FROM llm_calls WHERE run_id = ? AND NOT cached", [summary.run_id])
+    }
     assert not fresh & before

@@ -20,14 +20,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
 from autointerp.bench.ingest import build_store
-from autointerp.bench.latency_server import BackgroundServer, fake_chat_body, latency_app
+from autointerp.bench.latency_server import (
+    BackgroundServer,
+    fake_chat_body,
+    latency_app,
+)
 from autointerp.config import JobConfig, SamplingConfig
 from autointerp.embeddings import embed_texts
 from autointerp.errors import AutointerpError
@@ -38,9 +43,16 @@ from autointerp.store.activations import get_source, select_features
 
 SOURCE = "bench"
 BENCH_SAMPLING = SamplingConfig(
-    n_train_top=5, n_train_quantile=5, n_train_hard_negatives=0, n_quantiles=2,
-    n_valid_positives=2, n_valid_random_negatives=1, n_valid_hard_negatives=1,
-    n_test_positives=10, n_test_random_negatives=5, n_test_hard_negatives=5,
+    n_train_top=5,
+    n_train_quantile=5,
+    n_train_hard_negatives=0,
+    n_quantiles=2,
+    n_valid_positives=2,
+    n_valid_random_negatives=1,
+    n_valid_hard_negatives=1,
+    n_test_positives=10,
+    n_test_random_negatives=5,
+    n_test_hard_negatives=5,
 )
 # 1 explanation + 20 test contexts / 5 per detection prompt = 5 requests per feature
 BENCH_SCORERS = ("detection",)
@@ -79,10 +91,7 @@ def labeling_latency_app(latency_s: float):
 def labeling_server_process(latency_s: float, lifetime_s: float = 1800.0) -> Iterator[str]:
     """The labeling latency server in a child process; yields its base URL."""
     port = free_port()
-    code = (
-        "from autointerp.bench.pipeline_throughput import serve; "
-        f"serve({latency_s!r}, {port}, {lifetime_s!r})"
-    )
+    code = f"from autointerp.bench.pipeline_throughput import serve; serve({latency_s!r}, {port}, {lifetime_s!r})"
     process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -137,8 +146,13 @@ class Level:
 
 def bench_job(base_url: str, concurrency: int, features: list[int]) -> JobConfig:
     return JobConfig(
-        source=SOURCE, features=",".join(map(str, features)), explainer="openai:bench", scorers=BENCH_SCORERS,
-        sampling=BENCH_SAMPLING, concurrency=concurrency, base_url=base_url,
+        source=SOURCE,
+        features=",".join(map(str, features)),
+        explainer="openai:bench",
+        scorers=BENCH_SCORERS,
+        sampling=BENCH_SAMPLING,
+        concurrency=concurrency,
+        base_url=base_url,
     )
 
 
@@ -165,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8_000_000, help="activation rows of the synthetic store")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
-    requests_per_feature = 1 + -(-(BENCH_SAMPLING.n_test_positives + BENCH_SAMPLING.n_test_random_negatives + BENCH_SAMPLING.n_test_hard_negatives) // 5)
+    requests_per_feature = 1 + -(
+        -(
+            BENCH_SAMPLING.n_test_positives
+            + BENCH_SAMPLING.n_test_random_negatives
+            + BENCH_SAMPLING.n_test_hard_negatives
+        )
+        // 5
+    )
 
     with tempfile.TemporaryDirectory(prefix="pipeline-throughput-") as tmp:
         work = Path(tmp)
@@ -178,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             f"synthetic store: {built['contexts']} contexts, {built['rows']:,} activation rows, {len(pool)} eligible features; "
             f"server latency {args.latency:g} s; scorers {','.join(BENCH_SCORERS)}"
         )
-        print(f"{'concurrency':>11} {'features':>8} {'labeled':>7} {'req/feature':>11} {'seconds':>8} {'features/min':>12} {'ideal':>8} {'ratio':>6}")
+        print(
+            f"{'concurrency':>11} {'features':>8} {'labeled':>7} {'req/feature':>11} {'seconds':>8} {'features/min':>12} {'ideal':>8} {'ratio':>6}"
+        )
         with labeling_server_process(args.latency) as base_url:
             for c in levels:
                 features = pool[: wanted[c]]

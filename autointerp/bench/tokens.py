@@ -23,7 +23,12 @@ from typing import Any
 
 from autointerp.bench.latency_server import BackgroundServer
 from autointerp.bench.pipeline_throughput import labeling_latency_app
-from autointerp.bench.planted import PlantedConfig, _bundled_tokenizer, ensure_planted_source, feature_of
+from autointerp.bench.planted import (
+    PlantedConfig,
+    _bundled_tokenizer,
+    ensure_planted_source,
+    feature_of,
+)
 from autointerp.bench.planted_rules import RULES
 from autointerp.config import JobConfig, SamplingConfig
 from autointerp.pipeline import JobSummary, run_label_job
@@ -41,10 +46,19 @@ DEFAULT = JobConfig()
 # name -> JobConfig changes; the first is the job's default
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "default: detection + embedding": {},
-    "detection, batches of 10": {"scorers": ("detection", "embedding"), "scorer_options": {"detection": {"batch_size": 10}}},
+    "detection, batches of 10": {
+        "scorers": ("detection", "embedding"),
+        "scorer_options": {"detection": {"batch_size": 10}},
+    },
     "fuzzing + embedding": {"scorers": ("fuzzing", "embedding")},
-    "simulation (echo) + embedding": {"scorers": ("simulation", "embedding"), "scorer_options": {"simulation": {"mode": "echo"}}},
-    "simulation (chat) + embedding": {"scorers": ("simulation", "embedding"), "scorer_options": {"simulation": {"mode": "chat_logprobs"}}},
+    "simulation (echo) + embedding": {
+        "scorers": ("simulation", "embedding"),
+        "scorer_options": {"simulation": {"mode": "echo"}},
+    },
+    "simulation (chat) + embedding": {
+        "scorers": ("simulation", "embedding"),
+        "scorer_options": {"simulation": {"mode": "chat_logprobs"}},
+    },
     "best of 3 + detection + embedding": {"k": 3},
     "embedding only": {"scorers": ("embedding",)},
 }
@@ -100,14 +114,26 @@ def tally(store: Store, summary: JobSummary, name: str, count: TokenCounter | No
         completion += call["completion_tokens"] or 0
     test_contexts = sum(next((s.n for s in r.scores if s.scorer == "embedding" and s.subset == "all"), 0) for r in done)
     return Tokens(
-        name, "bundled tokenizer" if count else "local server", len(done), test_contexts / n, len(calls) / n,
-        explain / n, scorer / n, completion / n,
+        name,
+        "bundled tokenizer" if count else "local server",
+        len(done),
+        test_contexts / n,
+        len(calls) / n,
+        explain / n,
+        scorer / n,
+        completion / n,
     )
 
 
-def run_configuration(db: Path, source: str, features: list[int], name: str, changes: dict[str, Any], llm: str, base_url: str | None) -> JobSummary:
+def run_configuration(
+    db: Path, source: str, features: list[int], name: str, changes: dict[str, Any], llm: str, base_url: str | None
+) -> JobSummary:
     job = JobConfig(
-        source=source, features=",".join(map(str, features)), explainer=llm, base_url=base_url, sampling=SamplingConfig(),
+        source=source,
+        features=",".join(map(str, features)),
+        explainer=llm,
+        base_url=base_url,
+        sampling=SamplingConfig(),
         **{"scorers": ("detection", "embedding"), **changes},
     )
     return run_label_job(Store(db), job, progress=False)
@@ -134,7 +160,9 @@ def print_rows(rows: list[Tokens]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", type=int, default=6, help="planted features per configuration (default 6)")
-    parser.add_argument("--local", type=int, default=2, help="features to run with the real bundled model (default 2; 0: skip)")
+    parser.add_argument(
+        "--local", type=int, default=2, help="features to run with the real bundled model (default 2; 0: skip)"
+    )
     parser.add_argument("--configurations", default="", help="comma-separated subset of: " + "; ".join(CONFIGURATIONS))
     args = parser.parse_args(argv)
     chosen = [c.strip() for c in args.configurations.split(",") if c.strip()] or list(CONFIGURATIONS)
@@ -148,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             for i, name in enumerate(chosen):
                 db = Path(tmp) / f"c{i}.duckdb"
                 db.write_bytes(base.read_bytes())
-                summary = run_configuration(db, source, features, name, CONFIGURATIONS[name], "openai:bench", f"{server.url}/v1")
+                summary = run_configuration(
+                    db, source, features, name, CONFIGURATIONS[name], "openai:bench", f"{server.url}/v1"
+                )
                 rows.append(tally(Store(db), summary, name, counter))
         if args.local:
             db = Path(tmp) / "local.duckdb"
@@ -157,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_configuration(db, source, features[: args.local], name, CONFIGURATIONS[name], "local", None)
             rows.append(tally(Store(db), summary, name, None))
             rows.append(tally(Store(db), summary, name, counter))
-    print(f"per labeled-and-scored feature; planted features over the built-in corpus; default sampling (40 test contexts)")
+    print(
+        "per labeled-and-scored feature; planted features over the built-in corpus; default sampling (40 test contexts)"
+    )
     print_rows(rows)
     print(
         "completion: tokens the server counted (local server) or the max_tokens budgets asked for (bundled tokenizer, "

@@ -9,7 +9,8 @@ from pathlib import Path
 from autointerp.bench.report import HEADLINE_METRICS, fmt_ci
 from autointerp.config import load_job_config
 from autointerp.errors import AutointerpError
-from autointerp.pipeline import CostEstimate, JobSummary, estimate_job, run_label_job
+from autointerp.estimate import CostEstimate, estimate_job
+from autointerp.pipeline import JobSummary, run_label_job
 from autointerp.records import Score
 from autointerp.store import Store
 
@@ -20,19 +21,31 @@ LABEL_WIDTH = 48
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="the store file")
-    parser.add_argument("--config", metavar="TOML", help="job file: these options as keys, plus [sampling] and [scorer_options.<scorer>]; flags override it")
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help="job file: these options as keys, plus [sampling] and [scorer_options.<scorer>]; flags override it",
+    )
     parser.add_argument("--source", help="source name (see `autointerp features`)")
     parser.add_argument("--features", help="0-99 | 1,5,9 | auto:N (N features across density strata; default auto:20)")
     parser.add_argument("--explainer", help="local | openai:<model> | anthropic:<model> (default local)")
     parser.add_argument("--simulator", help="model for the LLM scorers (default: the explainer)")
-    parser.add_argument("--scorers", help="comma list of simulation, detection, fuzzing, embedding (default detection,embedding)")
+    parser.add_argument(
+        "--scorers", help="comma list of simulation, detection, fuzzing, embedding (default detection,embedding)"
+    )
     parser.add_argument("--prompt", help="explainer prompt: highlight | pairs | contrastive (default highlight)")
-    parser.add_argument("--k", type=int, help="candidate labels per feature; the best on the valid split is kept (default 1)")
+    parser.add_argument(
+        "--k", type=int, help="candidate labels per feature; the best on the valid split is kept (default 1)"
+    )
     parser.add_argument("--concurrency", type=int, help="features (and remote requests) in flight (default 8)")
-    parser.add_argument("--base-url", help="endpoint of the models: an OpenAI-compatible server, or a running local server")
+    parser.add_argument(
+        "--base-url", help="endpoint of the models: an OpenAI-compatible server, or a running local server"
+    )
     parser.add_argument("--prices", metavar="TOML", help="price table overrides (USD per 1M tokens)")
     parser.add_argument("--seed", type=int, help="sampling seed (default 0)")
-    parser.add_argument("--dry-run", action="store_true", help="print the requests, tokens and cost it would take; call no model")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the requests, tokens and cost it would take; call no model"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -94,7 +107,11 @@ def print_summary(summary: JobSummary, db: str) -> None:
     scorers = list(dict.fromkeys(s.scorer for r in labeled for s in r.scores))
     if labeled:
         rows = [
-            [str(r.feature), textwrap.shorten(r.label or "", LABEL_WIDTH), *(score_cell(headline(r.scores, name)) for name in scorers)]
+            [
+                str(r.feature),
+                textwrap.shorten(r.label or "", LABEL_WIDTH),
+                *(score_cell(headline(r.scores, name)) for name in scorers),
+            ]
             + (["(earlier run)"] if r.status == "already_done" else [""])
             for r in sorted(labeled, key=lambda r: r.feature)
         ]
@@ -117,7 +134,7 @@ def print_summary(summary: JobSummary, db: str) -> None:
         f"LLM: {usage.calls} calls ({usage.cached} answered from the cache), {usage.prompt_tokens:,} prompt + "
         f"{usage.completion_tokens:,} completion tokens, ${usage.cost_usd:.4f}"
     )
-    print(f"browse: autointerp serve --db {db}    search: autointerp search --db {db} \"words\"")
+    print(f'browse: autointerp serve --db {db}    search: autointerp search --db {db} "words"')
 
 
 def print_estimate(est: CostEstimate) -> None:
@@ -126,8 +143,14 @@ def print_estimate(est: CostEstimate) -> None:
         f"{est.n_sampled} of them; no model was called"
     )
     rows = [
-        [s.stage, s.model, f"{s.requests:.1f}", f"{s.prompt_tokens:,.0f}", f"{s.max_completion_tokens:,.0f}",
-         "no price" if s.cost_usd is None else f"${s.cost_usd:.5f}"]
+        [
+            s.stage,
+            s.model,
+            f"{s.requests:.1f}",
+            f"{s.prompt_tokens:,.0f}",
+            f"{s.max_completion_tokens:,.0f}",
+            "no price" if s.cost_usd is None else f"${s.cost_usd:.5f}",
+        ]
         for s in est.stages
     ]
     print_table(["stage", "model", "requests", "prompt tokens", "completion tokens (max)", "cost (max)"], rows)
@@ -138,7 +161,11 @@ def print_estimate(est: CostEstimate) -> None:
         f"per feature: {est.requests_per_feature:.1f} requests, ~{prompt:,.0f} prompt + <= {completion:,.0f} completion tokens"
         + ("" if per_feature is None else f", <= ${per_feature:.5f}")
     )
-    total = "unknown (a model has no price: give --prices FILE)" if per_feature is None else f"<= ${per_feature * est.n_features:.4f}"
+    total = (
+        "unknown (a model has no price: give --prices FILE)"
+        if per_feature is None
+        else f"<= ${per_feature * est.n_features:.4f}"
+    )
     print(
         f"whole job: ~{est.requests_per_feature * est.n_features:,.0f} requests, ~{prompt * est.n_features:,.0f} prompt tokens, "
         f"cost {total} (prices as of {est.prices_as_of}; prompt tokens estimated as characters / 4; "

@@ -33,21 +33,41 @@ def run(args: argparse.Namespace) -> int:
         print_table(
             ["run", "kind", "status", "features", "done", "failed", "sparse", "tokens", "cost", "started"],
             [
-                [r.run_id, r.kind, r.status, str(r.n_total), str(r.n_done), str(r.n_failed), str(r.n_skipped),
-                 f"{r.prompt_tokens + r.completion_tokens:,}", f"${r.cost_usd:.4f}", f"{r.started_at:%Y-%m-%d %H:%M}"]
+                [
+                    r.run_id,
+                    r.kind,
+                    r.status,
+                    str(r.n_total),
+                    str(r.n_done),
+                    str(r.n_failed),
+                    str(r.n_skipped),
+                    f"{r.prompt_tokens + r.completion_tokens:,}",
+                    f"${r.cost_usd:.4f}",
+                    f"{r.started_at:%Y-%m-%d %H:%M}",
+                ]
                 for r in runs
             ],
         )
         return 0
     r = view.run
-    print(f"run {r.run_id} ({r.kind}) {r.status}: {r.n_done}/{r.n_total} done, {r.n_failed} failed, {r.n_skipped} too sparse")
+    print(
+        f"run {r.run_id} ({r.kind}) {r.status}: {r.n_done}/{r.n_total} done, {r.n_failed} failed, {r.n_skipped} too sparse"
+    )
     print(f"{view.n_labels} labels stored; config hash {r.config_hash}")
     if view.spend:
         print_table(
             ["model", "stage", "calls", "cached", "errors", "prompt tokens", "completion tokens", "cost"],
             [
-                [s["model"], str(s["stage"]), str(s["calls"]), str(s["cached"]), str(s["errors"]),
-                 f"{s['prompt_tokens']:,}", f"{s['completion_tokens']:,}", f"${s['cost_usd']:.4f}"]
+                [
+                    s["model"],
+                    str(s["stage"]),
+                    str(s["calls"]),
+                    str(s["cached"]),
+                    str(s["errors"]),
+                    f"{s['prompt_tokens']:,}",
+                    f"{s['completion_tokens']:,}",
+                    f"${s['cost_usd']:.4f}",
+                ]
                 for s in view.spend
             ],
         )

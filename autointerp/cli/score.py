@@ -19,10 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, help="source name")
     parser.add_argument("--feature", type=int, required=True)
     parser.add_argument("--label", required=True, help="the label to score, e.g. \"the word 'river'\"")
-    parser.add_argument("--scorers", help="comma list of simulation, detection, fuzzing, embedding (default detection,embedding)")
-    parser.add_argument("--simulator", help="model for the LLM scorers: local | openai:<model> | anthropic:<model> (default local)")
+    parser.add_argument(
+        "--scorers", help="comma list of simulation, detection, fuzzing, embedding (default detection,embedding)"
+    )
+    parser.add_argument(
+        "--simulator", help="model for the LLM scorers: local | openai:<model> | anthropic:<model> (default local)"
+    )
     parser.add_argument("--base-url", help="endpoint of the simulator model")
-    parser.add_argument("--config", metavar="TOML", help="a labeling job file: score with its sampling (test split), scorers and simulator")
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help="a labeling job file: score with its sampling (test split), scorers and simulator",
+    )
     parser.add_argument("--seed", type=int, help="sampling seed (default 0, as for `autointerp label`)")
     parser.add_argument("--json", action="store_true", help="print the stored label and its scores as JSON")
 

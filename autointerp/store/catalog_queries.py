@@ -374,23 +374,32 @@ def filter_candidates(
     Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
     scorer, metric, threshold = min_score if min_score else (None, None, None)
     if explanation_ids is None:
-        cand = "SELECT explanation_id, NULL::DOUBLE AS score FROM explanations"
-        picked, only_candidates = "explanations", ""
+        ctes = "cand AS (SELECT explanation_id, NULL::DOUBLE AS score FROM explanations), picked AS (FROM explanations)"
+        only_candidates = ""
         order = "s.name, e.feature, e.explanation_id DESC"
         params: dict[str, Any] = {}
     else:
         id_list, params = _id_list(explanation_ids, "c")
-        cand = "SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score"
-        picked = f"(SELECT * FROM explanations WHERE explanation_id IN ({id_list}))"
+        # MATERIALIZED: otherwise DuckDB may join `sources` first and scan every label instead of the index
+        ctes = (
+            "cand AS (SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score), "
+            f"picked AS MATERIALIZED (SELECT * FROM explanations WHERE explanation_id IN ({id_list}))"
+        )
         only_candidates = f"explanation_id IN ({id_list}) AND"
         order = "c.score DESC, c.explanation_id"
         params.update(ids=[int(i) for i in explanation_ids], scores=[float(x) for x in scores])
+    # Only when asked: DuckDB runs the scores lookup even when a `$scorer IS NULL OR ...` guard is true.
+    score_filter = "" if scorer is None else f"""
+          AND c.explanation_id IN (
+                SELECT explanation_id FROM scores
+                WHERE {only_candidates} scorer = $scorer AND metric = $metric
+                  AND subset = 'all' AND split = 'test' AND value >= $threshold)"""
     return con.execute(
         f"""
-        WITH cand AS ({cand})
+        WITH {ctes}
         SELECT c.explanation_id, c.score, s.name, e.feature, e.label, e.author, {_REVIEW_STATE} AS review_state,
                fs.density, s.model, s.layer
-        FROM {picked} e
+        FROM picked e
         JOIN cand c ON c.explanation_id = e.explanation_id
         JOIN sources s ON s.source_id = e.source_id
         LEFT JOIN feature_stats fs ON fs.source_id = e.source_id AND fs.feature = e.feature
@@ -401,10 +410,7 @@ def filter_candidates(
           AND ($density_min IS NULL OR fs.density >= $density_min)
           AND ($density_max IS NULL OR fs.density <= $density_max)
           AND ($review IS NULL OR {_REVIEW_STATE} = $review)
-          AND ($scorer IS NULL OR c.explanation_id IN (
-                SELECT explanation_id FROM scores
-                WHERE {only_candidates} scorer = $scorer AND metric = $metric
-                  AND subset = 'all' AND split = 'test' AND value >= $threshold))
+          {score_filter}
         QUALIFY row_number() OVER (PARTITION BY e.source_id, e.feature ORDER BY {order}) = 1
         ORDER BY {order}
         LIMIT $limit OFFSET $offset
@@ -417,9 +423,7 @@ def filter_candidates(
             "density_min": density_min,
             "density_max": density_max,
             "review": review_state,
-            "scorer": scorer,
-            "metric": metric,
-            "threshold": threshold,
+            **({} if scorer is None else {"scorer": scorer, "metric": metric, "threshold": threshold}),
             "limit": limit,
             "offset": offset,
         },

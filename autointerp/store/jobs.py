@@ -54,7 +54,12 @@ def _run(row: tuple) -> Run:
 
 
 def create_run(
-    con: duckdb.DuckDBPyConnection, run_id: str, kind: str, config: dict[str, Any], config_hash: str | None, n_total: int
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    kind: str,
+    config: dict[str, Any],
+    config_hash: str | None,
+    n_total: int,
 ) -> None:
     con.execute(
         "INSERT INTO runs (run_id, kind, config, config_hash, status, n_total) VALUES (?, ?, ?, ?, 'running', ?)",
