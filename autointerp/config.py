@@ -84,8 +84,18 @@ class JobConfig:
     prices: str | None = None  # TOML file overriding the built-in price table
 
 
+_JOB_TYPES = {
+    "source": str, "features": str, "explainer": str, "simulator": str, "prompt": str, "base_url": str, "prices": str,
+    "k": int, "concurrency": int, "rpm": (int, float), "tpm": (int, float), "scorers": (list, tuple), "scorer_options": dict,
+}
+
+
 def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> JobConfig:
     data = dict(data)
+    for key, kinds in _JOB_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise AutointerpError(f"{key} in {where} has the wrong type ({value!r}); see `autointerp label --help`")
     if "sampling" in data:
         data["sampling"] = from_dict(SamplingConfig, data["sampling"], f"{where} [sampling]")
     if "scorers" in data:

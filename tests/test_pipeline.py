@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 import pytest
+from doubles.paid_api import FAKE_OPENAI_KEY, Reply
 from synthetic import make_synthetic_store
 
 from autointerp import render
@@ -327,3 +328,19 @@ def test_user_errors_are_clear(tmp_path, capsys):
     assert "unknown scorer" in capsys.readouterr().err
     assert main(["label", "--db", db, "--source", "synthetic", "--prompt", "poem", "--dry-run"]) == 2
     assert "unknown explainer prompt" in capsys.readouterr().err
+
+
+def test_a_refused_api_key_stops_the_job_with_a_clear_message(tmp_path, paid_api, capsys):
+    db = synthetic_db(tmp_path / "auth.duckdb")
+    paid_api.script(*[Reply(401, body={"error": {"message": "invalid api key"}})] * 4)
+    code = main(
+        ["label", "--db", db, "--source", "synthetic", "--features", "0-2", "--explainer", "openai:gpt-4o-mini",
+         "--scorers", "embedding", "--base-url", paid_api.openai_base_url, "--concurrency", "1", "--quiet"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "the job stopped" in err and "OPENAI_API_KEY" in err and FAKE_OPENAI_KEY not in err
+    assert rows(db, "SELECT status, ended_at IS NOT NULL FROM runs") == [("failed", True)]
+    assert rows(db, "SELECT stage FROM failures") == [("job",)]
+    assert rows(db, "SELECT count(*) FROM explanations") == [(0,)]
+    assert len(paid_api.received) == 1  # no feature after the first refusal

@@ -6,7 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from autointerp.bench.report import HEADLINE_METRICS, fmt_ci
+from autointerp.bench.report import fmt_ci, headline
 from autointerp.config import load_job_config
 from autointerp.errors import AutointerpError
 from autointerp.estimate import CostEstimate, estimate_job
@@ -86,16 +86,6 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
 
 
-def headline(scores: list[Score], scorer: str) -> Score | None:
-    """The score a scorer is ranked by: its first headline metric with a value, on all test contexts."""
-    mine = [s for s in scores if s.scorer == scorer and s.subset == "all" and s.split == "test"]
-    for metric in HEADLINE_METRICS.get(scorer, ()) + tuple(s.metric for s in mine):
-        found = [s for s in mine if s.metric == metric and s.value is not None]
-        if found:
-            return found[0]
-    return mine[0] if mine else None
-
-
 def score_cell(score: Score | None) -> str:
     if score is None:
         return "-"
@@ -110,7 +100,7 @@ def print_summary(summary: JobSummary, db: str) -> None:
             [
                 str(r.feature),
                 textwrap.shorten(r.label or "", LABEL_WIDTH),
-                *(score_cell(headline(r.scores, name)) for name in scorers),
+                *(score_cell(headline(name, [s for s in r.scores if s.scorer == name])) for name in scorers),
             ]
             + (["(earlier run)"] if r.status == "already_done" else [""])
             for r in sorted(labeled, key=lambda r: r.feature)
