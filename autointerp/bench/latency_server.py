@@ -56,10 +56,13 @@ def fake_top(rng: random.Random, token: str, n: int) -> tuple[float, dict[str, f
     return math.log(probs[0] / total), top
 
 
-def fake_chat_body(request: dict[str, Any]) -> dict[str, Any]:
+def fake_chat_body(request: dict[str, Any], label_first: bool = False) -> dict[str, Any]:
+    """Deterministic filler; with `label_first` the answer opens with `Label:` so that explanations parse."""
     rng = _rng(request.get("messages"), request.get("temperature"))
     n = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
     tokens = fake_tokens(rng, n)
+    if label_first:
+        tokens = ["Label: ", *tokens[:4]]
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)}, "finish_reason": "length"}
     if request.get("logprobs"):
         k = int(request.get("top_logprobs") or 0)
@@ -107,7 +110,7 @@ def fake_completion_body(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def latency_app(latency_s: float = 1.0) -> Starlette:
+def latency_app(latency_s: float = 1.0, label_first: bool = False) -> Starlette:
     """Chat and completions after `latency_s` seconds; `app.state.requests` counts the requests answered."""
 
     async def models(request: Request) -> JSONResponse:
@@ -125,7 +128,7 @@ def latency_app(latency_s: float = 1.0) -> Starlette:
     app = Starlette(
         routes=[
             Route("/v1/models", models),
-            Route("/v1/chat/completions", endpoint(fake_chat_body), methods=["POST"]),
+            Route("/v1/chat/completions", endpoint(lambda body: fake_chat_body(body, label_first)), methods=["POST"]),
             Route("/v1/completions", endpoint(fake_completion_body), methods=["POST"]),
         ]
     )
@@ -195,12 +198,12 @@ class LatencyServer(BackgroundServer):
 
 
 @contextlib.contextmanager
-def latency_server_process(latency_s: float = 1.0, lifetime_s: float = 600.0) -> Iterator[str]:
+def latency_server_process(latency_s: float = 1.0, lifetime_s: float = 600.0, label_first: bool = False) -> Iterator[str]:
     """The server in a child process (its own GIL); yields the base URL, stops the child on exit."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "autointerp.bench.latency_server", "--latency", str(latency_s), "--port", str(port),
-         "--lifetime", str(lifetime_s)],
+         "--lifetime", str(lifetime_s), *(["--label-first"] if label_first else [])],
         stdin=subprocess.DEVNULL,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -228,8 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=1.0, help="seconds before each answer (default 1)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--lifetime", type=float, default=600.0, help="stop after this many seconds (default 600)")
+    parser.add_argument("--label-first", action="store_true", help="chat answers open with a `Label:` line")
     args = parser.parse_args(argv)
-    server = BackgroundServer(latency_app(args.latency), port=args.port, max_lifetime_s=args.lifetime)
+    server = BackgroundServer(latency_app(args.latency, args.label_first), port=args.port, max_lifetime_s=args.lifetime)
     print(f"OpenAI-compatible latency server on {server.url}/v1 ({args.latency:g} s per answer)", flush=True)
     server.start()
     try:

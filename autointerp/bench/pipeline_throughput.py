@@ -5,7 +5,7 @@ concurrency levels, as a ratio to the ideal concurrency * 60 / (requests per fea
     python -m autointerp.bench.pipeline_throughput [--latency 1] [--levels 1,8,32,128] [--seconds 30]
 
 The server (in a child process, so its work stays out of this process's measurement) is the latency server
-of `autointerp.bench.latency_server`, except that chat answers begin with a `Label:` line, so that every
+of `autointerp.bench.latency_server`, with chat answers that begin with a `Label:` line, so that every
 explanation parses and every feature is scored: the labeling path, not the failure path, is measured.
 Each level runs on a fresh copy of one synthetic store (an empty ledger: no cache hits).
 """
@@ -13,30 +13,15 @@ Each level runs on a fresh copy of one synthetic store (an empty ledger: no cach
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from autointerp.bench.ingest import build_store
-from autointerp.bench.latency_server import (
-    BackgroundServer,
-    fake_chat_body,
-    latency_app,
-)
+from autointerp.bench.latency_server import latency_server_process
 from autointerp.config import JobConfig, SamplingConfig
 from autointerp.embeddings import embed_texts
-from autointerp.errors import AutointerpError
-from autointerp.llm.local import free_port
 from autointerp.pipeline import run_label_job
 from autointerp.store import Store
 from autointerp.store.activations import get_source, select_features
@@ -56,66 +41,6 @@ BENCH_SAMPLING = SamplingConfig(
 )
 # 1 explanation + 20 test contexts / 5 per detection prompt = 5 requests per feature
 BENCH_SCORERS = ("detection",)
-
-
-def labeling_chat_body(request: dict[str, Any]) -> dict[str, Any]:
-    """The latency server's deterministic filler, with a `Label:` line first so that explanations parse."""
-    body = fake_chat_body(request)
-    message = body["choices"][0]["message"]
-    message["content"] = "Label: " + " ".join(message["content"].split()[:4])
-    return body
-
-
-def labeling_latency_app(latency_s: float):
-    """`latency_app` with its chat route answering `labeling_chat_body`."""
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    app = latency_app(latency_s)
-
-    async def chat(request: Request) -> JSONResponse:
-        body = await request.json()
-        await asyncio.sleep(latency_s)
-        request.app.state.requests += 1
-        return JSONResponse(labeling_chat_body(body))
-
-    app.router.routes = [
-        Route("/v1/chat/completions", chat, methods=["POST"]) if getattr(r, "path", "") == "/v1/chat/completions" else r
-        for r in app.router.routes
-    ]
-    return app
-
-
-@contextlib.contextmanager
-def labeling_server_process(latency_s: float, lifetime_s: float = 1800.0) -> Iterator[str]:
-    """The labeling latency server in a child process; yields its base URL."""
-    port = free_port()
-    code = f"from autointerp.bench.pipeline_throughput import serve; serve({latency_s!r}, {port}, {lifetime_s!r})"
-    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AutointerpError(f"the labeling latency server did not start on {base_url}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def serve(latency_s: float, port: int, lifetime_s: float) -> None:
-    server = BackgroundServer(labeling_latency_app(latency_s), port=port, max_lifetime_s=lifetime_s).start()
-    server._thread.join()
 
 
 @dataclass
@@ -202,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{'concurrency':>11} {'features':>8} {'labeled':>7} {'req/feature':>11} {'seconds':>8} {'features/min':>12} {'ideal':>8} {'ratio':>6}"
         )
-        with labeling_server_process(args.latency) as base_url:
+        with latency_server_process(args.latency, lifetime_s=1800.0, label_first=True) as base_url:
             for c in levels:
                 features = pool[: wanted[c]]
                 lv = measure(base, work, base_url, c, features, args.latency)

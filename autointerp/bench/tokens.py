@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autointerp.bench.latency_server import BackgroundServer
-from autointerp.bench.pipeline_throughput import labeling_latency_app
+from autointerp.bench.latency_server import BackgroundServer, latency_app
 from autointerp.bench.planted import (
     PlantedConfig,
     _bundled_tokenizer,
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-tokens-") as tmp:
         base = Path(tmp) / "planted.duckdb"
         source = ensure_planted_source(Store(base), PlantedConfig())
-        with BackgroundServer(labeling_latency_app(0.0)) as server:
+        with BackgroundServer(latency_app(0.0, label_first=True)) as server:
             for i, name in enumerate(chosen):
                 db = Path(tmp) / f"c{i}.duckdb"
                 db.write_bytes(base.read_bytes())
