@@ -197,3 +197,15 @@ def test_catalog_stays_browsable_while_another_process_writes(client, db, tmp_pa
     final = client.get("/api/search", params={"q": "harpsichord", "mode": "keyword", "limit": 50}).json()
     assert {h["feature"] for h in final["hits"]} == set(range(100, 100 + n))
     assert len(client.get(f"/api/explanations/{best}").json()["reviews"]) >= 1
+
+
+def test_api_docs_page_loads_its_scripts_from_this_server(tmp_path):
+    """/docs works offline: the Swagger UI assets come from the installed swagger-ui-bundle package."""
+    client = TestClient(create_app(catalog_copy(tmp_path)))
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    for asset in ("/swagger-ui/swagger-ui-bundle.js", "/swagger-ui/swagger-ui.css"):
+        assert asset in page.text
+        assert client.get(asset).status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "autointerp catalog"

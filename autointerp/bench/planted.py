@@ -407,18 +407,22 @@ def config_from_args(args: argparse.Namespace) -> PlantedConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autointerp.bench.planted", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        result = run_planted(args.db, config_from_args(args), args.out)
-    except AutointerpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run with the arguments of `add_arguments` and print the report (shared by `autointerp bench planted`)."""
+    result = run_planted(args.db, config_from_args(args), args.out)
     print(markdown(result))
     print(f"wrote {', '.join(str(f) for f in result.files)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autointerp.bench.planted", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        return run_from_args(parser.parse_args(argv))
+    except AutointerpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

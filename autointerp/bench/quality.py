@@ -467,18 +467,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-out/quality", help="folder for the tables and figures")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autointerp.bench.quality", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        result = run_quality(args.db, load_config(args.config), args.out)
-    except AutointerpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run with the arguments of `add_arguments` and print the report (shared by `autointerp bench quality`)."""
+    result = run_quality(args.db, load_config(args.config), args.out)
     print(markdown(result))
     print(f"\n{result.seconds} s; wrote {', '.join(str(f) for f in result.files)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autointerp.bench.quality", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        return run_from_args(parser.parse_args(argv))
+    except AutointerpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

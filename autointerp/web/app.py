@@ -17,7 +17,9 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import duckdb
 import jinja2
+import swagger_ui_bundle
 from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -126,9 +128,23 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
         title="autointerp catalog",
         description="Search feature labels, read their scores and evidence, and review them.",
         version="1",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.access = access
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    # The API docs page's scripts come from the swagger-ui-bundle package, not a CDN: it works offline.
+    app.mount("/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="autointerp catalog API",
+            swagger_js_url="/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/swagger-ui/favicon-32x32.png",
+        )
 
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(template).render(**context), status_code=status)
