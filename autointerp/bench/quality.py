@@ -163,6 +163,9 @@ async def _score(scorers: dict[str, Any], row: LabelRow, explanation: Explanatio
             failures.append({"setup": row.setup, "feature": row.feature, "stage": f"score:{name}", "error": str(exc)})
             continue
         best = report.headline(name, scores)
+        if best is None or best.value is None:
+            why = (best.details.get("note") if best else None) or "undefined: unparsed answers or a single class"
+            failures.append({"setup": row.setup, "feature": row.feature, "stage": f"score:{name}", "error": why})
         row.scores[name] = {
             "headline": best.value if best else None,
             "headline_metric": best.metric if best else None,
@@ -236,9 +239,10 @@ def _usage_per_feature(store: Store, run_ids: dict[str, str], n_features: int) -
             out[setup] = {
                 "explain_tokens": (explain.prompt_tokens + explain.completion_tokens) / n if explain else 0.0,
                 "score_tokens": sum(u.prompt_tokens + u.completion_tokens for u in scoring) / n,
-                "cost_usd": sum(u.cost_usd for u in usage.values()) / n,
+                # rounded: the ledger's float sums come in no fixed order, and a rerun must print the same figure
+                "cost_usd": round(sum(u.cost_usd for u in usage.values()) / n, 9),
                 "llm_errors": sum(u.n_errors for u in usage.values()),
-                "new_cost_usd": sum(u.new_cost_usd for u in usage.values()),
+                "new_cost_usd": round(sum(u.new_cost_usd for u in usage.values()), 9),
                 "cached_calls": sum(u.n_cached for u in usage.values()),
                 "calls": sum(u.n_calls for u in usage.values()),
             }
@@ -295,7 +299,7 @@ def metric_rows(result: QualityResult) -> list[dict[str, Any]]:
     for setup in _setups_in(result):
         mine = [r for r in result.labels if r.setup == setup]
         usage = result.usage.get(setup.removesuffix(SHUFFLED_SUFFIX), {})
-        failures = sum(1 for f in result.failures if f["setup"] == setup.removesuffix(SHUFFLED_SUFFIX))
+        failures = sum(1 for f in result.failures if f["setup"] == setup)
         for scorer in result.config.scorers:
             keys = list(dict.fromkeys((s["metric"], s["subset"]) for r in mine for s in r.scores.get(scorer, {}).get("all", [])))
             for metric, subset in keys:

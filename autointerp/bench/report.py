@@ -142,7 +142,7 @@ def fmt_ci(value: Any, lo: Any, hi: Any, digits: int = 3) -> str:
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     if not rows:
         return "_(no rows)_\n"
-    columns = columns or list(rows[0])
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))  # rows may add columns (controls)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(fmt(row.get(c)).replace("|", "\\|") for c in columns) + " |")
@@ -216,16 +216,18 @@ def plot_scatter_groups(
 ) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = False
     for name, pts in groups.items():
         pts = [(x, y) for x, y in pts if _finite(x) and _finite(y)]
         if pts:
             ax.scatter([x for x, _ in pts], [y for _, y in pts], s=14, alpha=0.7, label=name)
+            plotted = True
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if groups:
+    if plotted:
         ax.legend(fontsize=7)
     return _save(fig, plt, path)
 
