@@ -421,13 +421,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autointerp.bench.planted", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        return run_from_args(parser.parse_args(argv))
-    except AutointerpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """`python -m autointerp.bench.planted ...` is `autointerp bench planted ...`."""
+    from autointerp.cli import main as cli_main
+
+    return cli_main(["bench", "planted", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
