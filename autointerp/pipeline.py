@@ -16,12 +16,15 @@ them, plus the ledger's own interval) are asked again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import secrets
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +39,7 @@ from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
 from autointerp.llm.base import LLMResponse
 from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
-from autointerp.sampling import TooFewActivations, sample
+from autointerp.sampling import TooFewActivations, sample, sample_many
 from autointerp.scoring import NEEDS_LLM, SCORERS, Scorer, make_scorer
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source, select_features
@@ -195,11 +198,12 @@ def parse_feature_spec(spec: str) -> tuple[int | None, list[int]]:
 def resolve_features(con, source: SourceInfo, spec: str, sampling: SamplingConfig) -> list[int]:
     n_auto, features = parse_feature_spec(spec)
     if n_auto is not None:
-        chosen = select_features(con, source.source_id, n_auto, sampling.seed, sampling.min_active_contexts)
+        silent = sampling.n_test_random_negatives + sampling.n_valid_random_negatives
+        chosen = select_features(con, source.source_id, n_auto, sampling.seed, sampling.min_active_contexts, silent)
         if not chosen:
             raise AutointerpError(
-                f"no feature of {source.name!r} fires in at least {sampling.min_active_contexts} contexts; "
-                "collect more tokens or lower min_active_contexts"
+                f"no feature of {source.name!r} fires in at least {sampling.min_active_contexts} contexts and stays "
+                f"silent in at least {silent}; collect more tokens or lower min_active_contexts"
             )
         return chosen
     if source.width and features[-1] >= source.width:
@@ -237,7 +241,7 @@ class _StoreSessions:
         self,
         store: Store,
         features: list[int],
-        sample_one,
+        sample_batch,
         before_writes,
         after_writes,
         prefetch: int,
@@ -246,7 +250,7 @@ class _StoreSessions:
     ):
         self.store = store
         self._todo = iter(features)
-        self._sample_one = sample_one  # feature -> FeatureExamples, or the exception sampling raised
+        self._sample_batch = sample_batch  # features -> iterator of (feature, FeatureExamples or the exception raised)
         self._before_writes = before_writes  # () -> None, on the session's connection: the ledgers' flush
         self._after_writes = after_writes  # con -> None: the run's counts
         self._prefetch = prefetch
@@ -302,14 +306,13 @@ class _StoreSessions:
             _ = self.store.con  # one connection for the whole session
             await self._write_queued()
             need = max(self._prefetch - self._ready.qsize(), self._wanted)
-            while sample_more and not self._exhausted and need > 0:
-                feature = next(self._todo, None)
-                if feature is None:
-                    self._exhausted = True
-                    break
-                self._ready.put_nowait((feature, self._sample_one(feature)))
-                need -= 1
-                await asyncio.sleep(0)
+            if sample_more and not self._exhausted and need > 0:
+                batch = list(itertools.islice(self._todo, need))
+                self._exhausted = len(batch) < need
+                with contextlib.closing(self._sample_batch(batch)) as sampled:
+                    for item in sampled:
+                        self._ready.put_nowait(item)
+                        await asyncio.sleep(0)
             await self._write_queued()
         except Exception as exc:  # noqa: BLE001 - handed to the workers, which stop the job
             self.error = self.error or exc
@@ -463,14 +466,17 @@ class _Job:
         finally:
             self.store.close()
 
-    def sample_or_error(self, feature: int, firing: set[int]) -> FeatureExamples | AutointerpError:
-        """Within a store session (the connection stays open)."""
-        if feature not in firing:
-            return TooFewActivations(self.source.name, feature, 0, 0, self.job.sampling.min_active_contexts)
-        try:
-            return sample(self.store, self.job.source, feature, self.job.sampling)
-        except AutointerpError as exc:
-            return exc
+    def sample_batch(
+        self, features: list[int], firing: set[int]
+    ) -> Iterator[tuple[int, FeatureExamples | AutointerpError]]:
+        """(feature, examples or why not), in order; within a store session (the connection stays open)."""
+        cfg = self.job.sampling
+        with contextlib.closing(sample_many(self.store, self.job.source, [f for f in features if f in firing], cfg)) as sampled:
+            for feature in features:
+                if feature in firing:
+                    yield next(sampled)
+                else:
+                    yield feature, TooFewActivations(self.source.name, feature, 0, 0, cfg.min_active_contexts)
 
     async def score(self, explanation: Explanation, examples: FeatureExamples, on_stage=None) -> list[Score]:
         scores: list[Score] = []
@@ -585,7 +591,7 @@ async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobS
     sessions = state.sessions = _StoreSessions(
         store,
         todo,
-        lambda f: state.sample_or_error(f, firing),
+        lambda batch: state.sample_batch(batch, firing),
         state.flush_ledgers,
         state.write_counts,
         prefetch=max(2, job.concurrency),

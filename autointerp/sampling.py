@@ -13,14 +13,17 @@ first one in priority order is kept). Everything is deterministic for a (seed, f
 `sample` keeps, per Store and source, the source's tokens in memory (dictionary-encoded, ~16 bytes per
 token; loaded on first use), so a job that samples thousands of features pays that load once. A source
 changed after that needs a new Store object. Keep `store.con` open between calls: reopening the file costs
-more than a sample.
+more than a sample. For a run of features, `sample_many` gives the same results faster (it reads ahead).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import weakref
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +128,13 @@ class _Picker:
     def take(self, context_ids: np.ndarray, max_pos: np.ndarray | None = None, limit: int | None = None) -> list[int]:
         """Indices (into context_ids, in order) of the candidates accepted, at most `limit` of them."""
         context_ids = np.asarray(context_ids, dtype=np.int64)
+        if limit is not None and len(context_ids) > 4 * limit + 16:  # most are accepted: hash only a head first
+            head = 4 * limit + 16
+            accepted = self.take(context_ids[:head], None if max_pos is None else max_pos[:head], limit)
+            if len(accepted) < limit:
+                rest = self.take(context_ids[head:], None if max_pos is None else max_pos[head:], limit - len(accepted))
+                accepted += [head + i for i in rest]
+            return accepted
         rows = self.tokens.rows(context_ids)
         texts = self.tokens.text_hash[rows].tolist()
         windows = (
@@ -183,7 +193,7 @@ def _choose_positives(
 ) -> _Positives:
     n = len(ids)
     n_strata = max(1, min(cfg.n_quantiles, n))
-    asc = np.lexsort((ids, maxv))
+    asc = np.argsort(maxv, kind="stable")  # ids are ascending, so ties stay in context order
     stratum = np.empty(n, dtype=np.int64)
     stratum[asc] = (np.arange(n) * n_strata) // n
     desc = asc[::-1]
@@ -215,12 +225,14 @@ def _choose_positives(
         in_top_pool = np.zeros(n, dtype=bool)
         in_top_pool[top_pool] = True
         per_stratum = max(_spread(wanted["train"] + wanted["valid"] + wanted["test"], n_strata))
-        strata = []
+        drawn = []
         for s in range(n_strata):
             members = np.flatnonzero((stratum == s) & ~in_top_pool)
             size = min(len(members), POSITIVE_OVERSAMPLING * per_stratum + 5)
-            strata.append(distinct(rng.choice(members, size=size, replace=False)) if size else [])
-        pool = top + [i for s in strata for i in s]
+            drawn.append(rng.choice(members, size=size, replace=False) if size else np.zeros(0, dtype=np.int64))
+        accepted = np.array(distinct(np.concatenate(drawn)), dtype=np.int64)  # in stratum order, as one pass each
+        strata = [accepted[stratum[accepted] == s].tolist() for s in range(n_strata)]
+        pool = top + accepted.tolist()
 
     dealt: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
     next_in = [0] * n_strata
@@ -291,16 +303,49 @@ def _random_negatives(picker: _Picker, tokens: q.SourceTokens, active: np.ndarra
 
 
 def _hard_negatives(picker: _Picker, active: np.ndarray, characteristic: list[int], wanted: dict[str, int], rng):
-    holding = [picker.tokens.contexts_holding(code, HARD_NEGATIVE_OCCURRENCES, rng) for code in characteristic]
-    candidates = _not_active(np.unique(np.concatenate(holding)) if holding else np.array([], np.int64), active)
+    candidates = _not_active(picker.tokens.contexts_holding(characteristic, HARD_NEGATIVE_OCCURRENCES, rng), active)
     return _take_negatives(picker, candidates[rng.permutation(len(candidates))], wanted)
 
 
 def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = SamplingConfig()) -> FeatureExamples:
     """The feature's examples, split into train / valid / test (see the module docstring)."""
     src = _load_source(store, source)
-    con, tokens = store.con, src.tokens
-    data = _feature_data(con, src, feature)
+    return _examples(store.con, src, source, feature, _feature_data(store.con, src, feature), cfg)
+
+
+def sample_many(
+    store: Store, source: str, features: Iterable[int], cfg: SamplingConfig = SamplingConfig()
+) -> Iterator[tuple[int, FeatureExamples | AutointerpError]]:
+    """(feature, its examples or the AutointerpError that sampling it raised), in order; each result is what
+    `sample` gives. While one feature's examples are chosen (Python), the next one's activations are read on
+    a second cursor in a worker thread (DuckDB and most of NumPy release the GIL), so a run of features
+    keeps both cores busy. Hold `store.con` open while iterating."""
+    src = _load_source(store, source)
+    con = store.con
+    todo = iter(features)
+    with con.cursor() as reader, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-read") as pool:
+
+        def read(feature: int) -> tuple[int, Future]:
+            return feature, pool.submit(_feature_data, reader, src, feature)
+
+        ahead = read(first) if (first := next(todo, None)) is not None else None
+        while ahead is not None:
+            feature, reading = ahead
+            ahead = read(after) if (after := next(todo, None)) is not None else None
+            try:
+                yield feature, _examples(con, src, source, feature, reading.result(), cfg)
+            except AutointerpError as exc:
+                yield feature, exc
+        # a generator closed early leaves at most one read running; the with-block waits for it
+
+
+@functools.lru_cache(maxsize=16)
+def _config_items(cfg: SamplingConfig) -> tuple:
+    return tuple(dataclasses.asdict(cfg).items())
+
+
+def _examples(con, src: _Source, source: str, feature: int, data: _FeatureData, cfg: SamplingConfig) -> FeatureExamples:
+    tokens = src.tokens
     ids, maxv, maxpos = data.ids, data.max_value, data.max_pos
     if len(ids) < cfg.min_active_contexts:
         raise TooFewActivations(source, feature, len(ids), len(ids), cfg.min_active_contexts)
@@ -367,7 +412,7 @@ def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = Sampli
             hard_negatives=negatives(hards, "test", "hard_negative"),
         ),
         characteristic_tokens=characteristic,
-        sampling_config=dataclasses.asdict(cfg),
+        sampling_config=dict(_config_items(cfg)),
         seed=cfg.seed,
         notes=notes,
     )

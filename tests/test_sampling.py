@@ -202,3 +202,24 @@ def test_per_context_max_matches_the_stored_table(store):
             "SELECT context_id, max_value, max_pos FROM feature_context_max WHERE feature = ? ORDER BY context_id", [feature]
         ).fetchall()
         assert list(zip(ids.tolist(), maxima.tolist(), max_pos.tolist())) == stored
+
+
+def test_sample_many_gives_what_sample_gives_in_order_with_errors_in_place(store):
+    features = [3, N_FEATURES - 1, 0, 10_000, 5]
+    got = list(sampling.sample_many(store, "synthetic", features))
+    assert [f for f, _ in got] == features
+    for feature, result in got:
+        if feature == N_FEATURES - 1:
+            assert isinstance(result, TooFewActivations)
+        elif feature == 10_000:
+            assert isinstance(result, AutointerpError) and "feature" in str(result)
+        else:
+            assert result == sample(store, "synthetic", feature)
+    assert list(sampling.sample_many(store, "synthetic", [])) == []
+
+
+def test_sample_many_stopped_early_leaves_the_store_usable(store):
+    many = sampling.sample_many(store, "synthetic", list(DENSE))
+    first_feature, first = next(many)
+    many.close()
+    assert first == sample(store, "synthetic", first_feature)

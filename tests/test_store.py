@@ -217,6 +217,8 @@ def test_select_features_stratified_and_deterministic(store):
     assert sorted((f - 5) // 5 for f in chosen) == [0, 1, 2, 3, 4]
     assert any(select_features(store.con, sid, 5, seed=s, min_active_contexts=6) != chosen for s in range(2, 8))
     assert select_features(store.con, sid, 100, seed=0, min_active_contexts=29) == [28, 29]
+    # feature f is silent in 40 - (f + 1) contexts: 15 silent ones leave features up to 24
+    assert select_features(store.con, sid, 100, seed=0, min_active_contexts=6, min_silent_contexts=15) == list(range(5, 25))
 
 
 REFERENCE_FCM = """

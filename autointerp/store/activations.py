@@ -469,19 +469,22 @@ def list_feature_stats(
 
 
 def select_features(
-    con: duckdb.DuckDBPyConnection, source_id: int, n: int, seed: int, min_active_contexts: int
+    con: duckdb.DuckDBPyConnection, source_id: int, n: int, seed: int, min_active_contexts: int, min_silent_contexts: int = 0
 ) -> list[int]:
-    """n features active in >= min_active_contexts contexts, one from each of n equal-size density strata.
+    """n features active in >= min_active_contexts contexts and silent in >= min_silent_contexts (a feature
+    firing almost everywhere leaves no random negatives to score it on), one from each of n equal-size
+    density strata.
 
     Deterministic for a seed; returns fewer (all eligible ones) when fewer exist. Sorted by feature.
     """
     rows = con.execute(
         """
         SELECT feature FROM feature_stats
-        WHERE source_id = ? AND n_active_contexts >= ?
+        WHERE source_id = $1 AND n_active_contexts >= $2
+          AND n_active_contexts <= (SELECT count(*) FROM contexts WHERE source_id = $1) - $3
         ORDER BY density, feature
         """,
-        [source_id, min_active_contexts],
+        [source_id, min_active_contexts, min_silent_contexts],
     ).fetchall()
     eligible = [r[0] for r in rows]
     if n <= 0 or not eligible:

@@ -33,6 +33,7 @@ class SourceTokens:
     text_hash: np.ndarray  # uint64 per context: a hash of its normalised token sequence
     _by_code: np.ndarray | None = field(default=None, repr=False)  # token positions grouped by code, built lazily
     _code_start: np.ndarray | None = field(default=None, repr=False)
+    _row_of_token: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_tokens(self) -> int:
@@ -59,15 +60,23 @@ class SourceTokens:
         codes = self.norm_codes[starts[:, None] + np.minimum(pos, lengths[:, None] - 1)].astype(np.uint64) + np.uint64(1)
         return (np.where(inside, codes, np.uint64(0)) * _HASH_WEIGHTS[: 2 * half]).sum(axis=1, dtype=np.uint64)
 
-    def contexts_holding(self, code: int, cap: int, rng: np.random.Generator) -> np.ndarray:
-        """Sorted ids of contexts holding the token: all of them, or those of `cap` random occurrences."""
+    def contexts_holding(self, codes: list[int], cap: int, rng: np.random.Generator) -> np.ndarray:
+        """Sorted ids of contexts holding any of the tokens: for each token, all of them or those of `cap` of
+        its occurrences drawn at random."""
         if self._by_code is None:
-            self._by_code = np.argsort(self.codes, kind="stable")
+            self._by_code = np.argsort(self.codes, kind="stable").astype(np.int64)
             self._code_start = np.concatenate([[0], np.cumsum(self.token_counts)])
-        positions = self._by_code[self._code_start[code] : self._code_start[code + 1]]
-        if len(positions) > cap:
-            positions = rng.choice(positions, cap, replace=False)
-        return np.unique(self.context_ids[np.searchsorted(self.offsets, positions, side="right") - 1])
+            self._row_of_token = np.repeat(np.arange(len(self.context_ids), dtype=np.int32), np.diff(self.offsets))
+        picked = []
+        for code in codes:
+            first, end = self._code_start[code], self._code_start[code + 1]
+            if end - first > cap:
+                picked.append(self._by_code[first + rng.choice(end - first, cap, replace=False)])
+            else:
+                picked.append(self._by_code[first:end])
+        if not picked:
+            return self.context_ids[:0]
+        return self.context_ids[np.unique(self._row_of_token[np.concatenate(picked)])]
 
 
 _HASH_WEIGHTS = np.random.default_rng(0x5EED).integers(0, 2**63, size=32768, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
@@ -132,8 +141,12 @@ def feature_rows(con: duckdb.DuckDBPyConnection, source_id: int, feature: int) -
     ).fetchnumpy()
     ctx = np.asarray(result["context_id"], dtype=np.int64)
     pos = np.asarray(result["pos"], dtype=np.int64)
-    order = np.lexsort((pos, ctx))
-    return ctx[order], pos[order], np.asarray(result["value"], dtype=np.float32)[order]
+    value = np.asarray(result["value"], dtype=np.float32)
+    key = ctx * 65536 + pos  # pos < 2**15 (SMALLINT)
+    if len(key) > 1 and not (key[1:] > key[:-1]).all():  # the scan usually returns them in storage order already
+        order = np.argsort(key, kind="stable")
+        ctx, pos, value = ctx[order], pos[order], value[order]
+    return ctx, pos, value
 
 
 def feature_context_maxes(
