@@ -10,7 +10,7 @@ Splits are disjoint by context id and by near-duplicate text: two contexts whose
 window of `2 * WINDOW_HALF` tokens around the max-activating token, is the same never both appear (the
 first one in priority order is kept). Everything is deterministic for a (seed, feature).
 
-`sample` keeps, per Store and source, the source's tokens in memory (dictionary-encoded, ~16 bytes per
+`sample` keeps, per Store and source, the source's tokens in memory (dictionary-encoded, ~20 bytes per
 token; loaded on first use), so a job that samples thousands of features pays that load once. A source
 changed after that needs a new Store object. Keep `store.con` open between calls: reopening the file costs
 more than a sample. For a run of features, `sample_many` gives the same results faster (it reads ahead).

@@ -64,7 +64,7 @@ class SourceTokens:
         """Sorted ids of contexts holding any of the tokens: for each token, all of them or those of `cap` of
         its occurrences drawn at random."""
         if self._by_code is None:
-            self._by_code = np.argsort(self.codes, kind="stable").astype(np.int64)
+            self._by_code = np.argsort(self.codes, kind="stable")
             self._code_start = np.concatenate([[0], np.cumsum(self.token_counts)])
             self._row_of_token = np.repeat(np.arange(len(self.context_ids), dtype=np.int32), np.diff(self.offsets))
         picked = []
