@@ -22,6 +22,8 @@ from autointerp.bench.quality import (
 )
 from autointerp.config import SamplingConfig
 from autointerp.errors import AutointerpError
+from autointerp.store import Store
+from autointerp.store.jobs import list_runs
 
 SMALL_SAMPLING = SamplingConfig(
     n_train_top=5, n_train_quantile=3, n_quantiles=3, n_valid_positives=3, n_valid_random_negatives=2,
@@ -79,6 +81,13 @@ def test_two_runs_with_an_llm_give_identical_results_the_second_from_the_cache(s
     for name in ("quality_summary.csv", "quality_labels.csv", "quality.md"):
         assert (tmp_path / "first" / name).read_text() == (tmp_path / "second" / name).read_text(), name
     assert first.usage["api-pairs"]["new_cost_usd"] > 0 and second.usage["api-pairs"]["new_cost_usd"] == 0
+    with Store(db, read_only=True) as store:
+        runs = {r.run_id: r for r in list_runs(store.con, kind="bench")}
+    assert set(first.run_ids.values()) | set(second.run_ids.values()) <= set(runs)
+    api_runs = [runs[first.run_ids["api-pairs"]], runs[second.run_ids["api-pairs"]]]
+    assert all(r.status == "done" and r.n_total == 3 and r.n_done + r.n_failed == 3 for r in api_runs)
+    assert api_runs[0].cost_usd > 0 and api_runs[0].prompt_tokens > 0  # the rerun was billed nothing:
+    assert api_runs[1].cost_usd == 0 and api_runs[1].prompt_tokens == 0
 
 
 def test_derangement_never_keeps_a_label_and_is_fixed_by_seed():

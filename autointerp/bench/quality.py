@@ -187,11 +187,13 @@ async def _run_setups(store: Store, cfg: QualityConfig, source: str, examples: d
     run_ids: dict[str, str] = {}
     for setup in cfg.setups():
         run_id = run_ids[setup.name] = new_run_id("bench")
-        explainer = None if setup.explainer == BASELINE else make_llm(setup.explainer, store=store, run_id=run_id, base_url=cfg.base_url)
-        scorer_llm = None
-        if set(cfg.scorers) & NEEDS_LLM:
-            scorer_llm = make_llm(cfg.scorer_model, store=store, run_id=run_id, base_url=cfg.base_url)
+        _start_run(store, run_id, cfg, setup, source, sorted(examples))
+        status, explainer, scorer_llm = "failed", None, None
         try:
+            if setup.explainer != BASELINE:
+                explainer = make_llm(setup.explainer, store=store, run_id=run_id, base_url=cfg.base_url)
+            if set(cfg.scorers) & NEEDS_LLM:
+                scorer_llm = make_llm(cfg.scorer_model, store=store, run_id=run_id, base_url=cfg.base_url)
             scorers = {n: make_scorer(n, scorer_llm if n in NEEDS_LLM else None, **cfg.scorer_options.get(n, {})) for n in cfg.scorers}
             explained: dict[int, Explanation] = {}
 
@@ -217,13 +219,44 @@ async def _run_setups(store: Store, cfg: QualityConfig, source: str, examples: d
                     labels.append(row)
 
                 await gather_limited([lambda f=f: control(f) for f in sorted(lender)], cfg.concurrency)
+            status = "done"
         finally:
             for llm in (explainer, scorer_llm):
                 if llm is not None:
                     await llm.aclose()
+            n_done = sum(1 for r in labels if r.setup == setup.name)
+            n_failed = len({f["feature"] for f in failures if f["setup"] == setup.name})
+            _end_run(store, run_id, status, n_done, n_failed)
     labels.sort(key=lambda r: (r.setup, r.feature))
     failures.sort(key=lambda f: (f["setup"], f["feature"], f["stage"]))
     return labels, failures, run_ids
+
+
+def _start_run(store: Store, run_id: str, cfg: QualityConfig, setup: ExplainerSetup, source: str, features: list[int]) -> None:
+    """A `runs` row per setup (kind "bench"), so `autointerp runs` and `autointerp costs --run` show it."""
+    from autointerp.config import config_hash
+    from autointerp.store import jobs
+
+    config = {
+        "bench": "quality", "source": source, "setup": dataclasses.asdict(setup), "scorers": list(cfg.scorers),
+        "scorer_model": cfg.scorer_model, "sampling": dataclasses.asdict(cfg.sampling), "features": features,
+    }
+    with store.writing() as con:
+        jobs.create_run(con, run_id, "bench", config, config_hash(config), len(features))
+
+
+def _end_run(store: Store, run_id: str, status: str, n_done: int, n_failed: int) -> None:
+    """Tokens and cost as a label run counts them: what was billed, cache hits excluded."""
+    from autointerp.store import jobs
+    from autointerp.store.llm_calls import spend
+
+    with store.writing() as con:
+        rows = spend(con, run_id)
+        jobs.update_run(
+            con, run_id, status=status, n_done=n_done, n_failed=n_failed,
+            prompt_tokens=sum(r["prompt_tokens"] for r in rows), completion_tokens=sum(r["completion_tokens"] for r in rows),
+            cost_usd=sum(r["cost_usd"] for r in rows), ended=True,
+        )
 
 
 def _usage_per_feature(store: Store, run_ids: dict[str, str], n_features: int) -> dict[str, dict[str, float]]:
