@@ -285,7 +285,7 @@ def _usage_per_feature(store: Store, run_ids: dict[str, str], n_features: int) -
 def run_quality(db: str | Path, cfg: QualityConfig, out_dir: str | Path | None = None) -> QualityResult:
     """Run every setup on the frozen feature set of `db`; write the tables and figures when `out_dir` is given."""
     from autointerp.pipeline import resolve_features
-    from autointerp.sampling import sample
+    from autointerp.sampling import sample_many
 
     started = time.monotonic()
     if not Path(db).exists():
@@ -296,11 +296,11 @@ def run_quality(db: str | Path, cfg: QualityConfig, out_dir: str | Path | None =
             features = resolve_features(con, source, f"auto:{cfg.n_features}", cfg.sampling)
         densities = _densities(store, source.source_id)
         examples, failures = {}, []
-        for feature in features:
-            try:
-                examples[feature] = sample(store, source.name, feature, cfg.sampling)
-            except AutointerpError as exc:
-                failures.append({"setup": "*", "feature": feature, "stage": "sample", "error": str(exc)})
+        for feature, got in sample_many(store, source.name, features, cfg.sampling):
+            if isinstance(got, AutointerpError):
+                failures.append({"setup": "*", "feature": feature, "stage": "sample", "error": str(got)})
+            else:
+                examples[feature] = got
         store.close()  # the ledger writes in its own short transactions
         labels, run_failures, run_ids = asyncio.run(_run_setups(store, cfg, source.name, examples, densities))
         usage = _usage_per_feature(store, run_ids, len(examples))
