@@ -322,21 +322,23 @@ def sample_many(
     keeps both cores busy. Hold `store.con` open while iterating."""
     src = _load_source(store, source)
     con = store.con
-    todo = iter(features)
+
+    def finish(feature: int, reading: Future) -> tuple[int, FeatureExamples | AutointerpError]:
+        try:
+            return feature, _examples(con, src, source, feature, reading.result(), cfg)
+        except AutointerpError as exc:
+            return feature, exc
+
+    # closed early, the generator leaves at most one read running: the with-block waits for it
     with con.cursor() as reader, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-read") as pool:
-
-        def read(feature: int) -> tuple[int, Future]:
-            return feature, pool.submit(_feature_data, reader, src, feature)
-
-        ahead = read(first) if (first := next(todo, None)) is not None else None
-        while ahead is not None:
-            feature, reading = ahead
-            ahead = read(after) if (after := next(todo, None)) is not None else None
-            try:
-                yield feature, _examples(con, src, source, feature, reading.result(), cfg)
-            except AutointerpError as exc:
-                yield feature, exc
-        # a generator closed early leaves at most one read running; the with-block waits for it
+        previous = None
+        for feature in features:
+            reading = (feature, pool.submit(_feature_data, reader, src, feature))
+            if previous is not None:
+                yield finish(*previous)
+            previous = reading
+        if previous is not None:
+            yield finish(*previous)
 
 
 @functools.lru_cache(maxsize=16)
