@@ -45,6 +45,14 @@ def test_expected_value_from_digit_logprobs():
     )
 
 
+def test_only_ascii_digits_count_in_logprobs_and_answers():
+    """Real top-logprob lists hold "²", "¹", "٣": they are other tokens, never a crash or a value."""
+    assert expected_value({"0": -0.1, "²": -3.0}) == pytest.approx(0.0)
+    assert digit_distribution({"1": -0.1, "¹": -4.0}, range(2)) == pytest.approx({1: 1.0})
+    assert digit_distribution({"٣": -0.1, "³": -0.2}) is None
+    assert answer_values("1: ٣\n2: 1\n٣: 0") == {2: 1}
+
+
 def test_answer_values_and_slots():
     assert answer_values("1: 0\n2: 1\n**3**: yes\nContext 4: no\n5: maybe") == {1: 0, 2: 1, 3: 1, 4: 0}
     tokens = [TokenLogprob(t, -0.1, {t: -0.1, "0": -2.0}) for t in ["1", ":", " ", "1", "\n", "2", ":", " 0"]]
