@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, NotFound
 from autointerp.records import Explanation, Score
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import FeatureStats, SourceInfo, feature_stats, get_source
@@ -208,7 +208,7 @@ def review_label(
         raise AutointerpError(f"unknown review verdict {verdict!r}; use one of {', '.join(VERDICTS)}")
     found = load_labels(con, [explanation_id])
     if not found:
-        raise AutointerpError(f"no label with explanation id {explanation_id} in this store")
+        raise NotFound(f"no label with explanation id {explanation_id} in this store")
     old = found[0]
     if verdict != "edit":
         if edited_label:
@@ -310,7 +310,7 @@ class RunView:
 def run_view(con: duckdb.DuckDBPyConnection, run_id: str, n_recent: int = 50) -> RunView:
     run = get_run(con, run_id)
     if run is None:
-        raise AutointerpError(f"no run {run_id!r} in this store; `autointerp runs --db ...` lists the runs it holds")
+        raise NotFound(f"no run {run_id!r} in this store; `autointerp runs --db ...` lists the runs it holds")
     return RunView(
         run=run,
         spend=spend(con, run_id),

@@ -12,6 +12,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from autointerp.errors import AutointerpError, NotFound
 from autointerp.web import create_app
 from catalog_fixtures import HOSTILE_LABEL, IMG, RUN_ID, SCRIPT, SOURCE_A, SOURCE_B, catalog_copy
 
@@ -76,6 +77,23 @@ def test_missing_things_are_404_with_a_message(client):
     response = client.get("/api/explanations/999999")
     assert response.status_code == 404 and "no label" in response.json()["detail"]
     assert client.get("/search", params={"q": "x", "min_score": "bad"}).status_code == 400
+
+
+def test_the_status_comes_from_the_error_type_not_its_wording(db):
+    """A user error that reads like "feature ..." is still a 400; a NotFound is a 404 whatever it says."""
+    app = create_app(db, refresh_factor=0.0)
+
+    @app.get("/api/_wording")
+    def wording():
+        raise AutointerpError("feature 3 has no test positives to score; re-sample it with more")
+
+    @app.get("/api/_missing")
+    def missing():
+        raise NotFound("nothing by that name in this store")
+
+    with TestClient(app) as c:
+        assert c.get("/api/_wording").status_code == 400
+        assert c.get("/api/_missing").status_code == 404
 
 
 def test_json_api_and_openapi(client):
