@@ -24,6 +24,7 @@ import numpy as np
 
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError, NotFound
+from autointerp.judgements import write_judgements
 from autointerp.records import Explanation, Score
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import FeatureStats, SourceInfo, feature_stats, get_source
@@ -48,7 +49,7 @@ def write_label(
     seed: int | None,
     embedding: Sequence[float] | np.ndarray | None = None,
 ) -> int:
-    """Store a label with its scores and its embedding; return the explanation id.
+    """Store a label with its scores, their per-item judgements and its embedding; return the explanation id.
 
     Runs inside the caller's transaction (`with store.writing() as con:`): it neither begins nor commits.
     The embedding is computed with the offline MiniLM model unless `embedding` is given.
@@ -59,6 +60,7 @@ def write_label(
         con, sid, explanation, sampling_config=sampling_config, seed=seed, run_id=run_id, config_hash=config_hash
     )
     q.insert_scores(con, explanation_id, scores, run_id)
+    write_judgements(con, explanation_id, scores, run_id)
     q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
     return explanation_id
 

@@ -462,3 +462,56 @@ def test_simulation_with_the_bundled_model(local_llm):
     assert all_row.details["mode"] == "echo"
     assert all_row.details["n_tokens"] + all_row.details["n_unparsed_tokens"] == 3 * 6
     assert all_row.details["n_tokens"] > 0  # the bundled model puts digits among its alternatives at most slots
+
+
+# --- per-item judgements in the store ---------------------------------------------------------------------
+
+
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a == pytest.approx(b))
+
+
+def test_stored_items_recompute_every_stored_score_without_the_model(tmp_path):
+    from catalog_fixtures import SOURCE_A, catalog_copy
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    from autointerp.catalog import load_labels, write_label
+    from autointerp.judgements import load_judgements, recompute
+    from autointerp.store import Store
+
+    examples = _quantile_feature()
+    fuzz = ScriptedLLMDouble(lambda call: "\n".join(f"{n}: {_highlighted_animals(t)}" for n, t in _excerpts(call)))
+    scores = [
+        *asyncio.run(make_scorer("detection", _detection_double(with_logprobs=True)).score(LABEL, examples)),
+        *asyncio.run(make_scorer("fuzzing", fuzz).score(LABEL, examples)),
+        *asyncio.run(make_scorer("simulation", _echo_double()).score(LABEL, examples)),
+    ]
+    unit = np.ones(384) / np.sqrt(384)
+    with Store(catalog_copy(tmp_path)) as store:
+        with pytest.raises(RuntimeError), store.writing() as con:
+            write_label(con, Explanation(SOURCE_A, 3, LABEL.label), scores, run_id="r1", config_hash=None,
+                        sampling_config=None, seed=0, embedding=unit)
+            raise RuntimeError("the job fails before committing")
+        assert store.con.execute("SELECT count(*) FROM score_items").fetchone()[0] == 0
+        with store.writing() as con:
+            eid = write_label(con, Explanation(SOURCE_A, 3, LABEL.label), scores, run_id="r1", config_hash=None,
+                              sampling_config=None, seed=0, embedding=unit)
+        stored = load_labels(store.con, [eid])[0].scores
+        items = load_judgements(store.con, eid, "detection")
+        assert [len(load_judgements(store.con, eid, s)) for s in ("detection", "fuzzing", "simulation")] == [15, 10, 15]
+        assert {(i.context_id, i.kind, i.quantile) for i in items} == {
+            (e.context_id, e.kind, e.quantile) for e in examples.test.all()
+        }
+        assert {s.metric for s in stored} == {"balanced_accuracy", "f1", "auroc", "ev_correlation"}
+        assert len(stored) == len(scores)
+        for s in stored:
+            again = recompute(store.con, eid, s.scorer, s.metric, s.subset)
+            assert _same(again.value, s.value) and _same(again.ci_low, s.ci_low) and _same(again.ci_high, s.ci_high)
+            assert again.n == s.n, (s.scorer, s.metric, s.subset)
+            for key, row in s.details["by_quantile"].items():
+                assert _same(recompute(store.con, eid, s.scorer, s.metric, s.subset, quantile=key).value, row["value"])
+    truth = [i.truth for i in items]
+    row = {s.metric: s.value for s in stored if s.scorer == "detection" and s.subset == "all"}
+    assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, [i.prediction for i in items]))
+    assert row["f1"] == pytest.approx(f1_score(truth, [i.prediction for i in items]))
+    assert row["auroc"] == pytest.approx(roc_auc_score(truth, [i.probability for i in items]))
