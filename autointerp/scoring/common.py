@@ -38,6 +38,19 @@ def group_of(example: Example) -> str:
     return "random_negatives" if example.kind == "random_negative" else "hard_negatives"
 
 
+def judged_item(scorer: str, index: int, example: Example, group: str | None = None, **answer: Any) -> ItemJudgement:
+    """An item about `example` (its context, kind and quantile) with the scorer's answer."""
+    return ItemJudgement(
+        scorer=scorer,
+        item=index,
+        context_id=example.context_id,
+        group=group or group_of(example),
+        kind=example.kind,
+        quantile=example.quantile,
+        **answer,
+    )
+
+
 async def gather_limited(factories: Sequence[Callable[[], Awaitable[T]]], concurrency: int) -> list[T]:
     semaphore = asyncio.Semaphore(max(1, concurrency))
 

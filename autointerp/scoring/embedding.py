@@ -11,8 +11,7 @@ from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.llm.base import LLM
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.scoring import metrics
-from autointerp.records import ItemJudgement
-from autointerp.scoring.common import NEGATIVE_SUBSETS, group_of, item_scores, rng_for, scoring_split
+from autointerp.scoring.common import NEGATIVE_SUBSETS, item_scores, judged_item, rng_for, scoring_split
 
 
 class EmbeddingScorer:
@@ -58,16 +57,7 @@ class EmbeddingScorer:
         label_vec = (await asyncio.to_thread(embed_texts, [explanation.label]))[0]
         cosines = (await self._embed(texts)) @ label_vec
         judged = [
-            ItemJudgement(
-                scorer=self.name,
-                item=k,
-                context_id=e.context_id,
-                group=group_of(e),
-                kind=e.kind,
-                quantile=e.quantile,
-                truth=int(e.is_positive),
-                probability=float(cosine),
-            )
+            judged_item(self.name, k, e, truth=int(e.is_positive), probability=float(cosine))
             for k, (e, cosine) in enumerate(zip(contexts, cosines))
         ]
         return item_scores(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autointerp.records import Example, ItemJudgement
+from autointerp.records import ItemJudgement
 from autointerp.scoring import metrics
 
 BINARY_METRICS = ("balanced_accuracy", "f1", "auroc")
@@ -29,20 +29,12 @@ class MetricValue:
     n: int  # items that entered the metric (answered ones; for simulation, contexts with a prediction)
 
 
-def quantile_key(kind: str, quantile: int | None) -> str | None:
-    """The activation quantile a positive came from ("0" lowest ... , "top" for top-activating ones); None for
-    negatives."""
-    if kind == "top":
-        return TOP
-    return None if quantile is None else str(quantile)
-
-
-def example_quantile(example: Example) -> str | None:
-    return quantile_key(example.kind, example.quantile) if example.is_positive else None
-
-
 def _key(item: ItemJudgement) -> str | None:
-    return quantile_key(item.kind, item.quantile) if item.kind in ("top", "quantile") else None
+    """The activation quantile the item's context came from ("0" lowest ..., "top" for top-activating
+    positives); None for negatives."""
+    if item.kind == "top":
+        return TOP
+    return str(item.quantile) if item.kind == "quantile" and item.quantile is not None else None
 
 
 def quantile_keys(items: Sequence[ItemJudgement]) -> list[str]:

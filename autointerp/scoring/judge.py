@@ -10,7 +10,7 @@ import numpy as np
 from autointerp.llm.base import LLM, LLMResponse
 from autointerp.prompts import load_prompt
 from autointerp.records import Example, ItemJudgement
-from autointerp.scoring.common import gather_limited
+from autointerp.scoring.common import gather_limited, judged_item
 from autointerp.scoring.llm_output import BINARY_VALUES, answer_slots, answer_values, digit_distribution
 
 TOP_LOGPROBS = 5
@@ -66,17 +66,7 @@ async def judge(
                 probabilities[i] = dist.get(1, 0.0)
     unparsed_outputs = [r.text[:200] for b, r in zip(batches, responses) if any(predictions[i] is None for i in b)]
     judged = [
-        ItemJudgement(
-            scorer=stage,
-            item=k,
-            context_id=it.example.context_id,
-            group=it.group,
-            kind=it.example.kind,
-            quantile=it.example.quantile,
-            truth=it.truth,
-            prediction=predictions[k],
-            probability=probabilities[k],
-        )
+        judged_item(stage, k, it.example, it.group, truth=it.truth, prediction=predictions[k], probability=probabilities[k])
         for k, it in enumerate(items)
     ]
     details = {

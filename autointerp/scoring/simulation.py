@@ -26,7 +26,7 @@ from autointerp.llm.base import LLM, LLMResponse
 from autointerp.prompts import load_prompt
 from autointerp.records import Example, Explanation, FeatureExamples, ItemJudgement, Score
 from autointerp.scoring import items, metrics
-from autointerp.scoring.common import NEGATIVE_SUBSETS, gather_limited, group_of, rng_for, scoring_split
+from autointerp.scoring.common import NEGATIVE_SUBSETS, gather_limited, judged_item, rng_for, scoring_split
 from autointerp.scoring.llm_output import (
     ACTIVATION_VALUES,
     answer_slots,
@@ -205,13 +205,10 @@ class SimulationScorer:
     ) -> list[Score]:
         """Pooled correlation per subset over the tokens that got a prediction; unparsed tokens are counted."""
         judged = [
-            ItemJudgement(
-                scorer=self.name,
-                item=k,
-                context_id=e.context_id,
-                group=group_of(e),
-                kind=e.kind,
-                quantile=e.quantile,
+            judged_item(
+                self.name,
+                k,
+                e,
                 true_activations=[float(a) for a in acts],
                 predicted_activations=list(preds) if preds is not None else [None] * len(acts),
             )
