@@ -63,6 +63,22 @@ def test_feature_page_shows_scores_histogram_contexts_and_history(client):
     assert f'href="/runs/{RUN_ID}"' in page and "highlight.v1" in page
 
 
+def test_feature_page_shows_scores_per_activation_quantile(client, db):
+    from autointerp.catalog import write_label
+    from autointerp.records import Explanation, Score
+    from autointerp.store import Store
+
+    by_quantile = {"0": {"value": 0.4, "ci_low": 0.25, "ci_high": 0.5, "n": 12},
+                   "top": {"value": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n": 11}}
+    with Store(db).writing() as con:
+        write_label(con, Explanation(SOURCE_A, 5, "quantile label"),
+                    [Score("detection", "balanced_accuracy", 0.7, 0.6, 0.8, 15, details={"by_quantile": by_quantile})],
+                    run_id=None, config_hash=None, sampling_config=None, seed=None, embedding=[1.0] + [0.0] * 383)
+    page = client.get(f"/features/{SOURCE_A}/5").text
+    assert "by activation quantile" in page
+    assert '<span title="95% CI 0.25 – 0.5, n=12">q0 0.4</span> · <span title="95% CI 0.8 – 1, n=11">top 0.9</span>' in page
+
+
 def test_run_pages_show_progress_tokens_and_cost(client):
     page = client.get(f"/runs/{RUN_ID}").text
     assert 'id="run-status">done<' in page and "$0.0021" in page and "420 prompt" in page
