@@ -40,7 +40,7 @@ from autointerp.llm.base import LLMResponse
 from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample, sample_many
-from autointerp.scoring import NEEDS_LLM, SCORERS, Scorer, make_scorer
+from autointerp.scoring import NEEDS_LLM, Scorer, make_scorer
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source, select_features
 from autointerp.store.db import Store
@@ -157,17 +157,8 @@ def job_config_hash(job: JobConfig) -> str:
 def check_job(job: JobConfig) -> None:
     if not job.source:
         raise AutointerpError("name the source to label with --source (see `autointerp features --db ...`)")
-    if job.k < 1:
-        raise AutointerpError(f"k must be at least 1, got {job.k}")
     if job.prompt not in STYLES:
         raise AutointerpError(f"unknown explainer prompt {job.prompt!r}; choose one of {', '.join(STYLES)}")
-    if job.concurrency < 1:
-        raise AutointerpError(f"concurrency must be at least 1, got {job.concurrency}")
-    if not job.scorers:
-        raise AutointerpError("choose at least one scorer (--scorers detection,embedding)")
-    unknown = sorted(set(job.scorers) - set(SCORERS))
-    if unknown:
-        raise AutointerpError(f"unknown scorer(s) {unknown}; choose from {', '.join(SCORERS)}")
 
 
 def parse_feature_spec(spec: str) -> tuple[int | None, list[int]]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from pathlib import Path
 
 from autointerp.bench.report import fmt_ci, headline
 from autointerp.config import load_job_config
-from autointerp.errors import AutointerpError
 from autointerp.estimate import CostEstimate, estimate_job
 from autointerp.pipeline import JobSummary, run_label_job
 from autointerp.records import Score
@@ -68,16 +66,9 @@ def run(args: argparse.Namespace) -> int:
         with Store(args.db, read_only=True) as store:
             print_estimate(estimate_job(store, job))
         return 0
-    summary = run_label_job(existing_store(args.db), job, progress=not args.quiet)
+    summary = run_label_job(Store(args.db), job, progress=not args.quiet)
     print_summary(summary, args.db)
     return 0
-
-
-def existing_store(path: str) -> Store:
-    """The store at `path` opened for writing; an error (not a new empty file) when there is none."""
-    if not Path(path).exists():
-        raise AutointerpError(f"no store at {path}: run `autointerp collect` or `autointerp import` first")
-    return Store(path)
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

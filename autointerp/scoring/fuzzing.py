@@ -3,6 +3,8 @@ random non-activating tokens marked; does the LLM tell which highlighting matche
 
 from __future__ import annotations
 
+from pydantic import NonNegativeInt, PositiveInt
+
 from autointerp import render
 from autointerp.llm.base import LLM
 from autointerp.records import Explanation, FeatureExamples, Score
@@ -19,13 +21,13 @@ class FuzzingScorer:
         self,
         llm: LLM,
         *,
-        batch_size: int = 5,
-        before: int = 20,
-        after: int = 11,
+        batch_size: PositiveInt = 5,
+        before: NonNegativeInt = 20,
+        after: NonNegativeInt = 11,
         highlight_fraction: float = 0.3,
-        concurrency: int = 4,
-        n_resamples: int = metrics.N_RESAMPLES,
-        seed: int = metrics.SEED,
+        concurrency: PositiveInt = 4,
+        n_resamples: PositiveInt = metrics.N_RESAMPLES,
+        seed: NonNegativeInt = metrics.SEED,
     ):
         self.llm = llm
         self.batch_size = batch_size
