@@ -135,7 +135,8 @@ class Store:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One transaction: commits on success, rolls back on any error, so a failure stores nothing.
+        """One transaction: commits on success, rolls back on any error, so a failure stores nothing (and a
+        store that this first write was to create is removed again).
 
         Uses the held connection when there is one; otherwise opens the file for this transaction only
         and closes it afterwards, leaving the file free for other processes between writes.
@@ -143,9 +144,11 @@ class Store:
         if self.read_only:
             raise AutointerpError(f"the store {self.path} was opened read-only; open it for writing to change it")
         own = self._con is None
-        if own and not self._created:
+        fresh = own and not self._created
+        if fresh:
             self._migrate()
         con = connect(self.path) if own else self._con
+        failed = False
         try:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -153,10 +156,15 @@ class Store:
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
+                failed = True
                 raise
         finally:
             if own:
                 con.close()
+            if fresh and failed:  # the store this write was to create holds nothing: leave no file
+                for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+                    path.unlink(missing_ok=True)
+                self._created = False
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
