@@ -105,7 +105,7 @@ def _rows(results: Any) -> list:
             return getattr(results, attr)
     if all(hasattr(results, split) for split in ("train", "valid", "test")):
         return [
-            {"split": name, "group": group, **dataclasses.asdict(ex)}
+            {"split": name, "group": group, **dataclasses.asdict(ex), "max_value": ex.max_value}
             for name in ("train", "valid", "test")
             for group in ("positives", "random_negatives", "hard_negatives")
             for ex in getattr(getattr(results, name), group)
