@@ -156,7 +156,7 @@ def job_config_hash(job: JobConfig) -> str:
 
 def check_job(job: JobConfig) -> None:
     if not job.source:
-        raise AutointerpError("name the source to label with --source (see `autointerp features --db ...`)")
+        raise AutointerpError("name the `source` to label (`autointerp features` lists the sources of a store)")
     if job.prompt not in STYLES:
         raise AutointerpError(f"unknown explainer prompt {job.prompt!r}; choose one of {', '.join(STYLES)}")
 
@@ -164,7 +164,7 @@ def check_job(job: JobConfig) -> None:
 def parse_feature_spec(spec: str) -> tuple[int | None, list[int]]:
     """("auto:N" -> (N, [])) or ("0-99", "1,5,9", "0-9,20" -> (None, sorted distinct features))."""
     spec = spec.strip()
-    bad = AutointerpError(f"cannot read --features {spec!r}: write a range (0-99), a list (1,5,9) or auto:N")
+    bad = AutointerpError(f"cannot read `features` {spec!r}: write a range (0-99), a list (1,5,9) or auto:N")
     if spec.startswith("auto:"):
         try:
             n = int(spec[5:])
@@ -642,7 +642,7 @@ def score_label(store: Store, job: JobConfig, feature: int, label: str) -> Featu
 async def ascore_label(store: Store, job: JobConfig, feature: int, label: str) -> FeatureResult:
     label = " ".join(label.split())
     if not label:
-        raise AutointerpError("the label is empty: pass the text to score with --label")
+        raise AutointerpError("the `label` to score is empty")
     check_job(job)
     with store.reading() as con:
         source = get_source(con, job.source)

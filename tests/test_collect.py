@@ -155,11 +155,11 @@ def test_user_errors(tmp_path, subject, monkeypatch):
     store = Store(tmp_path / "s.duckdb", create=True)
     with pytest.raises(AutointerpError, match=r"layer 99 does not exist.*0\.\.29"):
         collect(store, CollectConfig(**{**SMALL, "layer": 99}), subject=subject, progress=False)
-    with pytest.raises(AutointerpError, match="--layer is required"):
+    with pytest.raises(AutointerpError, match="`layer` is required"):
         collect(store, CollectConfig(**{**SMALL, "layer": None}), subject=subject, progress=False)
-    with pytest.raises(AutointerpError, match="unknown --features"):
+    with pytest.raises(AutointerpError, match="unknown `features`"):
         collect(store, CollectConfig(**SMALL, features="heads"), subject=subject, progress=False)
-    with pytest.raises(AutointerpError, match="--context-len"):
+    with pytest.raises(AutointerpError, match="`context_len`"):
         collect(store, CollectConfig(**{**SMALL, "tokens": 16}), subject=subject, progress=False)
     with pytest.raises(AutointerpError, match="does not exist"):
         collect(store, CollectConfig(**{**SMALL, "dataset": str(tmp_path / "none.txt")}), subject=subject, progress=False)

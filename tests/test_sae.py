@@ -195,11 +195,11 @@ def test_collected_sae_activations_match_reference(tmp_path, subject, weights):
 def test_layer_comes_from_the_sae_and_must_agree_with_layer(tmp_path, weights):
     folder = write_saelens(tmp_path / "a", weights, saelens_cfg("standard"))
     assert load_sae(folder, d_model=576, layer=LAYER).layer == LAYER
-    with pytest.raises(AutointerpError, match=f"output of layer {LAYER}, but --layer is 5"):
+    with pytest.raises(AutointerpError, match=f"output of layer {LAYER}, but `layer` is 5"):
         load_sae(folder, d_model=576, layer=5)
     unnamed = write_sparsify(tmp_path / "my-sae", weights)
     assert load_sae(unnamed, d_model=576, layer=7).layer == 7
-    with pytest.raises(AutointerpError, match="pass --layer"):
+    with pytest.raises(AutointerpError, match="give the `layer`"):
         load_sae(unnamed, d_model=576)
 
 

@@ -206,3 +206,12 @@ def test_python_errors_do_not_name_command_line_flags(tmp_path, small_db):
         with pytest.raises(ai.AutointerpError) as err:
             call()
         assert " --" not in str(err.value) and "`--" not in str(err.value), str(err.value)
+
+
+def test_the_command_line_names_the_flag_where_python_names_the_keyword(small_db, capsys):
+    with pytest.raises(ai.AutointerpError, match="`context_len` must be between"):
+        ai.collect(ai.Store(small_db), ai.CollectConfig(context_len=1))
+    assert main(["collect", "--db", small_db, "--context-len", "1"]) == 2
+    assert "`--context-len` must be between" in one_line_error(capsys)
+    assert main(["label", "--db", small_db, "--features", "0-", "--source", "synthetic", "--quiet"]) == 2
+    assert "cannot read `--features` '0-'" in one_line_error(capsys)

@@ -71,14 +71,25 @@ def join_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def as_flags(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """Library errors name a setting as `keyword`; on the command line it reads as the command's `--flag`."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if flags:
+            message = message.replace(f"`{action.dest}`", f"`{flags[0]}`")
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = join_dash_values(sys.argv[1:] if argv is None else argv)
     only = argv[0] if argv and argv[0] in commands() else ""
-    args = build_parser(only=only).parse_args(argv)
+    parser = build_parser(only=only)
+    args = parser.parse_args(argv)
     try:
         return args._run(args) or 0
     except AutointerpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_flags(str(exc), parser, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: what was stored is kept; run the same command again to continue", file=sys.stderr)

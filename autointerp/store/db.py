@@ -54,7 +54,7 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
                 raise AutointerpError(f"cannot open the store {path}: {exc}") from None
         except duckdb.Error as exc:
             raise AutointerpError(
-                f"{path} is not a readable DuckDB file ({exc}); point --db at an autointerp store or a new path"
+                f"{path} is not a readable DuckDB file ({exc}); give the path of an autointerp store, or of a new one"
             ) from None
         time.sleep(delay * (1 + random.random()))
         delay = min(delay * 2, 0.5)
