@@ -180,10 +180,6 @@ def scorer_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return {key: getattr(checked, key) for key in options}
 
 
-def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> JobConfig:
-    return from_dict(JobConfig, data, where)
-
-
 def load_job_config(path: str | Path | None = None, **overrides: Any) -> JobConfig:
     """A JobConfig from an optional TOML file, then the overrides that are not None (command-line flags).
 
@@ -196,4 +192,4 @@ def load_job_config(path: str | Path | None = None, **overrides: Any) -> JobConf
             data["sampling"] = {**data.get("sampling", {}), "seed": value}
         else:
             data[key] = value
-    return job_config_from_dict(data, where=str(path) if path else "job settings")
+    return from_dict(JobConfig, data, where=str(path) if path else "job settings")
