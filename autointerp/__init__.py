@@ -18,7 +18,6 @@ _EXPORTS = {
     "SamplingConfig": "autointerp.config",
     "Store": "autointerp.store.db",
     "CollectConfig": "autointerp.collect.collector",
-    "collect": "autointerp.collect.collector",
     "import_parquet": "autointerp.store.importing",
     "sample": "autointerp.sampling",
     "sample_many": "autointerp.sampling",
@@ -29,7 +28,7 @@ _EXPORTS = {
     **{
         name: "autointerp.api"
         for name in (
-            "list_sources", "list_features", "job_config", "label_features", "score_label", "search_labels",
+            "collect_activations", "list_sources", "list_features", "job_config", "label_features", "score_label", "search_labels",
             "list_runs", "export_labels", "to_arrow", "to_pandas",
         )
     },

@@ -15,12 +15,21 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from autointerp.config import JobConfig, load_job_config
+from autointerp.config import JobConfig, from_dict, load_job_config
 from autointerp.store.db import Store
 
 
 def _store(store: Store | str | Path, read_only: bool = False) -> Store:
     return store if isinstance(store, Store) else Store(store, read_only=read_only)
+
+
+def collect_activations(store: Store | str | Path, *, progress: bool = False, **settings: Any):
+    """Record a subject model's activations into the store (created when missing; a rerun resumes).
+    Settings are CollectConfig fields: model, layer, features, dataset, tokens, context_len, ..."""
+    from autointerp.collect.collector import CollectConfig, collect
+
+    target = store if isinstance(store, Store) else Store(store, create=True)
+    return collect(target, from_dict(CollectConfig, settings, "collect settings"), progress=progress)
 
 
 def list_sources(store: Store | str | Path) -> list:

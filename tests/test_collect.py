@@ -182,4 +182,4 @@ def test_cli_collects_then_says_complete(tmp_path, capsys):
     assert main(args) == 0
     assert "already complete" in capsys.readouterr().out
     assert main([*args[:-2], "--top-k-per-token", "-1"]) == 2
-    assert "--top-k-per-token must be 0" in capsys.readouterr().err
+    assert "`--top-k-per-token` must be 0" in capsys.readouterr().err

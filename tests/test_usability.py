@@ -201,7 +201,7 @@ def test_python_errors_do_not_name_command_line_flags(tmp_path, small_db):
         lambda: ai.job_config(k=0),
         lambda: ai.list_features(small_db, "nope"),
         lambda: ai.list_features(small_db, "synthetic", order_by="loudness"),
-        lambda: ai.list_runs(small_db) and None or ai.search_labels(small_db, "x", mode="fuzzy"),
+        lambda: ai.search_labels(small_db, "x", mode="fuzzy"),
     ):
         with pytest.raises(ai.AutointerpError) as err:
             call()
@@ -210,8 +210,23 @@ def test_python_errors_do_not_name_command_line_flags(tmp_path, small_db):
 
 def test_the_command_line_names_the_flag_where_python_names_the_keyword(small_db, capsys):
     with pytest.raises(ai.AutointerpError, match="`context_len` must be between"):
-        ai.collect(ai.Store(small_db), ai.CollectConfig(context_len=1))
+        ai.collect_activations(small_db, context_len=1)
     assert main(["collect", "--db", small_db, "--context-len", "1"]) == 2
     assert "`--context-len` must be between" in one_line_error(capsys)
     assert main(["label", "--db", small_db, "--features", "0-", "--source", "synthetic", "--quiet"]) == 2
     assert "cannot read `--features` '0-'" in one_line_error(capsys)
+
+
+def test_every_export_is_what_it_names_even_after_the_subpackages_load(tmp_path):
+    """A package attribute named like a subpackage (autointerp.collect, autointerp.search) would be replaced by
+    the module as soon as that subpackage is imported."""
+    import autointerp.collect.collector  # noqa: F401
+    import autointerp.search  # noqa: F401
+
+    for name in ai.__all__:
+        value = getattr(ai, name)
+        assert not isinstance(value, type(ai)), f"autointerp.{name} is a module"
+        assert name == "__version__" or callable(value), name
+    with pytest.raises(ai.ConfigError, match="'layers'"):
+        ai.collect_activations(tmp_path / "new.duckdb", layers=6)
+    assert list(tmp_path.iterdir()) == []
