@@ -8,6 +8,8 @@ holds the lock, so that the catalog can be browsed while a job runs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import random
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Iterator
 import duckdb
 
 from autointerp.errors import AutointerpError
+from autointerp.store.journal import fold_journals, jobs_dir
 from autointerp.store.migrations import MIGRATIONS
 
 LOCK_WAIT_SECONDS = 30.0
@@ -93,6 +96,7 @@ class Store:
             con = connect(self.path)
             try:
                 migrate(con)
+                fold_journals(con, self.path)  # LLM answers a killed process had journaled, not yet stored
             finally:
                 con.close()
 
@@ -148,3 +152,30 @@ class Store:
             yield con
         finally:
             con.close()
+
+
+@contextlib.contextmanager
+def job_lock(store_path: str | Path, what: str) -> Iterator[None]:
+    """Held while a labeling job runs on the store, so that a second one refuses at once instead of labeling
+    the same features. An flock: the kernel releases it when the holder dies, so a killed job leaves no
+    stale lock."""
+    folder = jobs_dir(store_path)
+    folder.mkdir(exist_ok=True)
+    fd = os.open(folder / "job.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise AutointerpError(
+                f"{holder} is already running on the store {store_path}: wait for it to finish (or stop it), "
+                "then run again; a rerun continues where it stopped"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"a {what} (pid {os.getpid()})".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)

@@ -297,3 +297,15 @@ def m003_llm_call_ledger_columns(con: duckdb.DuckDBPyConnection) -> None:
 def m004_catalog_score_index(con: duckdb.DuckDBPyConnection) -> None:
     """Search filters look up the scores of a page's candidates by explanation id."""
     con.execute("CREATE INDEX scores_explanation_id ON scores (explanation_id)")
+
+
+@migration
+def m050_llm_call_uid(con: duckdb.DuckDBPyConnection) -> None:
+    """Each ledger row's own id, so that folding a call journal after a crash never stores a row twice."""
+    con.execute("ALTER TABLE llm_calls ADD COLUMN call_uid VARCHAR")
+
+
+@migration
+def m051_review_reviewer(con: duckdb.DuckDBPyConnection) -> None:
+    """Who made a review: the reviewer named by the web catalog's token, or the CLI user."""
+    con.execute("ALTER TABLE reviews ADD COLUMN reviewer VARCHAR")
