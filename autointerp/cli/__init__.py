@@ -36,6 +36,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(only=argv[0] if argv else None).parse_args(argv)
+    args.argv = argv  # for commands that print how to run them again
     try:
         return args._run(args) or 0
     except AutointerpError as exc:
