@@ -5,6 +5,9 @@ The paid-API double (tests/doubles/paid_api.py) stands in for OpenAI: it answers
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from doubles.paid_api import Reply
 from synthetic import make_synthetic_store
@@ -76,3 +79,25 @@ def test_a_second_job_on_the_same_store_refuses_with_a_clear_message(db, paid_ap
     assert "a label job (pid" in err and "is already running on the store" in err and "wait for it to finish" in err
     assert stored(db, "SELECT count(*) FROM runs") == [(0,)] and paid_api.received == []
     assert main(label(db, paid_api)) == 0  # the lock goes with its holder
+
+
+FULL_DISK = """
+import resource, signal, sys
+from autointerp.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # no file grows past 20 kB: the disk is full
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_stops_the_job_with_a_clear_message_and_loses_nothing(db, paid_api):
+    paid_api.script(*[LABEL] * 2 * FEATURES)
+    child = subprocess.run([sys.executable, "-c", FULL_DISK, *label(db, paid_api)], capture_output=True, text=True)
+    assert child.returncode == 2, child.stderr
+    assert "cannot write to the store" in child.stderr and "free disk space" in child.stderr
+    assert "Traceback" not in child.stderr
+    answered = len(paid_api.received)
+    assert answered > 0
+    assert main(label(db, paid_api)) == 0  # space again: the same command finishes the job
+    assert stored(db, "SELECT count(*), count(DISTINCT feature) FROM explanations") == [(FEATURES, FEATURES)]
+    assert len(paid_api.received) == answered  # what was answered before the disk filled is not asked again

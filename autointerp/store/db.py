@@ -77,6 +77,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     return applied
 
 
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back if a transaction is still open (a failed COMMIT has already ended it)."""
+    with contextlib.suppress(duckdb.TransactionException):
+        con.execute("ROLLBACK")
+
+
 def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY applied_at, name").fetchall()]
 
@@ -133,13 +139,26 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
-                con.execute("COMMIT")
+            except duckdb.IOException as exc:
+                _rollback(con)
+                raise self._write_error(exc) from None
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:  # a full disk, a file made read-only: this transaction is lost, no more
+                _rollback(con)
+                raise self._write_error(exc) from None
         finally:
             if own:
                 con.close()
+
+    def _write_error(self, exc: Exception) -> AutointerpError:
+        return AutointerpError(
+            f"cannot write to the store {self.path} ({exc}): free disk space or make the file writable, then run "
+            "the command again; everything written before this transaction is kept"
+        )
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
