@@ -179,8 +179,11 @@ def job_lock(store_path: str | Path, what: str) -> Iterator[None]:
     the same features. An flock: the kernel releases it when the holder dies, so a killed job leaves no
     stale lock."""
     folder = jobs_dir(store_path)
-    folder.mkdir(exist_ok=True)
-    fd = os.open(folder / "job.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / "job.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise AutointerpError(f"cannot write {folder} ({exc.strerror}): the store's folder must be writable") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
