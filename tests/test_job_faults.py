@@ -16,6 +16,7 @@ import autointerp.llm.client
 from autointerp.bench.latency_server import fake_chat_body
 from autointerp.cli import main
 from autointerp.llm import Retries
+from autointerp.llm.local import free_port
 from autointerp.store import Store
 from autointerp.store.db import job_lock
 
@@ -101,3 +102,14 @@ def test_a_full_disk_stops_the_job_with_a_clear_message_and_loses_nothing(db, pa
     assert main(label(db, paid_api)) == 0  # space again: the same command finishes the job
     assert stored(db, "SELECT count(*), count(DISTINCT feature) FROM explanations") == [(FEATURES, FEATURES)]
     assert len(paid_api.received) == answered  # what was answered before the disk filled is not asked again
+
+
+def test_an_unreachable_base_url_stops_the_job_at_once_with_one_clear_message(db, capsys):
+    base_url = f"http://127.0.0.1:{free_port()}/v1"
+    command = ["label", "--db", db, "--source", "synthetic", "--features", "0-2", "--explainer", "openai:m",
+               "--scorers", "embedding", "--base-url", base_url, "--quiet"]  # fmt: skip
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach {base_url} (connection refused or unknown host): is the server running?" in err
+    assert "Traceback" not in err
+    assert set(stored(db, "SELECT attempts FROM llm_calls")) == {(1,)}  # no retries with backoff
