@@ -63,7 +63,7 @@ def unreadable_body(content: bytes) -> SendError:
     return SendError("bad_body", 200, content[:20000].decode("utf-8", errors="replace"))
 
 
-def json_object(content: bytes):
+def json_object(content: bytes) -> dict:
     """The body as a JSON object, or SendError("bad_body") when it is not UTF-8 JSON (truncated, an HTML page)."""
     try:
         body = json.loads(content.decode("utf-8"))

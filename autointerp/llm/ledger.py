@@ -146,7 +146,6 @@ class Ledger:
             stored[key] = stored.get(key, 0) + len(answers)
         self._fresh = {}
 
-
     def close(self) -> None:
         """Flush, then remove this process's journal file (kept, to be folded later, if the flush fails)."""
         self.flush()
