@@ -35,11 +35,11 @@ import httpx
 
 from autointerp.bench.ingest import build_store
 from autointerp.bench.latency_server import Faults, latency_server_process
-from autointerp.errors import AutointerpError
 from autointerp.bench.pipeline_throughput import BENCH_SAMPLING, BENCH_SCORERS, SOURCE, eligible_features
+from autointerp.errors import AutointerpError
 from autointerp.store import Store
-from autointerp.store.journal import jobs_dir
 from autointerp.store.bench_queries import label_counts
+from autointerp.store.journal import jobs_dir
 
 FAKE_KEY = "sk-chaos-NOT-A-REAL-KEY-0123456789"
 FINAL_RUNS = 3
