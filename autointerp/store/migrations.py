@@ -324,6 +324,9 @@ def m010_score_items(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@migration
 def m050_llm_call_uid(con: duckdb.DuckDBPyConnection) -> None:
     """Each ledger row's own id, so that folding a call journal after a crash never stores a row twice."""
     con.execute("ALTER TABLE llm_calls ADD COLUMN call_uid VARCHAR")
