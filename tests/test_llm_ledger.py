@@ -274,6 +274,8 @@ def test_a_journal_folded_after_its_rows_were_stored_adds_no_duplicates(tmp_path
 
 def test_a_live_processs_journal_is_left_alone(tmp_path):
     store = Store(tmp_path / "x.duckdb", create=True)
+    with store.writing():  # the file exists from the first write on
+        pass
     journal = CallJournal(store.path)
     journal.append(LLMCall("k", "openai", "m", None, None, {}, {"ok": 1}, 1, 1, 0.0, 1.0))
     Store(store.path).close()
