@@ -1,0 +1,139 @@
+"""Collection on a real local Ray cluster (no mocks): the same rows as in process, a worker killed mid-job,
+an unreachable cluster. Ray is a test dependency (`make test` installs the `ray` extra): without it this module
+fails to import, it never skips.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import ray  # noqa: F401  (a missing Ray fails this module loudly)
+
+from autointerp.cli import main
+from autointerp.collect.collector import CollectConfig, collect
+from autointerp.collect.models import load_subject_model
+from autointerp.collect.ray_collect import collect_on_ray
+from autointerp.errors import AutointerpError
+from autointerp.ray_cluster import AUTO, connected, require_ray
+from autointerp.store import Store
+
+# 16 contexts in 8 chunks of 2: enough chunks for two workers to share and for one to die mid-job.
+SMALL = dict(layer=6, dataset="stdlib-docs", tokens=512, context_len=32, batch_size=4, chunk_tokens=64)
+CLI_ARGS = ["--layer", "6", "--tokens", "512", "--context-len", "32", "--batch-size", "4", "--chunk-tokens", "64"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster for the module (start-up costs seconds), two CPU slots as on this machine."""
+    with connected(AUTO, num_cpus=2) as ray_module:
+        yield ray_module
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """The reference: the same corpus collected in this process."""
+    store = Store(tmp_path_factory.mktemp("ref") / "ref.duckdb")
+    subject = load_subject_model("smollm2", device="cpu", dtype="float32")
+    collect(store, CollectConfig(**SMALL), subject=subject, progress=False)
+    return tables(store)
+
+
+def tables(store):
+    con = store.con
+    return {
+        "sources": con.execute("SELECT name, model, hookpoint, layer, feature_kind, width, context_len, config, status FROM sources").fetchall(),
+        "contexts": con.execute("SELECT * FROM contexts ORDER BY source_id, context_id").fetchall(),
+        "activations": con.execute("SELECT * FROM activations ORDER BY ALL").fetchall(),
+        "feature_stats": con.execute("SELECT * FROM feature_stats ORDER BY ALL").fetchall(),
+        "chunks": con.execute(
+            "SELECT chunk_index, first_context_id, n_contexts, n_tokens, n_activations, resume_state "
+            "FROM collection_chunks ORDER BY chunk_index"
+        ).fetchall(),
+    }
+
+
+def test_ray_collection_through_the_cli_equals_the_in_process_one(cluster, in_process, tmp_path, capsys):
+    db = tmp_path / "ray.duckdb"
+    assert main(["collect", "--db", str(db), *CLI_ARGS, "--ray", "--ray-workers", "2"]) == 0
+    assert "512 tokens in 16 contexts" in capsys.readouterr().out
+    got = tables(Store(db))
+    assert len(got["contexts"]) == 16 and len(got["activations"]) > 16 * 31 * 16
+    assert [c[0] for c in got["chunks"]] == list(range(8))
+    for name, rows in in_process.items():
+        assert got[name] == rows, name
+
+
+def test_a_stopped_run_resumes_and_a_worker_killed_mid_job_is_retried_without_duplicates(cluster, in_process, tmp_path):
+    """Run 1 stops on chunk 4 (an error in the worker): chunks 0-3 are stored. Run 2 resumes from chunk 4 on two
+    workers, one of which kills its own process on chunk 6: Ray restarts it and runs the chunk again."""
+    store = Store(tmp_path / "killed.duckdb")
+    cfg = CollectConfig(**SMALL)
+
+    def stop_on_chunk_4(index):
+        if index == 4:
+            raise AutointerpError("stopped on purpose")
+
+    with pytest.raises(AutointerpError, match="stopped on purpose"):
+        collect_on_ray(store, cfg, workers=1, before_chunk=stop_on_chunk_4, progress=False)
+    assert store.con.execute("SELECT list(chunk_index ORDER BY chunk_index) FROM collection_chunks").fetchone() == ([0, 1, 2, 3],)
+
+    marker = tmp_path / "killed-once"
+
+    def die_once_on_chunk_6(index):
+        if index == 6 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    report = collect_on_ray(store, cfg, workers=2, before_chunk=die_once_on_chunk_6, progress=False)
+    assert marker.exists(), "the worker was never killed: the test proves nothing"
+    assert (report.n_contexts, report.new_tokens) == (16, 512 - 4 * 64)
+    con = store.con
+    assert con.execute("SELECT count(*) = count(DISTINCT (feature, context_id, pos)) FROM activations").fetchone() == (True,)
+    assert con.execute("SELECT count(*), count(DISTINCT context_id) FROM contexts").fetchone() == (16, 16)
+    got = tables(store)
+    for name, rows in in_process.items():
+        assert got[name] == rows, name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_cluster_is_one_clear_error_and_stores_nothing(tmp_path, capsys):
+    address = f"127.0.0.1:{_free_port()}"
+    store = Store(tmp_path / "none.duckdb")
+    with pytest.raises(AutointerpError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:\d+'.*ray start --head"):
+        collect_on_ray(store, CollectConfig(**SMALL), address=address, progress=False)
+    assert store.con.execute("SELECT count(*) FROM sources").fetchone() == (0,)
+
+    assert main(["collect", "--db", str(tmp_path / "cli.duckdb"), *CLI_ARGS, "--ray", address]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Ray cluster") and "Traceback" not in err
+
+
+def test_bad_worker_counts_are_refused(tmp_path):
+    with pytest.raises(AutointerpError, match="--ray-workers must be at least 1"):
+        collect_on_ray(Store(tmp_path / "s.duckdb"), CollectConfig(**SMALL), workers=0)
+    assert main(["collect", "--db", str(tmp_path / "c.duckdb"), *CLI_ARGS, "--ray-workers", "2"]) == 2
+
+
+def test_ray_missing_is_an_error_that_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when the package is absent
+    with pytest.raises(AutointerpError, match=r"pip install 'autointerp\[ray\]'"):
+        require_ray()
+
+
+def test_the_in_process_collection_never_imports_ray(tmp_path):
+    script = (
+        "import sys; from autointerp.cli import main; "
+        f"rc = main(['collect', '--db', {str(tmp_path / 'p.duckdb')!r}, '--layer', '6', '--tokens', '64', "
+        "'--context-len', '32']); "
+        "assert rc == 0, rc; assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr[-2000:]
