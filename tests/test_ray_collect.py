@@ -116,9 +116,18 @@ def test_an_unreachable_cluster_is_one_clear_error_and_stores_nothing(tmp_path, 
     assert err.startswith("error: cannot reach the Ray cluster") and "Traceback" not in err
 
 
-def test_bad_worker_counts_are_refused(tmp_path):
+def test_a_setting_the_workers_reject_is_the_same_one_error_and_stores_nothing(cluster, tmp_path):
+    store = Store(tmp_path / "bad.duckdb")
+    with pytest.raises(AutointerpError, match=r"layer 99 does not exist: smollm2 has layers 0\.\.29"):
+        collect_on_ray(store, CollectConfig(**{**SMALL, "layer": 99}), workers=1, progress=False)
+    assert store.con.execute("SELECT count(*) FROM sources").fetchone() == (0,)
+
+
+def test_bad_worker_counts_are_refused(cluster, tmp_path):
     with pytest.raises(AutointerpError, match="--ray-workers must be at least 1"):
         collect_on_ray(Store(tmp_path / "s.duckdb"), CollectConfig(**SMALL), workers=0)
+    with pytest.raises(AutointerpError, match="--ray-workers 3 is more than the cluster's 2 CPUs"):
+        collect_on_ray(Store(tmp_path / "s.duckdb"), CollectConfig(**SMALL), workers=3)
     assert main(["collect", "--db", str(tmp_path / "c.duckdb"), *CLI_ARGS, "--ray-workers", "2"]) == 2
 
 

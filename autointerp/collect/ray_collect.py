@@ -54,18 +54,26 @@ class ShardWorker:
     """A Ray actor: one loaded subject model and feature source, recording chunk after chunk."""
 
     def __init__(self, cfg: CollectConfig, before_chunk: Callable[[int], None] | None = None):
-        self.cfg = cfg
-        subject = load_subject_model(cfg.model, cfg.device, cfg.dtype)
-        self.features = load_features(cfg, subject)
+        self.cfg, self.before_chunk = cfg, before_chunk
+        self.error: AutointerpError | None = None
+        try:
+            subject = load_subject_model(cfg.model, cfg.device, cfg.dtype)
+            self.features = load_features(cfg, subject)
+            self.reader = LayerReader(subject, self.features)
+        except AutointerpError as exc:  # raised by the first call instead: Ray hands the driver a task's error whole
+            self.error = exc
+            return
         self.bos = prepends_bos(subject.tokenizer)
-        self.reader = LayerReader(subject, self.features)
         self.pieces = TokenPieces(subject.tokenizer)
-        self.before_chunk = before_chunk
 
     def spec(self) -> SourceSpec:
+        if self.error is not None:
+            raise self.error
         return source_spec(self.cfg, self.features, self.reader.hookpoint, self.bos)
 
     def record(self, chunk_index: int, first_context_id: int, chunk: list[Context]) -> tuple[pa.Table, pa.Table]:
+        if self.error is not None:
+            raise self.error
         if self.before_chunk is not None:
             self.before_chunk(chunk_index)
         return chunk_tables(self.reader, self.features, self.pieces, chunk, first_context_id, self.cfg, self.bos)
@@ -94,7 +102,13 @@ def collect_on_ray(
     with connected(address, num_cpus=workers) as ray, tempfile.TemporaryDirectory(prefix="autointerp-shards-") as tmp:
         resources = ray.cluster_resources()
         use_gpu = resources.get("GPU", 0) >= 1 and (cfg.device or "auto") != "cpu"
-        n = workers or max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)))
+        kind = "GPU" if use_gpu else "CPU"
+        n = workers or max(1, int(resources.get(kind, 1)))
+        if n > resources.get(kind, 0):  # a worker needs one of them: more would wait for ever
+            raise AutointerpError(
+                f"--ray-workers {n} is more than the cluster's {int(resources.get(kind, 0))} {kind}s; ask for fewer"
+                + (" or pass --device cpu" if use_gpu else "")
+            )
         actor = ray.remote(ShardWorker).options(
             num_cpus=1,
             num_gpus=1 if use_gpu else 0,
@@ -164,15 +178,8 @@ def _get(ray: Any, ref: Any) -> Any:
             raise exc.cause from None
         raise
     except ray.exceptions.RayActorError as exc:
-        cause = getattr(exc, "cause", None) or getattr(exc, "error_msg", None) or exc
-        if isinstance(cause, AutointerpError):
-            raise cause from None
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise AutointerpError(
-            f"a Ray worker died and was restarted {MAX_RETRIES} times without finishing its chunks ({_first_line(cause)}); "
+            f"a Ray worker died and was restarted {MAX_RETRIES} times without finishing its chunks ({first_line}); "
             "every chunk stored before is kept: rerun the same command to resume"
         ) from None
-
-
-def _first_line(x: Any) -> str:
-    text = str(x).strip()
-    return text.splitlines()[0] if text else type(x).__name__
