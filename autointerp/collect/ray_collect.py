@@ -130,7 +130,7 @@ def collect_on_ray(
                 nonlocal n_activations
                 index, n_contexts, resume, ref = pending.popleft()
                 contexts, activations = _get(ray, ref)
-                n_activations += _store_shard(store, plan.source_id, index, contexts, activations, resume, Path(tmp), cfg)
+                n_activations += store_shard(store, plan.source_id, index, contexts, activations, resume, Path(tmp), cfg)
                 bar.update(n_contexts * cfg.context_len)
 
             t0, c0 = time.perf_counter(), time.process_time()
@@ -154,14 +154,15 @@ def collect_on_ray(
     )
 
 
-def _store_shard(
+def store_shard(
     store: Store, source_id: int, index: int, contexts: pa.Table, activations: pa.Table, resume: dict,
     folder: Path, cfg: CollectConfig,
 ) -> int:
-    """Write one shard as the importer's two Parquet files and import it as chunk `index`."""
+    """Write one shard as the importer's two Parquet files (uncompressed: they live for one import) and import
+    it as chunk `index`."""
     paths = folder / f"chunk-{index}-contexts.parquet", folder / f"chunk-{index}-activations.parquet"
-    pq.write_table(contexts, paths[0])
-    pq.write_table(activations, paths[1])
+    pq.write_table(contexts, paths[0], compression="none")
+    pq.write_table(activations, paths[1], compression="none")
     try:
         return import_chunk(store, source_id, index, *paths, contexts.num_rows * cfg.context_len, resume)
     finally:
