@@ -9,16 +9,18 @@ import socket
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 import ray  # noqa: F401  (a missing Ray fails this module loudly)
 
 from autointerp.cli import main
 from autointerp.collect.collector import CollectConfig, collect
 from autointerp.collect.models import load_subject_model
-from autointerp.collect.ray_collect import collect_on_ray
+from autointerp.collect.ray_collect import collect_on_ray, store_shard
 from autointerp.errors import AutointerpError
 from autointerp.ray_cluster import AUTO, connected, require_ray
 from autointerp.store import Store
+from autointerp.store.activations import create_source
 
 # 16 contexts in 8 chunks of 2: enough chunks for two workers to share and for one to die mid-job.
 SMALL = dict(layer=6, dataset="stdlib-docs", tokens=512, context_len=32, batch_size=4, chunk_tokens=64)
@@ -96,6 +98,47 @@ def test_a_stopped_run_resumes_and_a_worker_killed_mid_job_is_retried_without_du
     got = tables(store)
     for name, rows in in_process.items():
         assert got[name] == rows, name
+
+
+def test_a_shard_goes_through_the_importers_rules_and_lands_once(tmp_path):
+    """The driver's store path without Ray: a shard that breaks an import rule stores nothing; a good one
+    lands; the same chunk index a second time is refused."""
+    store = Store(tmp_path / "s.duckdb")
+    with store.writing() as con:
+        source_id = create_source(
+            con, "s", model=None, hookpoint=None, layer=None, feature_kind="neurons", width=4, context_len=2, config={}
+        ).source_id
+    contexts = pa.table({
+        "context_id": pa.array([0, 1], pa.int64()),
+        "token_ids": pa.array([[1, 2], [3, 4]], pa.list_(pa.int32())),
+        "tokens": [["a", "b"], ["c", "d"]],
+        "document_id": pa.array([0, 0], pa.int64()),
+        "doc_offset": pa.array([0, 2], pa.int32()),
+    })
+
+    def activations(pos):
+        return pa.table({
+            "feature": pa.array([1, 2], pa.int32()),
+            "context_id": pa.array([0, 1], pa.int64()),
+            "pos": pa.array(pos, pa.int16()),
+            "value": pa.array([1.0, 2.0], pa.float32()),
+        })
+
+    def counts():
+        return store.con.execute(
+            "SELECT (SELECT count(*) FROM contexts), (SELECT count(*) FROM activations_staging), "
+            "(SELECT count(*) FROM collection_chunks)"
+        ).fetchone()
+
+    cfg, resume = CollectConfig(context_len=2), {"document": 0, "offset": 4, "exhausted": False}
+    with pytest.raises(AutointerpError, match=r"row 1 .*pos is past the end of its context \(2 tokens\)"):
+        store_shard(store, source_id, 0, contexts, activations([0, 2]), resume, tmp_path, cfg)
+    assert counts() == (0, 0, 0)
+    assert store_shard(store, source_id, 0, contexts, activations([0, 1]), resume, tmp_path, cfg) == 2
+    with pytest.raises(AutointerpError, match="chunk 0 of source .* is already stored"):
+        store_shard(store, source_id, 0, contexts, activations([0, 1]), resume, tmp_path, cfg)
+    assert counts() == (2, 2, 1)
+    assert list(tmp_path.glob("*.parquet")) == []
 
 
 def _free_port() -> int:
