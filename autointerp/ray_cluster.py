@@ -25,7 +25,7 @@ def require_ray() -> Any:
         import ray
     except ImportError:
         raise AutointerpError(
-            "Ray is not installed: run `pip install 'autointerp[ray]'`, or leave out --ray to run in this process"
+            "Ray is not installed: run `pip install 'autointerp[ray]'`, or collect in this process (without `address`)"
         ) from None
     return ray
 
@@ -42,7 +42,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
 def _unreachable(address: str, why: str) -> AutointerpError:
     return AutointerpError(
         f"cannot reach the Ray cluster at {address!r} ({why}); start one there with `ray start --head`, "
-        f"pass the head node's HOST:PORT, or use --ray {AUTO} for a local cluster (nothing was stored)"
+        f"give the head node's HOST:PORT as `address`, or {AUTO} for a local cluster (nothing was stored)"
     )
 
 

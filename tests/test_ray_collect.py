@@ -167,9 +167,9 @@ def test_a_setting_the_workers_reject_is_the_same_one_error_and_stores_nothing(c
 
 
 def test_bad_worker_counts_are_refused(cluster, tmp_path):
-    with pytest.raises(AutointerpError, match="--ray-workers must be at least 1"):
+    with pytest.raises(AutointerpError, match="`workers` must be at least 1"):
         collect_on_ray(Store(tmp_path / "s.duckdb"), CollectConfig(**SMALL), workers=0)
-    with pytest.raises(AutointerpError, match="--ray-workers 3 is more than the cluster's 2 CPUs"):
+    with pytest.raises(AutointerpError, match=r"`workers` \(3\) is more than the cluster's 2 CPUs"):
         collect_on_ray(Store(tmp_path / "s.duckdb"), CollectConfig(**SMALL), workers=3)
     assert main(["collect", "--db", str(tmp_path / "c.duckdb"), *CLI_ARGS, "--ray-workers", "2"]) == 2
 

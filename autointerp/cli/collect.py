@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ray",
+        dest="address",
         nargs="?",
         const=AUTO,
         metavar="ADDRESS",
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the store is written by this process only",
     )
     parser.add_argument(
-        "--ray-workers", type=int, help="Ray workers, one model each (default: one per GPU of the cluster, else one per CPU)"
+        "--ray-workers", dest="workers", type=int, help="Ray workers, one model each (default: one per GPU of the cluster, else one per CPU)"
     )
 
 
@@ -94,12 +95,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    if args.ray is None:
-        if args.ray_workers is not None:
-            raise AutointerpError("--ray-workers needs --ray")
-        report = collect(Store(args.db), cfg)
+    if args.address is None:
+        if args.workers is not None:
+            raise AutointerpError("`workers` needs `address`")
+        report = collect(Store(args.db, create=True), cfg)
     else:
-        report = collect_on_ray(Store(args.db), cfg, address=args.ray, workers=args.ray_workers)
+        report = collect_on_ray(Store(args.db, create=True), cfg, address=args.address, workers=args.workers)
     if report.already_complete:
         print(f"source {report.source!r} is already complete: {report.n_tokens:,} tokens in {args.db}")
         return 0

@@ -75,7 +75,7 @@ class SubjectModel:
                 return module
         raise AutointerpError(
             f"cannot find the MLP output projection of {self.name} (looked for {', '.join(_MLP_OUT_PROJS)}); "
-            "collect SAE features with --features sae:PATH instead"
+            "collect SAE features (`features` sae:PATH) instead"
         )
 
 
@@ -115,7 +115,7 @@ def _model_folder(spec: str) -> tuple[str, bool]:
         return str(bundled_model_dir()), True
     if Path(spec).expanduser().exists():
         return str(Path(spec).expanduser()), True
-    require_hub(f"model {spec!r} is not a local folder, so it", "Pass a local model folder, or --model smollm2 (bundled)")
+    require_hub(f"model {spec!r} is not a local folder, so it", "Give a local model folder as `model`, or smollm2 (bundled)")
     return spec, False
 
 
@@ -132,7 +132,7 @@ def resolve_device(device: str | None) -> torch.device:
     except RuntimeError:
         raise AutointerpError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AutointerpError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+        raise AutointerpError(f"device {device!r} was asked for but CUDA is not available here; use `device` cpu")
     return resolved
 
 
@@ -202,11 +202,11 @@ def _load_pretrained(folder: str, local_only: bool, spec: str, dtype: torch.dtyp
             if local_only:
                 raise AutointerpError(
                     f"cannot load a causal language model from {folder}: {exc}. "
-                    "Point --model at a Hugging Face model folder (config.json, weights, tokenizer) or use `smollm2`"
+                    "Point `model` at a Hugging Face model folder (config.json, weights, tokenizer) or use `smollm2`"
                 ) from None
             raise AutointerpError(
                 f"cannot load model {spec!r}: it is not a local folder and the Hugging Face hub did not provide it "
-                f"({type(exc).__name__}: {exc}). Pass a local model folder, or --model smollm2 (bundled)"
+                f"({type(exc).__name__}: {exc}). Give a local model folder as `model`, or smollm2 (bundled)"
             ) from None
     return model, tokenizer
 

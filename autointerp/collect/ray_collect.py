@@ -97,7 +97,7 @@ def collect_on_ray(
     """
     check_config(cfg)
     if workers is not None and workers < 1:
-        raise AutointerpError("--ray-workers must be at least 1")
+        raise AutointerpError("`workers` must be at least 1")
     tokenizer = load_tokenizer(cfg.model)
     with connected(address, num_cpus=workers) as ray, tempfile.TemporaryDirectory(prefix="autointerp-shards-") as tmp:
         resources = ray.cluster_resources()
@@ -106,8 +106,8 @@ def collect_on_ray(
         n = workers or max(1, int(resources.get(kind, 1)))
         if n > resources.get(kind, 0):  # a worker needs one of them: more would wait for ever
             raise AutointerpError(
-                f"--ray-workers {n} is more than the cluster's {int(resources.get(kind, 0))} {kind}s; ask for fewer"
-                + (" or pass --device cpu" if use_gpu else "")
+                f"`workers` ({n}) is more than the cluster's {int(resources.get(kind, 0))} {kind}s; ask for fewer"
+                + (" or set `device` to cpu" if use_gpu else "")
             )
         actor = ray.remote(ShardWorker).options(
             num_cpus=1,

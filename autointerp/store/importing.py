@@ -234,7 +234,7 @@ def import_parquet(store: Store, source: str, contexts_path: str | Path, activat
     contexts, activations = Path(contexts_path), Path(activations_path)
     with store.writing() as con:
         if con.execute("SELECT 1 FROM sources WHERE name = ?", [source]).fetchone():
-            raise AutointerpError(f"a source named {source!r} already exists in {store.path}; import under another --source name")
+            raise AutointerpError(f"a source named {source!r} already exists in {store.path}; import under another `source` name")
         ctx_cols = validate_files(con, contexts, activations)
         (n_features, context_len, n_zero) = con.execute(
             """
