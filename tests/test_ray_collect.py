@@ -37,7 +37,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory):
     """The reference: the same corpus collected in this process."""
-    store = Store(tmp_path_factory.mktemp("ref") / "ref.duckdb")
+    store = Store(tmp_path_factory.mktemp("ref") / "ref.duckdb", create=True)
     subject = load_subject_model("smollm2", device="cpu", dtype="float32")
     collect(store, CollectConfig(**SMALL), subject=subject, progress=False)
     return tables(store)
@@ -71,7 +71,7 @@ def test_ray_collection_through_the_cli_equals_the_in_process_one(cluster, in_pr
 def test_a_stopped_run_resumes_and_a_worker_killed_mid_job_is_retried_without_duplicates(cluster, in_process, tmp_path):
     """Run 1 stops on chunk 4 (an error in the worker): chunks 0-3 are stored. Run 2 resumes from chunk 4 on two
     workers, one of which kills its own process on chunk 6: Ray restarts it and runs the chunk again."""
-    store = Store(tmp_path / "killed.duckdb")
+    store = Store(tmp_path / "killed.duckdb", create=True)
     cfg = CollectConfig(**SMALL)
 
     def stop_on_chunk_4(index):
@@ -103,7 +103,7 @@ def test_a_stopped_run_resumes_and_a_worker_killed_mid_job_is_retried_without_du
 def test_a_shard_goes_through_the_importers_rules_and_lands_once(tmp_path):
     """The driver's store path without Ray: a shard that breaks an import rule stores nothing; a good one
     lands; the same chunk index a second time is refused."""
-    store = Store(tmp_path / "s.duckdb")
+    store = Store(tmp_path / "s.duckdb", create=True)
     with store.writing() as con:
         source_id = create_source(
             con, "s", model=None, hookpoint=None, layer=None, feature_kind="neurons", width=4, context_len=2, config={}
@@ -149,7 +149,7 @@ def _free_port() -> int:
 
 def test_an_unreachable_cluster_is_one_clear_error_and_stores_nothing(tmp_path, capsys):
     address = f"127.0.0.1:{_free_port()}"
-    store = Store(tmp_path / "none.duckdb")
+    store = Store(tmp_path / "none.duckdb", create=True)
     with pytest.raises(AutointerpError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:\d+'.*ray start --head"):
         collect_on_ray(store, CollectConfig(**SMALL), address=address, progress=False)
     assert store.con.execute("SELECT count(*) FROM sources").fetchone() == (0,)
@@ -160,7 +160,7 @@ def test_an_unreachable_cluster_is_one_clear_error_and_stores_nothing(tmp_path, 
 
 
 def test_a_setting_the_workers_reject_is_the_same_one_error_and_stores_nothing(cluster, tmp_path):
-    store = Store(tmp_path / "bad.duckdb")
+    store = Store(tmp_path / "bad.duckdb", create=True)
     with pytest.raises(AutointerpError, match=r"layer 99 does not exist: smollm2 has layers 0\.\.29"):
         collect_on_ray(store, CollectConfig(**{**SMALL, "layer": 99}), workers=1, progress=False)
     assert store.con.execute("SELECT count(*) FROM sources").fetchone() == (0,)
@@ -168,9 +168,9 @@ def test_a_setting_the_workers_reject_is_the_same_one_error_and_stores_nothing(c
 
 def test_bad_worker_counts_are_refused(cluster, tmp_path):
     with pytest.raises(AutointerpError, match="`workers` must be at least 1"):
-        collect_on_ray(Store(tmp_path / "s.duckdb"), CollectConfig(**SMALL), workers=0)
+        collect_on_ray(Store(tmp_path / "s.duckdb", create=True), CollectConfig(**SMALL), workers=0)
     with pytest.raises(AutointerpError, match=r"`workers` \(3\) is more than the cluster's 2 CPUs"):
-        collect_on_ray(Store(tmp_path / "s.duckdb"), CollectConfig(**SMALL), workers=3)
+        collect_on_ray(Store(tmp_path / "s.duckdb", create=True), CollectConfig(**SMALL), workers=3)
     assert main(["collect", "--db", str(tmp_path / "c.duckdb"), *CLI_ARGS, "--ray-workers", "2"]) == 2
 
 

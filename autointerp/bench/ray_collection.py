@@ -71,7 +71,7 @@ def writer_rows_per_second(n_chunks: int = 3, n_contexts: int = 512, context_len
     out = {}
     for how in ("append_chunk", "import path"):
         with tempfile.TemporaryDirectory() as tmp:
-            store = Store(Path(tmp) / "w.duckdb")
+            store = Store(Path(tmp) / "w.duckdb", create=True)
             with store.writing() as con:
                 source_id = create_source(
                     con, "w", model=None, hookpoint=None, layer=None, feature_kind="neurons", width=1536,
@@ -133,13 +133,13 @@ def main(argv: list[str] | None = None) -> None:
             for n_threads in sorted({1, threads}):
                 torch.set_num_threads(n_threads)
                 with tempfile.TemporaryDirectory() as tmp:
-                    store = Store(Path(tmp) / "in.duckdb")
+                    store = Store(Path(tmp) / "in.duckdb", create=True)
                     record(f"in-process, {n_threads} thread(s)", collect(store, cfg, subject=subject, progress=False))
                     reference = reference or _rows(store)
             torch.set_num_threads(threads)
             for workers in (int(w) for w in args.workers.split(",")):
                 with tempfile.TemporaryDirectory() as tmp:
-                    store = Store(Path(tmp) / "ray.duckdb")
+                    store = Store(Path(tmp) / "ray.duckdb", create=True)
                     t1 = time.perf_counter()
                     report = collect_on_ray(store, cfg, workers=workers, progress=False)
                     total = time.perf_counter() - t1
