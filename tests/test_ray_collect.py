@@ -13,6 +13,8 @@ import pyarrow as pa
 import pytest
 import ray  # noqa: F401  (a missing Ray fails this module loudly)
 
+import autointerp
+
 from autointerp.cli import main
 from autointerp.collect.collector import CollectConfig, collect
 from autointerp.collect.models import load_subject_model
@@ -157,6 +159,8 @@ def test_an_unreachable_cluster_is_one_clear_error_and_stores_nothing(tmp_path, 
     assert main(["collect", "--db", str(tmp_path / "cli.duckdb"), *CLI_ARGS, "--ray", address]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the Ray cluster") and "Traceback" not in err
+    assert "as `--ray`" in err  # the setting is named as the command's flag
+    assert not (tmp_path / "cli.duckdb").exists()
 
 
 def test_a_setting_the_workers_reject_is_the_same_one_error_and_stores_nothing(cluster, tmp_path):
@@ -172,6 +176,8 @@ def test_bad_worker_counts_are_refused(cluster, tmp_path):
     with pytest.raises(AutointerpError, match=r"`workers` \(3\) is more than the cluster's 2 CPUs"):
         collect_on_ray(Store(tmp_path / "s.duckdb", create=True), CollectConfig(**SMALL), workers=3)
     assert main(["collect", "--db", str(tmp_path / "c.duckdb"), *CLI_ARGS, "--ray-workers", "2"]) == 2
+    with pytest.raises(AutointerpError, match="`workers` must be at least 1"):  # the Python API takes the Ray path
+        autointerp.collect_activations(tmp_path / "api.duckdb", ray="auto", workers=0, **SMALL)
 
 
 def test_ray_missing_is_an_error_that_says_how_to_install_it(monkeypatch):
