@@ -157,6 +157,7 @@ def progress_line(state: BatchProgress, elapsed_s: float) -> str:
 async def advance(store: Store, job: JobConfig, limits: BatchLimits = BatchLimits()) -> BatchProgress:
     check_job(job)
     chash = job_config_hash(job)
+    _ = store.con  # one connection for the step (a step takes seconds; the file is free between steps)
     with store.reading() as con:
         source = get_source(con, job.source)
         features = resolve_features(con, source, job.features, job.sampling)
@@ -385,7 +386,6 @@ class _BatchDriver:
         for start in range(0, len(todo), PASS_CHUNK):
             chunk = todo[start : start + PASS_CHUNK]
             sampled = list(stages.sample_features(self.store, self.job, self.source, chunk, firing))
-            self.store.close()
             outcomes = await asyncio.gather(
                 *(self.run_feature(f, s, stage_states.get(f), llm_for, deferral) for f, s in sampled)
             )
@@ -476,7 +476,6 @@ class _BatchDriver:
                     jobs.mark_feature(
                         con, self.chash, self.source.source_id, o.feature, o.status, run_id=self.run_id, error=o.error
                     )
-        self.store.close()
 
     # --- submit -------------------------------------------------------------------------------------------
 

@@ -82,12 +82,14 @@ class JobConfig:
     rpm: float | None = None  # requests / tokens per minute allowed by the provider (None: unlimited)
     tpm: float | None = None
     prices: str | None = None  # TOML file overriding the built-in price table
+    batch: bool = False  # send the LLM requests as provider batches (openai, anthropic): half price, within 24 h
 
 
 _JOB_TYPES = {
     "source": str, "features": str, "explainer": str, "simulator": str, "prompt": str, "base_url": str, "prices": str,
     "k": int, "concurrency": int, "rpm": (int, float), "tpm": (int, float), "scorers": (list, tuple), "scorer_options": dict,
 }
+_BOOL_KEYS = ("batch",)
 
 
 def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> JobConfig:
@@ -96,6 +98,9 @@ def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> Job
         value = data.get(key)
         if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
             raise AutointerpError(f"{key} in {where} has the wrong type ({value!r}); see `autointerp label --help`")
+    for key in _BOOL_KEYS:
+        if key in data and not isinstance(data[key], bool):
+            raise AutointerpError(f"{key} in {where} must be true or false, not {data[key]!r}")
     if "sampling" in data:
         data["sampling"] = from_dict(SamplingConfig, data["sampling"], f"{where} [sampling]")
     if "scorers" in data:

@@ -15,7 +15,8 @@ from doubles.paid_api import Reply
 from autointerp import batch_job
 from autointerp.batch_job import BatchLimits, cancel_batches, run_batch_job
 from autointerp.bench.batch_double import Outcome
-from autointerp.config import JobConfig, SamplingConfig
+from autointerp.cli import main
+from autointerp.config import JobConfig, SamplingConfig, load_job_config
 from autointerp.errors import AutointerpError
 from autointerp.llm.batches import BatchRejected
 from autointerp.pipeline import run_label_job
@@ -104,8 +105,11 @@ class Killed(BaseException):
     """A kill -9 stand-in: not an Exception, so nothing in the job handles it."""
 
 
-@pytest.mark.parametrize("boundary", ["reconciled", "collected", "staged", "intent_recorded", "batch_created"])
-@pytest.mark.parametrize("hit", [1, 2])
+@pytest.mark.parametrize(
+    ("boundary", "hit"),  # hit: the how-many-th time the boundary is reached (2: in a later phase)
+    [("reconciled", 1), ("collected", 1), ("staged", 1), ("staged", 2), ("intent_recorded", 1), ("batch_created", 1),
+     ("batch_created", 2)],
+)
 def test_resume_after_a_kill_at_every_phase_boundary(tmp_path, labeling_api, streamed_reference, monkeypatch, boundary, hit):
     seen = {"n": 0}
 
@@ -236,3 +240,42 @@ def test_a_batched_answer_serves_a_streaming_rerun_and_the_reverse(tmp_path, lab
 def test_a_provider_without_batches_is_refused_before_anything_is_sent(tmp_path):
     with pytest.raises(AutointerpError, match="--batch works with openai"):
         run_batch_job(make_db(tmp_path / "b.duckdb"), JobConfig(source="synthetic", features="0-1", explainer="local"), progress=False)
+
+
+def test_the_cli_runs_a_batch_job_step_by_step_and_shows_its_batches(tmp_path, labeling_api, capsys):
+    db = str(tmp_path / "b.duckdb")
+    make_db(db).close()
+    argv = ["label", "--db", db, "--source", "synthetic", "--features", f"0-{N_FEATURES - 1}", "--explainer",
+            MODELS["openai"], "--scorers", "embedding", "--base-url", labeling_api.openai_base_url, "--batch", "--quiet"]
+    (job_file := tmp_path / "job.toml").write_text("[sampling]\\nmin_active_contexts = 8\\n")
+    assert main([*argv, "--dry-run"]) == 0
+    assert "with --batch" in capsys.readouterr().out
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    (batch,) = labeling_api.batches.created()
+    assert batch.id in out and "run the same command again" in out
+    run_id = out.split("batch run ")[1].split()[0]
+    assert main(["runs", "--db", db]) == 0
+    assert f"{run_id}: open provider batches {batch.id}" in capsys.readouterr().out
+    assert main(["batches", "list", "--db", db]) == 0
+    assert batch.id in capsys.readouterr().out
+    assert main([*argv, "--wait", "--poll", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"batch run {run_id} done: 3 labeled" in out
+    assert main(["runs", "--db", db, "--run", run_id]) == 0
+    out = capsys.readouterr().out
+    assert batch.id in out and "collected" in out and "batch" in out
+    assert main(["costs", "--db", db, "--run", run_id]) == 0
+    assert " batch " in capsys.readouterr().out
+    assert main(["batches", "cancel", "label-x", "--db", db]) == 2
+    assert "no batch run" in capsys.readouterr().err
+    assert main([*argv[:-2], "--wait"]) == 2  # --wait without --batch
+
+
+def test_a_job_file_can_ask_for_batches(tmp_path):
+    (path := tmp_path / "job.toml").write_text('source = "s"\nexplainer = "openai:gpt-4o-mini"\nbatch = true\n')
+    assert load_job_config(path).batch is True
+    assert load_job_config(path).batch != load_job_config(None).batch
+    path.write_text('batch = "yes"\n')
+    with pytest.raises(AutointerpError, match="batch .* must be true or false"):
+        load_job_config(path)
