@@ -275,3 +275,53 @@ class BatchAPIDouble:
                 result = {"type": "canceled" if kind == "cancelled" else "expired"}
             lines.append(json.dumps({"custom_id": line["custom_id"], "result": result}))
         return Response("\n".join(lines), media_type="application/binary")
+
+
+def double_app(label_first: bool = True):
+    """The batch endpoints plus the streaming ones (POST /v1/chat/completions, /v1/completions, /v1/messages),
+    answering with the latency server's deterministic filler: one server for a benchmark's child process."""
+    from starlette.applications import Starlette
+
+    from autointerp.bench.latency_server import fake_chat_body, fake_completion_body
+
+    def answer(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if path == "/v1/completions":
+            return fake_completion_body(body)
+        chat = fake_chat_body(body, label_first)
+        if path == "/v1/chat/completions":
+            return chat
+        return {"id": "msg_double", "type": "message", "role": "assistant", "model": body.get("model"),
+                "content": [{"type": "text", "text": chat["choices"][0]["message"]["content"]}], "stop_reason": "max_tokens",
+                "stop_sequence": None, "usage": {"input_tokens": chat["usage"]["prompt_tokens"], "output_tokens": chat["usage"]["completion_tokens"]}}
+
+    def streaming(path: str):
+        async def endpoint(request: Request) -> Response:
+            return JSONResponse(answer(path, json.loads(await request.body())))
+
+        return Route(path, endpoint, methods=["POST"])
+
+    holder: dict[str, str] = {}
+    double = BatchAPIDouble(answer, lambda: holder["url"])
+    app = Starlette(routes=[streaming(p) for p in ("/v1/chat/completions", "/v1/completions", "/v1/messages")] + double.routes())
+    return app, double, holder
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from autointerp.bench.latency_server import BackgroundServer
+
+    parser = argparse.ArgumentParser(description="the batch APIs' test double (not the real services)")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--lifetime", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+    app, _, holder = double_app()
+    server = BackgroundServer(app, port=args.port, max_lifetime_s=args.lifetime)
+    holder["url"] = server.url
+    server.start()
+    print(f"batch API double on {server.url}", flush=True)
+    server._thread.join()
+
+
+if __name__ == "__main__":
+    main()
