@@ -336,7 +336,9 @@ class _BatchDriver:
             firing = jobs.firing_features(con, self.source.source_id, self.features)
             history = bstore.slot_history(con, self.chash)
             last_errors = bstore.last_line_errors(con, self.chash)
-        todo = [f for f in self.features if statuses.get(f) not in jobs.FINISHED_STATUSES and statuses.get(f) != "failed"]
+            failed_here = {f.feature for f in jobs.run_failures(con, self.run_id)}
+        # a feature that failed in this run stays failed until a later run (as in the streaming job)
+        todo = [f for f in self.features if statuses.get(f) not in jobs.FINISHED_STATUSES and f not in failed_here]
         # features whose retry budget of batch submissions is spent get their requests streamed and run again
         pending: dict[tuple[str, int], PendingRequest] = {}
         while todo:
