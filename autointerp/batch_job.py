@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 import sys
 import time
@@ -38,6 +39,7 @@ from autointerp.llm.batches import BatchAPI, BatchRejected, LineResult, batch_ap
 from autointerp.llm.deferral import Deferral, PendingRequest
 from autointerp.llm.errors import MalformedResponse
 from autointerp.llm.limits import estimate_tokens
+from autointerp.llm.prices import BATCH_PROVIDERS
 from autointerp.pipeline import (
     FATAL_LLM_ERRORS,
     FeatureResult,
@@ -97,17 +99,10 @@ def checkpoint(name: str) -> None:
     """A phase boundary (reconciled, collected, staged, intent_recorded, batch_created); tests kill the job here."""
 
 
-def run_batch_job(
-    store: Store,
-    job: JobConfig,
-    *,
-    wait: bool = False,
-    poll_s: float = 60.0,
-    progress: bool = True,
-    limits: BatchLimits = BatchLimits(),
-) -> BatchProgress:
-    """One step of the batch job (see the module docstring); with `wait`, steps every `poll_s` until done."""
-    return asyncio.run(batch_job(store, job, wait=wait, poll_s=poll_s, progress=progress, limits=limits))
+def run_batch_job(store: Store, job: JobConfig, **options: Any) -> BatchProgress:
+    """One step of the batch job (see the module docstring); with `wait=True`, steps every `poll_s` until done.
+    Options: those of `batch_job`."""
+    return asyncio.run(batch_job(store, job, **options))
 
 
 async def batch_job(
@@ -156,6 +151,9 @@ def progress_line(state: BatchProgress, elapsed_s: float) -> str:
 
 async def advance(store: Store, job: JobConfig, limits: BatchLimits = BatchLimits()) -> BatchProgress:
     check_job(job)
+    for spec in _specs(job):
+        if spec.partition(":")[0] not in BATCH_PROVIDERS:
+            raise AutointerpError(f"{spec} has no batch API: --batch works with openai:<model> and anthropic:<model>")
     chash = job_config_hash(job)
     _ = store.con  # one connection for the step (a step takes seconds; the file is free between steps)
     with store.reading() as con:
@@ -172,6 +170,14 @@ async def advance(store: Store, job: JobConfig, limits: BatchLimits = BatchLimit
     finally:
         await driver.aclose()
         store.close()
+
+
+def _specs(job: JobConfig) -> list[str]:
+    """The models the job's stages ask."""
+    specs = [job.explainer]
+    if set(job.scorers) & NEEDS_LLM:
+        specs.append(stages.simulator_spec(job))
+    return list(dict.fromkeys(specs))
 
 
 @dataclass
@@ -194,14 +200,6 @@ class _BatchDriver:
         self._streaming: dict[str, Any] = {}  # spec -> ProviderLLM without deferral (batch API client, streaming)
         self.failed_slots: dict[tuple[str, int], str] = {}
         self.progress = BatchProgress(run_id, "waiting", chash, source.name, {}, [])
-        for spec in self._specs():
-            batch_api(self.llm(spec))  # refuse a provider without batches before anything is sent
-
-    def _specs(self) -> list[str]:
-        specs = [self.job.explainer]
-        if set(self.job.scorers) & NEEDS_LLM:
-            specs.append(stages.simulator_spec(self.job))
-        return list(dict.fromkeys(specs))
 
     def llm(self, spec: str) -> Any:
         if spec not in self._streaming:
@@ -429,11 +427,11 @@ class _BatchDriver:
         return outcome
 
     def _failure(self, feature: int, stage: str, exc: BaseException) -> _Outcome:
-        if isinstance(exc, LLMCallError) and exc.kind in FATAL_LLM_ERRORS | {"unsupported"}:
+        if isinstance(exc, LLMCallError) and exc.kind in FATAL_LLM_ERRORS:
             raise AutointerpError(f"the job stopped: {exc}") from None
         raw = None
         if isinstance(exc, ExplanationParseError):
-            raw = exc.raw if isinstance(exc.raw, str) else "\n".join(exc.raw)
+            raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
         error = str(exc) if isinstance(exc, AutointerpError) else f"{type(exc).__name__}: {exc}"
         return _Outcome(feature, "failed", stage=stage, error=error, raw=raw)
 

@@ -12,6 +12,7 @@ from autointerp.explain import STAGE as EXPLAIN_STAGE
 from autointerp.explain import best_of_k
 from autointerp.llm import PriceTable
 from autointerp.llm.base import LLMResponse, Usage
+from autointerp.llm.prices import BATCH_PROVIDERS
 from autointerp.llm.limits import estimate_tokens
 from autointerp.pipeline import (
     check_job,
@@ -26,7 +27,6 @@ from autointerp.store import jobs
 from autointerp.store.activations import get_source
 from autointerp.store.db import Store
 
-BATCH_PROVIDERS = ("openai", "anthropic")
 CHAT_TOKENS_PER_MESSAGE = 4  # role markers and separators a chat template adds around each message
 
 

@@ -5,7 +5,6 @@ APIs, not the real services)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 from synthetic import make_synthetic_store
@@ -244,8 +243,10 @@ def test_a_batched_answer_serves_a_streaming_rerun_and_the_reverse(tmp_path, lab
 
 
 def test_a_provider_without_batches_is_refused_before_anything_is_sent(tmp_path):
-    with pytest.raises(AutointerpError, match="--batch works with openai"):
-        run_batch_job(make_db(tmp_path / "b.duckdb"), JobConfig(source="synthetic", features="0-1", explainer="local"), progress=False)
+    store = make_db(tmp_path / "b.duckdb")
+    with pytest.raises(AutointerpError, match="local has no batch API: --batch works with openai"):
+        run_batch_job(store, JobConfig(source="synthetic", features="0-1", explainer="local"), progress=False)
+    assert rows(store, "SELECT count(*) FROM runs") == [(0,)]
 
 
 def test_the_cli_runs_a_batch_job_step_by_step_and_shows_its_batches(tmp_path, labeling_api, capsys):

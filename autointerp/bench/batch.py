@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from autointerp.batch_job import run_batch_job
 from autointerp.bench.ingest import build_store
+from autointerp.bench.latency_server import server_process
 from autointerp.bench.pipeline_throughput import BENCH_SAMPLING, BENCH_SCORERS, SOURCE, eligible_features
 from autointerp.config import JobConfig
 from autointerp.embeddings import embed_texts
@@ -41,27 +38,9 @@ MODEL = "openai:gpt-4o-mini"
 def double_process() -> Iterator[str]:
     """The batch double in a child process; yields its OpenAI base URL."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "autointerp.bench.batch_double", "--port", str(port)], stdin=subprocess.DEVNULL
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AutointerpError(f"the batch double did not start on {url}")
-            try:
-                httpx.get(f"{url}/v1/batches", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+    with server_process(["-m", "autointerp.bench.batch_double", "--port", str(port)], f"{url}/v1/batches", "the batch double"):
         yield f"{url}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def job(base_url: str, features: list[int]) -> JobConfig:

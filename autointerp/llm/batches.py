@@ -240,7 +240,3 @@ def split_lines(lines: list[bytes], max_requests: int, max_bytes: int) -> list[l
     if current:
         chunks.append(current)
     return chunks
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

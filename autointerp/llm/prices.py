@@ -36,6 +36,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 FREE_PROVIDERS = frozenset({"local"})
 # OpenAI's Batch API and Anthropic's Message Batches API bill half the list price (both pricing pages, same date)
 BATCH_DISCOUNT = 0.5
+BATCH_PROVIDERS = ("openai", "anthropic")
 
 
 @dataclass(frozen=True)
