@@ -30,6 +30,7 @@ from autointerp.errors import AutointerpError
 from autointerp.llm.local import free_port
 from autointerp.pipeline import run_label_job
 from autointerp.store import Store
+from autointerp.store.bench_queries import store_totals
 
 MODEL = "openai:gpt-4o-mini"
 
@@ -52,12 +53,7 @@ def job(base_url: str, features: list[int]) -> JobConfig:
 
 def ledger(db: Path) -> dict[str, float]:
     with Store(db, read_only=True) as store:
-        calls, cost, tokens = store.con.execute(
-            "SELECT count(*), sum(cost_usd), sum(prompt_tokens + completion_tokens) FROM llm_calls WHERE NOT coalesce(cached, false)"
-        ).fetchone()
-        n_batches, uploaded = store.con.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM llm_batches").fetchone()
-        labeled = store.con.execute("SELECT count(*) FROM feature_jobs WHERE status = 'done'").fetchone()[0]
-    return {"calls": calls, "cost": cost or 0.0, "tokens": tokens or 0, "batches": n_batches, "bytes": uploaded, "labeled": labeled}
+        return store_totals(store.con)
 
 
 def batch_run(db: Path, cfg: JobConfig) -> tuple[int, float, float]:

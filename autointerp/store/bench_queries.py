@@ -43,3 +43,14 @@ def run_usage(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, StageUsa
         [run_id],
     ).fetchall()
     return {r[0]: StageUsage(*r[:4], int(r[4]), int(r[5]), float(r[6]), float(r[7])) for r in rows}
+
+
+def store_totals(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """A whole file's paid answers (calls, cost, tokens), provider batches (count, bytes uploaded) and labeled features."""
+    calls, cost, tokens = con.execute(
+        "SELECT count(*), coalesce(sum(cost_usd), 0), coalesce(sum(prompt_tokens + completion_tokens), 0) "
+        "FROM llm_calls WHERE NOT coalesce(cached, false)"
+    ).fetchone()
+    n_batches, uploaded = con.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM llm_batches").fetchone()
+    labeled = con.execute("SELECT count(*) FROM feature_jobs WHERE status = 'done'").fetchone()[0]
+    return {"calls": calls, "cost": cost, "tokens": tokens, "batches": n_batches, "bytes": uploaded, "labeled": labeled}
