@@ -339,6 +339,7 @@ class _BatchDriver:
         todo = [f for f in self.features if statuses.get(f) not in jobs.FINISHED_STATUSES and f not in failed_here]
         # features whose retry budget of batch submissions is spent get their requests streamed and run again
         pending: dict[tuple[str, int], PendingRequest] = {}
+        streamed: set[tuple[str, int]] = set()
         while todo:
             deferral = Deferral(self.failed_slots)
             await self.run_pass(todo, firing, stage_states, deferral)
@@ -348,7 +349,11 @@ class _BatchDriver:
                 failures, in_open_batch = history.get(slot, (0, False))
                 if in_open_batch:
                     continue
-                if failures >= MAX_BATCH_ATTEMPTS:
+                if slot in streamed:  # answered, yet asked again: never loop
+                    self.failed_slots[slot] = "its streamed answer was not found in the ledger"
+                    streamed_features |= deferral.features[slot]
+                elif failures >= MAX_BATCH_ATTEMPTS:
+                    streamed.add(slot)
                     await self.stream(request, last_errors.get(slot))
                     streamed_features |= deferral.features[slot]
                 else:
