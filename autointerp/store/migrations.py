@@ -326,6 +326,7 @@ def m010_score_items(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
 def m060_provider_batches(con: duckdb.DuckDBPyConnection) -> None:
     """Provider batch jobs: per-feature stage state, the batches submitted (intent recorded before the provider
     call), each request line in them, and which ledger answers came from a batch."""
