@@ -603,5 +603,5 @@ async def cancel_batches(store: Store, run_id: str) -> list[bstore.BatchRow]:
 
 
 def _job_from_record(record: dict[str, Any]) -> JobConfig:
-    names = {f.name for f in dataclasses.fields(JobConfig)}
-    return JobConfig(**{k: v for k, v in record.items() if k in names and k in ("base_url", "prices", "explainer")})
+    """What reaching the run's provider takes (its endpoint and prices), from the run's stored configuration."""
+    return JobConfig(base_url=record.get("base_url"), prices=record.get("prices"))
