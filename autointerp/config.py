@@ -139,6 +139,7 @@ class JobConfig:
     rpm: Annotated[float, Field(gt=0, strict=True)] | None = None  # requests / tokens per minute allowed (None: unlimited)
     tpm: Annotated[float, Field(gt=0, strict=True)] | None = None
     prices: str | None = None  # TOML file overriding the built-in price table
+    batch: bool = False  # send the LLM requests as provider batches (openai, anthropic): half price, within 24 h
 
     @pydantic.field_validator("scorers")
     @classmethod

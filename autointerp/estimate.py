@@ -12,6 +12,7 @@ from autointerp.explain import STAGE as EXPLAIN_STAGE
 from autointerp.explain import best_of_k
 from autointerp.llm import PriceTable
 from autointerp.llm.base import LLMResponse, Usage
+from autointerp.llm.prices import BATCH_PROVIDERS
 from autointerp.llm.limits import estimate_tokens
 from autointerp.pipeline import (
     check_job,
@@ -39,6 +40,7 @@ class StageEstimate:
     prompt_tokens: float
     max_completion_tokens: float
     cost_usd: float | None  # at most; None when the price table does not know the model
+    batch_cost_usd: float | None = None  # the same at batch prices; None also when the provider has no batch API
 
 
 @dataclass
@@ -56,6 +58,11 @@ class CostEstimate:
     @property
     def cost_per_feature(self) -> float | None:
         costs = [s.cost_usd for s in self.stages]
+        return None if any(c is None for c in costs) else sum(costs)
+
+    @property
+    def batch_cost_per_feature(self) -> float | None:
+        costs = [s.batch_cost_usd for s in self.stages]
         return None if any(c is None for c in costs) else sum(costs)
 
 
@@ -136,10 +143,12 @@ async def _estimate_job(store: Store, job: JobConfig, n_sample: int) -> CostEsti
         for stage, sizes in by_stage.items():
             prompt_tokens = sum(p for p, _ in sizes) / sampled
             completion = sum(m for _, m in sizes) / sampled
-            cost, priced = prices.cost(provider, model, Usage(round(prompt_tokens), round(completion)))
+            usage = Usage(round(prompt_tokens), round(completion))
+            cost, priced = prices.cost(provider, model, usage)
+            batch_cost = prices.cost(provider, model, usage, batch=True)[0] if priced and provider in BATCH_PROVIDERS else None
             stages.append(
                 StageEstimate(
-                    stage, llm.name, len(sizes) / sampled, prompt_tokens, completion, cost if priced else None
+                    stage, llm.name, len(sizes) / sampled, prompt_tokens, completion, cost if priced else None, batch_cost
                 )
             )
     return CostEstimate(len(todo), len(features) - len(todo), sampled, stages, prices.as_of)

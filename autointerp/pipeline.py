@@ -1,5 +1,6 @@
 """The batch labeling job: per feature, sample -> explain (best of k on valid) -> score on test -> one
-transaction storing the label, its scores, its provenance and the feature's job row.
+transaction storing the label, its scores, its provenance and the feature's job row. The stages are those of
+`autointerp.stages`; this is their streaming driver (`autointerp.batch_job` drives them through provider batches).
 
 Features run concurrently on one event loop (`concurrency` workers; remote models also get `concurrency`
 requests in flight). Store work happens on that loop's thread in short sessions about once a second
@@ -34,18 +35,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from autointerp import __version__
-from autointerp.catalog import load_labels, write_label
+from autointerp import stages
+from autointerp.catalog import load_labels
 from autointerp.config import JobConfig, SamplingConfig, config_hash
-from autointerp.embeddings import embed_texts
 from autointerp.errors import AutointerpError
-from autointerp.explain import STYLES, ExplanationParseError, best_of_k
+from autointerp.explain import STYLES, ExplanationParseError
 from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
 from autointerp.llm.base import LLMResponse
 from autointerp.llm.errors import TRANSIENT
 from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
-from autointerp.sampling import TooFewActivations, sample, sample_many
-from autointerp.scoring import NEEDS_LLM, Scorer, make_scorer
+from autointerp.sampling import TooFewActivations, sample
+from autointerp.scoring import NEEDS_LLM, Scorer
+from autointerp.stages import simulator_spec
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source, select_features
 from autointerp.store.db import Store, job_lock
@@ -128,10 +130,6 @@ class _MeteredLLM:
 
 
 # --- configuration -------------------------------------------------------------------------------------
-
-
-def simulator_spec(job: JobConfig) -> str:
-    return job.simulator or job.explainer
 
 
 def _prompt_hashes() -> dict[str, str]:
@@ -376,15 +374,7 @@ class _Job:
         return self._llms[spec]
 
     def make_scorers(self) -> list[Scorer]:
-        """Fresh scorers per feature: scorers may cache per-context work that is no use for the next feature."""
-        return [
-            make_scorer(
-                name,
-                self.llm(simulator_spec(self.job)) if name in NEEDS_LLM else None,
-                **self.job.scorer_options.get(name, {}),
-            )
-            for name in self.job.scorers
-        ]
+        return stages.make_scorers(self.job, self.llm)
 
     async def aclose(self) -> None:
         for llm in self._llms.values():
@@ -468,22 +458,10 @@ class _Job:
     def sample_batch(
         self, features: list[int], firing: set[int]
     ) -> Iterator[tuple[int, FeatureExamples | AutointerpError]]:
-        """(feature, examples or why not), in order; within a store session (the connection stays open)."""
-        cfg = self.job.sampling
-        with contextlib.closing(sample_many(self.store, self.job.source, [f for f in features if f in firing], cfg)) as sampled:
-            for feature in features:
-                if feature in firing:
-                    yield next(sampled)
-                else:
-                    yield feature, TooFewActivations(self.source.name, feature, 0, 0, cfg.min_active_contexts)
+        return stages.sample_features(self.store, self.job, self.source, features, firing)
 
     async def score(self, explanation: Explanation, examples: FeatureExamples, on_stage=None) -> list[Score]:
-        scores: list[Score] = []
-        for scorer in self.make_scorers():
-            if on_stage:
-                on_stage(f"score:{scorer.name}")
-            scores += await scorer.score(explanation, examples, split="test")
-        return scores
+        return await stages.score(explanation, examples, self.make_scorers(), on_stage)
 
     async def label_feature(self, feature: int, sampled: FeatureExamples | AutointerpError) -> None:
         if isinstance(sampled, TooFewActivations):
@@ -502,11 +480,10 @@ class _Job:
             stage = name
 
         try:
-            explanation = await best_of_k(examples, self.llm(self.job.explainer), prompt=self.job.prompt, k=self.job.k)
-            explanation.details["sampling_notes"] = examples.notes
+            explanation = await stages.explain(examples, self.llm(self.job.explainer), self.job)
             scores = await self.score(explanation, examples, entering)
             stage = "write"
-            vector = (await asyncio.to_thread(embed_texts, [explanation.label]))[0]
+            vector = await stages.label_vector(explanation.label)
         except ExplanationParseError as exc:
             raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
             self._failed(feature, stage, exc, raw)
@@ -548,16 +525,7 @@ class _Job:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     def write_label(self, con, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> int:
-        return write_label(
-            con,
-            explanation,
-            scores,
-            run_id=self.run_id,
-            config_hash=self.chash,
-            sampling_config=examples.sampling_config,
-            seed=examples.seed,
-            embedding=vector,
-        )
+        return stages.write(con, explanation, examples, scores, vector, run_id=self.run_id, config_hash=self.chash)
 
 
 def _job_record(job: JobConfig) -> dict[str, Any]:
@@ -688,7 +656,7 @@ async def ascore_label(store: Store, job: JobConfig, feature: int, label: str) -
     try:
         explanation = Explanation(source=source.name, feature=feature, label=label, author="human")
         scores = await state.score(explanation, examples)
-        vector = (await asyncio.to_thread(embed_texts, [label]))[0]
+        vector = await stages.label_vector(label)
         with store.writing() as con:
             explanation_id = state.write_label(con, explanation, examples, scores, vector)
         state.results.append(FeatureResult(feature, "done", label=label, explanation_id=explanation_id, scores=scores))

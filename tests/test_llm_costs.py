@@ -52,7 +52,7 @@ def test_costs_table_filters_by_run_and_flags_unpriced_models(ledger_db, capsys)
     out = capsys.readouterr().out
     assert "openai:my-finetune" in out and "gpt-4o-mini" not in out.split("no price known")[0]
     assert "no price known, counted as $0: openai:my-finetune" in out
-    assert out.splitlines()[0].split() == ["run", "model", "stage", "calls", "cached", "errors", "prompt_tokens", "completion_tokens", "cost_usd"]
+    assert out.splitlines()[0].split() == ["run", "model", "stage", "batched", "calls", "cached", "errors", "prompt_tokens", "completion_tokens", "cost_usd"]
 
 
 def test_costs_can_reprice_from_a_toml_table(ledger_db, tmp_path, capsys):

@@ -275,24 +275,28 @@ def latency_server_process(
 ) -> Iterator[str]:
     """The server in a child process (its own GIL); yields the base URL, stops the child on exit."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "autointerp.bench.latency_server", "--latency", str(latency_s), "--port", str(port),
-         "--lifetime", str(lifetime_s), *(["--label-first"] if label_first else []),
-         *fault_arguments(faults or Faults())],
-        stdin=subprocess.DEVNULL,
-    )
-    base_url = f"http://127.0.0.1:{port}/v1"
+    args = ["-m", "autointerp.bench.latency_server", "--latency", str(latency_s), "--port", str(port),
+            "--lifetime", str(lifetime_s), *(["--label-first"] if label_first else []),
+            *fault_arguments(faults or Faults())]
+    with server_process(args, f"http://127.0.0.1:{port}/v1/models", "the latency server"):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], probe_url: str, name: str) -> Iterator[None]:
+    """`python ARGS` in a child process, ready once `probe_url` answers 200; stopped on exit."""
+    process = subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AutointerpError(f"the latency server did not start on {base_url}")
+                raise AutointerpError(f"{name} did not start ({probe_url})")
             try:
-                if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
+                if httpx.get(probe_url, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.05)
-        yield base_url
+        yield
     finally:
         process.terminate()
         try:

@@ -10,9 +10,9 @@ from autointerp.llm.prices import FREE_PROVIDERS, PriceTable
 from autointerp.store import Store
 
 NAME = "costs"
-HELP = "Show LLM spend by run, model and stage: calls, cache hits, tokens, cost and errors."
+HELP = "Show LLM spend by run, model and stage, streamed or batched: calls, cache hits, tokens, cost and errors."
 
-COLUMNS = ("run", "model", "stage", "calls", "cached", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+COLUMNS = ("run", "model", "stage", "batched", "calls", "cached", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"no LLM calls recorded{' for run ' + args.run if args.run else ''} in {args.db}")
         return 0
     table = [[_cell(row[c]) for c in COLUMNS] for row in rows]
-    table.append(["total", "", "", *(_cell(sum(row[c] for row in rows)) for c in COLUMNS[3:])])
+    table.append(["total", "", "", "", *(_cell(sum(row[c] for row in rows)) for c in COLUMNS[4:])])
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(COLUMNS)]
-    numeric = set(range(3, len(COLUMNS)))
+    numeric = set(range(4, len(COLUMNS)))
     for line in [list(COLUMNS), *table]:
         print("  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))))
     free = sorted({row["model"] for row in rows if row["provider"] in FREE_PROVIDERS})
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 def _cell(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "batch" if value else "-"
     if isinstance(value, float):
         return f"{value:.6f}"
     return str(value)

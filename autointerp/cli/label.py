@@ -8,14 +8,16 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from autointerp.config import load_job_config
+from autointerp.errors import AutointerpError
 from autointerp.records import Score
 from autointerp.store import Store
 
 # The job's modules (and the scorers behind bench.report) load torch, sklearn and the models: imported when
 # a job runs, so that `autointerp label --help` answers at once.
 if TYPE_CHECKING:
+    from autointerp.batch_job import BatchProgress
     from autointerp.estimate import CostEstimate
-    from autointerp.pipeline import JobSummary
+    from autointerp.pipeline import FeatureResult, JobSummary
 
 NAME = "label"
 HELP = "Label features with an LLM, score the labels on held-out contexts and store both (resumable)."
@@ -49,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the requests, tokens and cost it would take; call no model"
     )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        default=None,
+        help="send the requests as provider batches (openai, anthropic: half price, done within 24 h per phase); "
+        "run the same command again to collect answers and submit the next phase",
+    )
+    parser.add_argument("--wait", action="store_true", help="with --batch: stay, poll and continue until the job is done")
+    parser.add_argument(
+        "--poll", type=float, default=60.0, metavar="SECONDS", help="with --wait: seconds between polls (default 60)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -66,13 +79,22 @@ def run(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         prices=args.prices,
         seed=args.seed,
+        batch=args.batch,
     )
     from autointerp.estimate import estimate_job
     from autointerp.pipeline import run_label_job
 
+    if args.wait and not job.batch:
+        raise AutointerpError("--wait goes with --batch (a streaming job always runs to the end)")
     if args.dry_run:
         with Store(args.db, read_only=True) as store:
             print_estimate(estimate_job(store, job))
+        return 0
+    if job.batch:
+        from autointerp.batch_job import run_batch_job
+
+        state = run_batch_job(Store(args.db), job, wait=args.wait, poll_s=args.poll, progress=not args.quiet)
+        print_batch_state(state, args.db)
         return 0
     summary = run_label_job(Store(args.db), job, progress=not args.quiet)
     print_summary(summary, args.db)
@@ -105,10 +127,10 @@ def score_cell(score: Score | None) -> str:
     return f"{score.metric} {fmt_ci(score.value, score.ci_low, score.ci_high, 2)} n={score.n}"
 
 
-def print_summary(summary: JobSummary, db: str) -> None:
+def print_labels(results: list[FeatureResult]) -> None:
     from autointerp.bench.report import headline
 
-    labeled = summary.with_status("done") + summary.with_status("already_done")
+    labeled = [r for r in results if r.status in ("done", "already_done")]
     scorers = list(dict.fromkeys(s.scorer for r in labeled for s in r.scores))
     if labeled:
         rows = [
@@ -122,14 +144,18 @@ def print_summary(summary: JobSummary, db: str) -> None:
         ]
         print()
         print_table(["feature", "label", *scorers, ""], rows)
-    failed = summary.with_status("failed")
+    failed = [r for r in results if r.status == "failed"]
     if failed:
         print(f"\nfailed ({len(failed)}; no label stored, details in the failures table):")
         for r in failed:
             print(f"  feature {r.feature} at {r.stage}: {textwrap.shorten(r.error or '', 100)}")
-    sparse = summary.with_status("skipped_sparse")
+    sparse = [r for r in results if r.status == "skipped_sparse"]
     if sparse:
         print(f"\nskipped as too sparse to label ({len(sparse)}): features {', '.join(str(r.feature) for r in sparse)}")
+
+
+def print_summary(summary: JobSummary, db: str) -> None:
+    print_labels(summary.results)
     counts, usage = summary.counts(), summary.usage
     print(
         f"\nrun {summary.run_id} {summary.status}: {counts['done']} labeled, {counts['already_done']} already done, "
@@ -140,6 +166,22 @@ def print_summary(summary: JobSummary, db: str) -> None:
         f"{usage.completion_tokens:,} completion tokens, ${usage.cost_usd:.4f}"
     )
     print(f'browse: autointerp serve --db {db}    search: autointerp search --db {db} "words"')
+
+
+def print_batch_state(state: BatchProgress, db: str) -> None:
+    if state.done:
+        print_labels(state.results)
+    f = state.features
+    print(
+        f"\nbatch run {state.run_id} {state.status}: {f.get('done', 0)} labeled, {f.get('failed', 0)} failed, "
+        f"{f.get('skipped_sparse', 0)} too sparse, {f.get('explain', 0) + f.get('score', 0)} in progress"
+    )
+    open_ = state.open_batches()
+    if open_:
+        ids = ", ".join(b.provider_batch_id or b.batch_key for b in open_)
+        print(f"{len(open_)} provider batch(es) open: {ids}")
+        print("run the same command again to collect finished batches and submit the next phase (or add --wait)")
+    print(f"details: autointerp runs --db {db} --run {state.run_id}")
 
 
 def print_estimate(est: CostEstimate) -> None:
@@ -171,6 +213,9 @@ def print_estimate(est: CostEstimate) -> None:
         if per_feature is None
         else f"<= ${per_feature * est.n_features:.4f}"
     )
+    batch_per_feature = est.batch_cost_per_feature
+    if batch_per_feature is not None:
+        total += f" streamed, <= ${batch_per_feature * est.n_features:.4f} with --batch"
     print(
         f"whole job: ~{est.requests_per_feature * est.n_features:,.0f} requests, ~{prompt * est.n_features:,.0f} prompt tokens, "
         f"cost {total} (prices as of {est.prices_as_of}; prompt tokens estimated as characters / 4; "

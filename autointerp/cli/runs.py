@@ -9,8 +9,10 @@ import textwrap
 
 from autointerp.catalog import run_view
 from autointerp.cli._types import non_negative_int
+from autointerp.cli.batches import print_batches
 from autointerp.cli.label import print_table
 from autointerp.store import Store
+from autointerp.store.batches import batches
 from autointerp.store.jobs import list_runs
 
 NAME = "runs"
@@ -28,10 +30,18 @@ def run(args: argparse.Namespace) -> int:
     with Store(args.db, read_only=True) as store:
         if args.run:
             view = run_view(store.con, args.run)
+            run_batches = batches(store.con, run_id=args.run)
         else:
             runs = list_runs(store.con, args.limit)
+            open_batches = {}
+            for b in batches(store.con, statuses=("creating", "open")):
+                open_batches.setdefault(b.run_id, []).append(b.provider_batch_id or b.batch_key)
     if args.json:
-        print(json.dumps(dataclasses.asdict(view) if args.run else [dataclasses.asdict(r) for r in runs], indent=2, default=str))
+        if args.run:
+            out = {**dataclasses.asdict(view), "batches": [dataclasses.asdict(b) for b in run_batches]}
+        else:
+            out = [{**dataclasses.asdict(r), "open_batches": open_batches.get(r.run_id, [])} for r in runs]
+        print(json.dumps(out, indent=2, default=str))
         return 0
     if not args.run:
         if not runs:
@@ -55,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
                 for r in runs
             ],
         )
+        for run_id, ids in open_batches.items():
+            print(f"{run_id}: open provider batches {', '.join(ids)}")
         return 0
     r = view.run
     print(
@@ -63,11 +75,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{view.n_labels} labels stored; config hash {r.config_hash}")
     if view.spend:
         print_table(
-            ["model", "stage", "calls", "cached", "errors", "prompt tokens", "completion tokens", "cost"],
+            ["model", "stage", "batched", "calls", "cached", "errors", "prompt tokens", "completion tokens", "cost"],
             [
                 [
                     s["model"],
                     str(s["stage"]),
+                    "batch" if s["batched"] else "-",
                     str(s["calls"]),
                     str(s["cached"]),
                     str(s["errors"]),
@@ -78,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
                 for s in view.spend
             ],
         )
+    if run_batches:
+        print_batches(run_batches)
     for f in view.failures:
         where = "job" if f.feature is None else f"feature {f.feature}"
         print(f"failed: {where} at {f.stage}: {f.error}")

@@ -81,6 +81,9 @@ class ProviderLLM:
         self._inflight: dict[tuple[str, int], asyncio.Event] = {}
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        # set by a batch driver: a request the ledger cannot answer goes to deferral(...) instead of the server
+        self.deferral: Any = None
+        self.record_cache_hits = True
 
     # --- what adapters supply -------------------------------------------------------------------------
     def _make_client(self) -> Any:
@@ -179,6 +182,8 @@ class ProviderLLM:
             answer = await self.ledger.answer(key, occurrence)
             if answer is not None:
                 return self._answer_from_cache(endpoint, request, key, stage, answer)
+        if self.deferral is not None:
+            return self.deferral.defer(self, endpoint, request, key, occurrence, stage)
         done = self._inflight[slot] = asyncio.Event()
         try:
             return await self._call_server(endpoint, request, key, stage, est_tokens)
@@ -190,7 +195,8 @@ class ProviderLLM:
         response = self._parse(endpoint, body)
         response.cached = True
         response.raw = body
-        self._record(key, stage, request, usage=response.usage, cached=True, attempts=0)
+        if self.record_cache_hits:
+            self._record(key, stage, request, usage=response.usage, cached=True, attempts=0)
         return response
 
     async def _call_server(self, endpoint, request, key, stage, est_tokens) -> LLMResponse:

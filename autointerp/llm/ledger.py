@@ -178,6 +178,6 @@ def reprice(rows: list[dict[str, Any]], prices: PriceTable) -> list[dict[str, An
     out = []
     for row in rows:
         usage = Usage(row["prompt_tokens"], row["completion_tokens"])
-        cost, priced = prices.cost(row["provider"], row["model_name"], usage)
+        cost, priced = prices.cost(row["provider"], row["model_name"], usage, batch=bool(row.get("batched")))
         out.append({**row, "cost_usd": cost, "priced": priced})
     return out

@@ -34,15 +34,27 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 
 FREE_PROVIDERS = frozenset({"local"})
+# OpenAI's Batch API and Anthropic's Message Batches API bill half the list price (both pricing pages, same date)
+BATCH_DISCOUNT = 0.5
+BATCH_PROVIDERS = ("openai", "anthropic")
 
 
 @dataclass(frozen=True)
 class Price:
+    """USD per 1M tokens; the batch prices default to BATCH_DISCOUNT of the list prices."""
+
     input_per_mtok: float
     output_per_mtok: float
+    batch_input_per_mtok: float | None = None
+    batch_output_per_mtok: float | None = None
 
-    def cost(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.input_per_mtok + usage.completion_tokens * self.output_per_mtok) / 1e6
+    def cost(self, usage: Usage, batch: bool = False) -> float:
+        if batch:
+            inp = self.input_per_mtok * BATCH_DISCOUNT if self.batch_input_per_mtok is None else self.batch_input_per_mtok
+            out = self.output_per_mtok * BATCH_DISCOUNT if self.batch_output_per_mtok is None else self.batch_output_per_mtok
+        else:
+            inp, out = self.input_per_mtok, self.output_per_mtok
+        return (usage.prompt_tokens * inp + usage.completion_tokens * out) / 1e6
 
 
 @dataclass(frozen=True)
@@ -55,18 +67,25 @@ class PriceTable:
         return cls({k: Price(*v) for k, v in DEFAULT_PRICES.items()}, DEFAULT_PRICES_AS_OF)
 
     def with_overrides(self, data: dict[str, Any]) -> PriceTable:
-        """data: {"as_of": "2026-01-01", "openai:gpt-4o": {"input": 2.5, "output": 10.0}, ...} (per 1M tokens)."""
+        """data: {"as_of": "2026-01-01", "openai:gpt-4o": {"input": 2.5, "output": 10.0}, ...} (per 1M tokens);
+        optional "batch_input" / "batch_output" override the batch prices (default: half the list prices)."""
         prices = dict(self.prices)
         as_of = str(data.get("as_of", self.as_of))
         entries = data.get("prices", data)
         for key, value in entries.items():
             if key == "as_of":
                 continue
-            if ":" not in key or not isinstance(value, dict) or set(value) != {"input", "output"}:
+            if (
+                ":" not in key
+                or not isinstance(value, dict)
+                or not {"input", "output"} <= set(value) <= {"input", "output", "batch_input", "batch_output"}
+            ):
                 raise AutointerpError(
                     f"bad price entry {key!r}: write it as \"provider:model\" = {{ input = <USD per 1M>, output = <USD per 1M> }}"
+                    " (optionally batch_input, batch_output)"
                 )
-            prices[key] = Price(float(value["input"]), float(value["output"]))
+            batch = [None if value.get(k) is None else float(value[k]) for k in ("batch_input", "batch_output")]
+            prices[key] = Price(float(value["input"]), float(value["output"]), *batch)
         return PriceTable(prices, as_of)
 
     @classmethod
@@ -79,9 +98,10 @@ class PriceTable:
         matches = [key for key in self.prices if name.startswith(key)]
         return self.prices[max(matches, key=len)] if matches else None
 
-    def cost(self, provider: str, model: str, usage: Usage) -> tuple[float, bool]:
-        """(USD, priced). Local models are free; a model missing from the table costs 0 with priced=False."""
+    def cost(self, provider: str, model: str, usage: Usage, batch: bool = False) -> tuple[float, bool]:
+        """(USD, priced) at list or batch prices. Local models are free; a model missing from the table costs 0
+        with priced=False."""
         if provider in FREE_PROVIDERS:
             return 0.0, True
         price = self.price(provider, model)
-        return (price.cost(usage), True) if price else (0.0, False)
+        return (price.cost(usage, batch), True) if price else (0.0, False)

@@ -69,3 +69,14 @@ def label_counts(con: duckdb.DuckDBPyConnection, source: str, features: list[int
     ).fetchall()
     (kept,) = con.execute("SELECT count(*) FROM llm_calls WHERE error IS NULL AND NOT coalesce(cached, false)").fetchone()
     return LabelCounts({int(f): int(n) for f, n in labels}, {int(f) for (f,) in sparse}, int(kept))
+
+
+def store_totals(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """A whole file's paid answers (calls, cost, tokens), provider batches (count, bytes uploaded) and labeled features."""
+    calls, cost, tokens = con.execute(
+        "SELECT count(*), coalesce(sum(cost_usd), 0), coalesce(sum(prompt_tokens + completion_tokens), 0) "
+        "FROM llm_calls WHERE NOT coalesce(cached, false)"
+    ).fetchone()
+    n_batches, uploaded = con.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM llm_batches").fetchone()
+    labeled = con.execute("SELECT count(*) FROM feature_jobs WHERE status = 'done'").fetchone()[0]
+    return {"calls": calls, "cost": cost, "tokens": tokens, "batches": n_batches, "bytes": uploaded, "labeled": labeled}

@@ -32,11 +32,12 @@ class LLMCall:
     endpoint_host: str | None = None
     priced: bool = True
     call_uid: str = field(default_factory=lambda: secrets.token_hex(16))  # tells a row folded twice from two calls
+    batch_key: str | None = None  # the provider batch that answered it (llm_batches), None when streamed
 
 
 _COLUMNS = (
     "cache_key, provider, model, stage, run_id, request, response, prompt_tokens, completion_tokens, "
-    "cost_usd, latency_ms, error, cached, attempts, endpoint_host, priced, call_uid"
+    "cost_usd, latency_ms, error, cached, attempts, endpoint_host, priced, call_uid, batch_key"
 )
 
 
@@ -112,12 +113,12 @@ def list_calls(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> lis
 
 
 def spend(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[dict[str, Any]]:
-    """Spend grouped by run, model and stage: calls, cache hits, errors, billed tokens (cache hits excluded), cost,
-    and whether every call had a price."""
+    """Spend grouped by run, model, stage and whether a provider batch answered: calls, cache hits, errors, billed
+    tokens (cache hits excluded), cost, and whether every call had a price."""
     where, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
     cur = con.execute(
         f"""
-        SELECT run_id AS run, provider || ':' || model AS model, stage,
+        SELECT run_id AS run, provider || ':' || model AS model, stage, batch_key IS NOT NULL AS batched,
                count(*) AS calls,
                count(*) FILTER (WHERE cached) AS cached,
                count(*) FILTER (WHERE error IS NOT NULL) AS errors,
@@ -127,8 +128,8 @@ def spend(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[dic
                bool_and(coalesce(priced, true)) AS priced,
                provider, model AS model_name
         FROM llm_calls {where}
-        GROUP BY run_id, provider, model, stage
-        ORDER BY run NULLS FIRST, model, stage NULLS FIRST
+        GROUP BY run_id, provider, model, stage, batched
+        ORDER BY run NULLS FIRST, model, stage NULLS FIRST, batched
         """,
         params,
     )

@@ -336,3 +336,52 @@ def m050_llm_call_uid(con: duckdb.DuckDBPyConnection) -> None:
 def m051_review_reviewer(con: duckdb.DuckDBPyConnection) -> None:
     """Who made a review: the reviewer named by the web catalog's token, or the CLI user."""
     con.execute("ALTER TABLE reviews ADD COLUMN reviewer VARCHAR")
+
+
+@migration
+def m060_provider_batches(con: duckdb.DuckDBPyConnection) -> None:
+    """Provider batch jobs: per-feature stage state, the batches submitted (intent recorded before the provider
+    call), each request line in them, and which ledger answers came from a batch."""
+    con.execute("ALTER TABLE feature_jobs ADD COLUMN stage VARCHAR")  # explain | score, while status is in_progress
+    con.execute("ALTER TABLE feature_jobs ADD COLUMN state JSON")  # the chosen label, once explained
+    con.execute("ALTER TABLE llm_calls ADD COLUMN batch_key VARCHAR")
+    con.execute(
+        """
+        CREATE TABLE llm_batches (
+            batch_key VARCHAR PRIMARY KEY,       -- ours; the provider's metadata / custom ids carry it
+            job_key VARCHAR NOT NULL,            -- the job's config hash
+            run_id VARCHAR,
+            provider VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,           -- chat | complete
+            provider_batch_id VARCHAR,
+            input_file_id VARCHAR,
+            status VARCHAR NOT NULL,             -- creating | open | collected | rejected | lost
+            provider_status VARCHAR,
+            n_requests INTEGER NOT NULL,
+            n_succeeded INTEGER DEFAULT 0,
+            n_errored INTEGER DEFAULT 0,
+            n_unfinished INTEGER DEFAULT 0,      -- expired or cancelled lines
+            bytes BIGINT,
+            error VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            updated_at TIMESTAMP DEFAULT current_timestamp,
+            ended_at TIMESTAMP
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE llm_batch_requests (
+            custom_id VARCHAR PRIMARY KEY,
+            batch_key VARCHAR NOT NULL,
+            cache_key VARCHAR NOT NULL,
+            occurrence INTEGER NOT NULL,
+            stage VARCHAR,
+            request JSON NOT NULL,
+            state VARCHAR NOT NULL,              -- submitted | answered | errored | unfinished | rejected
+            error VARCHAR
+        )
+        """
+    )
+    con.execute("CREATE INDEX llm_batch_requests_batch ON llm_batch_requests (batch_key)")

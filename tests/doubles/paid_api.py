@@ -3,7 +3,11 @@
 An in-process HTTP server (uvicorn in a thread) that speaks enough of both wire formats for the SDKs:
 POST /v1/chat/completions, /v1/completions (OpenAI) and /v1/messages (Anthropic). Tests script the next
 replies (status, headers, body, delay) to provoke the failure modes, and read back every request received.
-Without a script it answers with well-formed filler.
+Without a script it answers with well-formed filler (`label_first`: chat answers open with a `Label:` line,
+so that explanations parse).
+
+`batches` is the batch APIs' double (autointerp/bench/batch_double.py: OpenAI Files + Batches, Anthropic
+Message Batches), answering each line with the same filler as the streaming endpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from autointerp.bench.batch_double import BatchAPIDouble
 from autointerp.bench.latency_server import (
     BackgroundServer,
     anthropic_body,
@@ -58,10 +63,20 @@ SUCCESS = {
 class PaidAPIDouble(BackgroundServer):
     """`openai_base_url` and `anthropic_base_url` point the SDKs here; `script()` queues replies; `received` logs."""
 
-    def __init__(self):
+    def __init__(self, label_first: bool = False):
         self.replies: list[Reply] = []
         self.received: list[Received] = []
-        super().__init__(Starlette(routes=[Route(path, self._handle, methods=["POST"]) for path in SUCCESS]))
+        self.label_first = label_first
+        self.batches = BatchAPIDouble(self.answer, lambda: self.url)
+        routes = [Route(path, self._handle, methods=["POST"]) for path in SUCCESS]
+        super().__init__(Starlette(routes=routes + self.batches.routes()))
+
+    def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The success body for a request to `path`, streamed or in a batch."""
+        if path == "/v1/completions":
+            return fake_completion_body(body)
+        answer = fake_chat_body if path == "/v1/chat/completions" else anthropic_body
+        return answer(body, self.label_first)
 
     @property
     def openai_base_url(self) -> str:
@@ -85,5 +100,5 @@ class PaidAPIDouble(BackgroundServer):
             await asyncio.sleep(reply.delay_s)
         if reply.raw is not None:
             return Response(reply.raw, status_code=reply.status, headers=reply.headers, media_type=reply.media_type)
-        content = reply.body if reply.body is not None else SUCCESS[request.url.path](body)
+        content = reply.body if reply.body is not None else self.answer(request.url.path, body)
         return JSONResponse(content, status_code=reply.status, headers=reply.headers)

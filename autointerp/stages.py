@@ -1,0 +1,111 @@
+"""The labeling job's stages, as plain functions of plain data: sample -> explain (best of k on valid) -> score
+-> write. A driver decides only when and where each runs: the streaming job (`pipeline`) runs a feature through
+all of them while other features wait on I/O; the batch job (`batch_job`) runs one stage for every feature and
+sends its LLM requests as provider batches. Per-feature state between stages lives in `feature_jobs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from autointerp.catalog import write_label
+from autointerp.config import JobConfig
+from autointerp.embeddings import embed_texts
+from autointerp.errors import AutointerpError
+from autointerp.explain import best_of_k
+from autointerp.records import Explanation, FeatureExamples, Score
+from autointerp.sampling import TooFewActivations, sample_many
+from autointerp.scoring import NEEDS_LLM, Scorer, make_scorer
+from autointerp.store.activations import SourceInfo
+from autointerp.store.db import Store
+
+# --- sample ----------------------------------------------------------------------------------------------
+
+
+def sample_features(
+    store: Store, job: JobConfig, source: SourceInfo, features: list[int], firing: set[int]
+) -> Iterator[tuple[int, FeatureExamples | AutointerpError]]:
+    """(feature, examples or why not), in order; within one store session (the connection stays open)."""
+    cfg = job.sampling
+    with contextlib.closing(sample_many(store, job.source, [f for f in features if f in firing], cfg)) as sampled:
+        for feature in features:
+            if feature in firing:
+                yield next(sampled)
+            else:
+                yield feature, TooFewActivations(source.name, feature, 0, 0, cfg.min_active_contexts)
+
+
+# --- explain, select -------------------------------------------------------------------------------------
+
+
+async def explain(examples: FeatureExamples, llm: Any, job: JobConfig) -> Explanation:
+    """k candidate labels, the best on the valid split kept (raises ExplanationParseError when none parses)."""
+    explanation = await best_of_k(examples, llm, prompt=job.prompt, k=job.k)
+    explanation.details["sampling_notes"] = examples.notes
+    return explanation
+
+
+# --- score -----------------------------------------------------------------------------------------------
+
+
+def simulator_spec(job: JobConfig) -> str:
+    return job.simulator or job.explainer
+
+
+def make_scorers(job: JobConfig, llm_for: Callable[[str], Any]) -> list[Scorer]:
+    """Fresh scorers (per feature: scorers may cache per-context work that is no use for the next feature)."""
+    return [
+        make_scorer(
+            name,
+            llm_for(simulator_spec(job)) if name in NEEDS_LLM else None,
+            **job.scorer_options.get(name, {}),
+        )
+        for name in job.scorers
+    ]
+
+
+async def score(
+    explanation: Explanation, examples: FeatureExamples, scorers: list[Scorer], on_stage: Callable[[str], None] | None = None
+) -> list[Score]:
+    """Every scorer's scores on the test split, one scorer after the other."""
+    scores: list[Score] = []
+    for scorer in scorers:
+        if on_stage:
+            on_stage(f"score:{scorer.name}")
+        scores += await scorer.score(explanation, examples, split="test")
+    return scores
+
+
+# --- write -----------------------------------------------------------------------------------------------
+
+
+async def label_vector(label: str) -> Any:
+    """The label's embedding for semantic search, off the event loop."""
+    return (await asyncio.to_thread(embed_texts, [label]))[0]
+
+
+def write(
+    con,
+    explanation: Explanation,
+    examples: FeatureExamples,
+    scores: list[Score],
+    vector: Any,
+    *,
+    run_id: str,
+    config_hash: str,
+) -> int:
+    """The label, its scores and provenance; returns the explanation id."""
+    return write_label(
+        con,
+        explanation,
+        scores,
+        run_id=run_id,
+        config_hash=config_hash,
+        sampling_config=examples.sampling_config,
+        seed=examples.seed,
+        embedding=vector,
+    )
+
