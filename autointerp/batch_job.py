@@ -57,7 +57,7 @@ from autointerp.scoring import NEEDS_LLM
 from autointerp.store import batches as bstore
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source
-from autointerp.store.db import Store
+from autointerp.store.db import Store, job_lock
 from autointerp.store.llm_calls import LLMCall, insert_calls, spend
 
 MAX_BATCH_ATTEMPTS = 2  # batch submissions of one request that errored or expired; then it is streamed
@@ -114,19 +114,20 @@ async def batch_job(
     progress: bool = True,
     limits: BatchLimits = BatchLimits(),
 ) -> BatchProgress:
-    started = time.monotonic()
-    while True:
-        state = await advance(store, job, limits=limits)
-        if progress:
-            print(progress_line(state, time.monotonic() - started), file=sys.stderr, flush=True)
-        if state.rejected:
-            raise BatchRejected(
-                "; ".join(state.rejected)
-                + ". Nothing is lost: those requests wait in the store; fix the cause and run the same command again"
-            )
-        if state.done or not wait:
-            return state
-        await asyncio.sleep(poll_s)
+    with job_lock(store.path, "batch label job"):  # one job per store, as for the streaming job
+        started = time.monotonic()
+        while True:
+            state = await advance(store, job, limits=limits)
+            if progress:
+                print(progress_line(state, time.monotonic() - started), file=sys.stderr, flush=True)
+            if state.rejected:
+                raise BatchRejected(
+                    "; ".join(state.rejected)
+                    + ". Nothing is lost: those requests wait in the store; fix the cause and run the same command again"
+                )
+            if state.done or not wait:
+                return state
+            await asyncio.sleep(poll_s)
 
 
 def progress_line(state: BatchProgress, elapsed_s: float) -> str:

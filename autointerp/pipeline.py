@@ -66,6 +66,7 @@ class FeatureResult:
     scores: list[Score] = field(default_factory=list)
     stage: str | None = None  # where a failure happened: sample | explain | score:<scorer> | write
     error: str | None = None
+    rerun_may_help: bool = False  # a failure a later run may not repeat (transient LLM errors, unexpected ones)
 
 
 @dataclass
@@ -447,7 +448,8 @@ class _Job:
                 raw_output=raw,
             )
 
-        self._store_result(FeatureResult(feature, "failed", stage=stage, error=error), write)
+        result = FeatureResult(feature, "failed", stage=stage, error=error, rerun_may_help=_rerun_may_help(exc))
+        self._store_result(result, write)
 
     def sample(self, feature: int) -> FeatureExamples:
         try:
@@ -526,6 +528,14 @@ class _Job:
 
     def write_label(self, con, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> int:
         return stages.write(con, explanation, examples, scores, vector, run_id=self.run_id, config_hash=self.chash)
+
+
+def _rerun_may_help(exc: BaseException) -> bool:
+    """False for failures a rerun repeats: an answer that does not parse comes back from the ledger unchanged,
+    and a sampling or request error follows from the data and the configuration."""
+    if isinstance(exc, LLMCallError):
+        return exc.kind in TRANSIENT
+    return not isinstance(exc, AutointerpError)
 
 
 def _job_record(job: JobConfig) -> dict[str, Any]:

@@ -63,13 +63,26 @@ def test_a_run_ending_with_failures_exits_1_and_prints_the_command_that_continue
     command = label(db, paid_api)
     assert main(command) == 1
     out = capsys.readouterr().out
-    assert f"{FEATURES} feature(s) failed (exit status 1)" in out
+    assert f"{FEATURES} feature(s) failed for a cause a rerun may not meet again (exit status 1)" in out
     assert "autointerp label --db " + db in out and "--base-url " + paid_api.openai_base_url in out
     assert stored(db, "SELECT count(*) FROM explanations") == [(0,)]
     assert len(paid_api.received) == 3 * 3 * FEATURES
     paid_api.script(*[LABEL] * FEATURES)
     assert main(command) == 0  # the printed command, once the server answers
     assert stored(db, "SELECT count(*), count(DISTINCT feature) FROM explanations") == [(FEATURES, FEATURES)]
+
+
+def test_answers_that_do_not_parse_are_listed_as_failures_but_leave_the_exit_status_at_0(db, paid_api, capsys):
+    """A rerun would get the same answers from the ledger: the failures are final for this configuration."""
+    body = fake_chat_body({"messages": [], "max_tokens": 5})
+    body["choices"][0]["message"]["content"] = ""  # an empty answer: no label in it
+    unusable = Reply(body=body)
+    paid_api.script(*[unusable] * 10 * FEATURES)
+    assert main(label(db, paid_api)) == 0
+    out = capsys.readouterr().out
+    assert f"failed ({FEATURES}; no label stored" in out and "exit status 1" not in out
+    assert stored(db, "SELECT count(*) FROM explanations") == [(0,)]
+    assert stored(db, "SELECT n_failed FROM runs") == [(FEATURES,)]
 
 
 def test_a_second_job_on_the_same_store_refuses_with_a_clear_message(db, paid_api, capsys):

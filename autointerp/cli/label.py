@@ -102,13 +102,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def rerun_hint(summary: JobSummary, argv: list[str]) -> int:
-    """The exit status of a finished job: 1 when features failed, with the command that tries them again."""
-    failed = summary.with_status("failed")
-    if not failed:
+    """The exit status of a finished job: 1 when features failed for a cause a rerun may not meet again (a
+    transient LLM error), with the command that tries them again. Features whose answer did not parse stay
+    failed on a rerun (the ledger answers the same): they are listed above and leave the status at 0."""
+    retry = [r for r in summary.with_status("failed") if r.rerun_may_help]
+    if not retry:
         return 0
     print(
-        f"\n{len(failed)} feature(s) failed (exit status 1). The same command tries them again and keeps every "
-        f"label already stored:\n  autointerp {shlex.join(argv)}"
+        f"\n{len(retry)} feature(s) failed for a cause a rerun may not meet again (exit status 1). The same command "
+        f"tries them again and keeps every label already stored:\n  autointerp {shlex.join(argv)}"
     )
     return 1
 
