@@ -30,10 +30,9 @@ class SamplingConfig:
     n_characteristic_tokens: int = 5
     min_active_contexts: int = 8  # fewer and the feature is reported as too sparse to label
     seed: int = 0
-    # Of the valid / test positives, how many come from the top-ranked contexts (dealt by rank between train,
-    # valid and test), so that a score checks the label against the feature's strongest behaviour.
-    n_valid_top: int = 3
-    n_test_top: int = 6
+    # The share of the valid and test positives taken from the top-ranked contexts (dealt by rank between
+    # train, valid and test), so that a score checks the label against the feature's strongest behaviour.
+    top_share: float = 0.3
     # Dense features: when whole silent contexts are too few, negatives are windows of this many tokens
     # inside active contexts where every activation is at most near_zero x the feature's max.
     negative_window: int = 16

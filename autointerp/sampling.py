@@ -219,12 +219,12 @@ def _choose_positives(
     stratum = np.empty(n, dtype=np.int64)
     stratum[asc] = (np.arange(n) * n_strata) // n
     desc = asc[::-1]
-    top_wanted = {"train": cfg.n_train_top, "valid": cfg.n_valid_top, "test": cfg.n_test_top}
+    top_wanted = top_counts(cfg)
     wanted = {
         "top": sum(top_wanted.values()),
         "train": cfg.n_train_quantile,
-        "valid": cfg.n_valid_positives - cfg.n_valid_top,
-        "test": cfg.n_test_positives - cfg.n_test_top,
+        "valid": cfg.n_valid_positives - top_wanted["valid"],
+        "test": cfg.n_test_positives - top_wanted["test"],
     }
     total = sum(wanted.values())
 
@@ -454,19 +454,15 @@ def _config_items(cfg: SamplingConfig) -> tuple:
     return tuple(dataclasses.asdict(cfg).items())
 
 
-@functools.lru_cache(maxsize=16)
-def _check(cfg: SamplingConfig) -> None:
-    for top, split in ((cfg.n_valid_top, "valid"), (cfg.n_test_top, "test")):
-        total = getattr(cfg, f"n_{split}_positives")
-        if not 0 <= top <= total:
-            raise AutointerpError(
-                f"sampling n_{split}_top is {top}: it counts the {split} positives taken from the top-ranked "
-                f"contexts, so it must lie between 0 and n_{split}_positives ({total})"
-            )
+def top_counts(cfg: SamplingConfig) -> dict[str, int]:
+    """How many top-ranked contexts each split gets: n_train_top, and top_share of the valid / test positives."""
+    if not 0.0 <= cfg.top_share <= 1.0:
+        raise AutointerpError(f"sampling top_share is {cfg.top_share}: it must lie between 0 and 1 (a share of the positives)")
+    valid, test = (math.floor(cfg.top_share * n + 0.5) for n in (cfg.n_valid_positives, cfg.n_test_positives))
+    return {"train": cfg.n_train_top, "valid": valid, "test": test}
 
 
 def _examples(con, src: _Source, source: str, feature: int, data: _FeatureData, cfg: SamplingConfig) -> FeatureExamples:
-    _check(cfg)
     tokens = src.tokens
     ids, maxv, maxpos = data.ids, data.max_value, data.max_pos
     if len(ids) < cfg.min_active_contexts:

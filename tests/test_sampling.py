@@ -110,7 +110,7 @@ def test_top_contexts_are_dealt_by_rank_to_every_split(store):
     cfg = SamplingConfig()
     fe = sample(store, "synthetic", 0, cfg)
     tops = {name: [e for e in getattr(fe, name).positives if e.kind == "top"] for name in ("train", "valid", "test")}
-    assert [len(tops[n]) for n in ("train", "valid", "test")] == [cfg.n_train_top, cfg.n_valid_top, cfg.n_test_top]
+    assert [len(tops[n]) for n in ("train", "valid", "test")] == [cfg.n_train_top, 3, 6]  # top_share 0.3 of 10, 20
     ranked = sorted((e.max_value, name) for name, es in tops.items() for e in es)[::-1]
     assert ranked[0][1] == "train"
     first_half = {name for _, name in ranked[: len(ranked) // 2]}
@@ -126,9 +126,14 @@ def test_deal_top_interleaves_in_proportion():
     assert sampling._deal_top(2, {"train": 10, "valid": 3, "test": 6}) == ["train", "test"]
 
 
-def test_top_counts_beyond_the_split_are_one_clear_error(store):
-    with pytest.raises(AutointerpError, match="n_test_top is 30.*between 0 and n_test_positives"):
-        sample(store, "synthetic", 0, SamplingConfig(n_test_top=30))
+def test_top_share_outside_zero_one_is_one_clear_error(store):
+    with pytest.raises(AutointerpError, match="top_share is 1.5: it must lie between 0 and 1"):
+        sample(store, "synthetic", 0, SamplingConfig(top_share=1.5))
+    assert sampling.top_counts(SamplingConfig(n_valid_positives=5, n_test_positives=2, top_share=0.3)) == {
+        "train": 10, "valid": 2, "test": 1
+    }
+    no_top = sample(store, "synthetic", 0, SamplingConfig(top_share=0.0))
+    assert all(e.kind == "quantile" for e in no_top.test.positives + no_top.valid.positives)
 
 
 @pytest.mark.parametrize("feature", [0, 3, 6])
@@ -308,3 +313,27 @@ def test_silent_windows_centre_on_characteristic_tokens_for_hard_negatives(store
     assert windows
     for e in windows:
         assert set(e.tokens) & set(fe.characteristic_tokens) and not any(e.activations)
+
+
+def test_cli_sample_with_a_job_file_shows_what_that_job_saw(db, tmp_path, capsys):
+    from autointerp.config import load_job_config
+
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'source = "synthetic"\nscorers = ["embedding"]\n\n[sampling]\nn_test_positives = 7\n'
+        "n_test_random_negatives = 1500\nnegative_window = 6\nseed = 5\n"
+    )
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(job), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    with Store(db, read_only=True) as store:
+        expected = sample(store, "synthetic", 0, load_job_config(job).sampling)
+    assert data == json.loads(json.dumps(dataclasses.asdict(expected)))
+    assert data["seed"] == 5 and len(data["test"]["positives"]) == 7
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "random negatives are windows of 6 tokens" in out and " tokens " in out and "top q5" in out
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(job), "--seed", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 6
+    (tmp_path / "nosource.toml").write_text("[sampling]\nseed = 1\n")
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(tmp_path / "nosource.toml")]) == 2
+    assert "no source given" in capsys.readouterr().err
