@@ -31,8 +31,9 @@ class SamplingConfig:
     min_active_contexts: int = 8  # fewer and the feature is reported as too sparse to label
     seed: int = 0
     # The share of the valid and test positives taken from the top-ranked contexts (dealt by rank between
-    # train, valid and test), so that a score checks the label against the feature's strongest behaviour.
-    top_share: float = 0.3
+    # train, valid and test), so that a score checks the label against the feature's strongest behaviour;
+    # 0.5 matches train (n_train_top of n_train_top + n_train_quantile), so train and test hold the same mix.
+    top_share: float = 0.5
     # Dense features: when whole silent contexts are too few, negatives are windows of this many tokens
     # inside active contexts where every activation is at most near_zero x the feature's max.
     negative_window: int = 16

@@ -110,7 +110,7 @@ def test_top_contexts_are_dealt_by_rank_to_every_split(store):
     cfg = SamplingConfig()
     fe = sample(store, "synthetic", 0, cfg)
     tops = {name: [e for e in getattr(fe, name).positives if e.kind == "top"] for name in ("train", "valid", "test")}
-    assert [len(tops[n]) for n in ("train", "valid", "test")] == [cfg.n_train_top, 3, 6]  # top_share 0.3 of 10, 20
+    assert [len(tops[n]) for n in ("train", "valid", "test")] == [cfg.n_train_top, 5, 10]  # top_share 0.5 of 10, 20
     ranked = sorted((e.max_value, name) for name, es in tops.items() for e in es)[::-1]
     assert ranked[0][1] == "train"
     first_half = {name for _, name in ranked[: len(ranked) // 2]}

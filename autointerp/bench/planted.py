@@ -93,6 +93,8 @@ class PlantedResult:
     summary: list[dict[str, Any]]
     skipped: dict[str, str]  # rule -> why it was not scored
     seconds: dict[str, float]
+    characteristic: dict[str, list[str]] = field(default_factory=dict)  # rule -> its characteristic tokens
+    notes: dict[str, list[str]] = field(default_factory=dict)  # rule -> the sampler's notes
     files: list[Path] = field(default_factory=list)
 
 
@@ -214,7 +216,10 @@ async def score_labels(scorer: Any, rule: PlantedRule, examples: FeatureExamples
     return out
 
 
-async def _score_all(store: Store, source: str, cfg: PlantedConfig, rules: list[PlantedRule], seconds: dict[str, float]):
+async def _score_all(
+    store: Store, source: str, cfg: PlantedConfig, rules: list[PlantedRule], seconds: dict[str, float],
+    sampled: dict[str, FeatureExamples],
+):
     from autointerp.llm import make_llm
     from autointerp.sampling import sample
     from autointerp.scoring import make_scorer
@@ -239,6 +244,7 @@ async def _score_all(store: Store, source: str, cfg: PlantedConfig, rules: list[
                 except AutointerpError as exc:
                     skipped[rule.name] = str(exc)
                     continue
+                sampled.setdefault(rule.name, examples)
                 scores.extend(await score_labels(scorer, rule, examples))
             seconds[scorer_name] = round(time.monotonic() - started, 1)
     finally:
@@ -291,11 +297,17 @@ def summary_table(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def per_rule_table(scores: list[LabelScore]) -> list[dict[str, Any]]:
+def per_rule_table(scores: list[LabelScore], characteristic: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for s in scores:
         row = rows.setdefault((s.scorer, s.rule), {"scorer": s.scorer, "rule": s.rule})
-        row[s.label_kind] = s.value if s.error is None else f"error: {s.error[:40]}"
+        if s.error is None:
+            row[s.label_kind] = report.fmt_ci(s.value, s.ci_low, s.ci_high, digits=2)
+        else:
+            row[s.label_kind] = f"error: {s.error[:40]}"
+    for (_, rule), row in rows.items():
+        if characteristic is not None:
+            row["characteristic tokens"] = " ".join(repr(t) for t in characteristic.get(rule, []))
     return list(rows.values())
 
 
@@ -356,7 +368,11 @@ def markdown(result: PlantedResult) -> str:
     errors = [s for s in result.scores if s.error]
     if errors:
         lines += [f"{len(errors)} label scorings failed; first: {errors[0].scorer}/{errors[0].rule}: {errors[0].error}", ""]
-    lines += ["### Per rule (headline score of each label)", "", report.markdown_table(per_rule_table(result.scores))]
+    lines += [
+        "### Per rule (headline score of each label, 95% CI; the characteristic tokens the sampler found)",
+        "",
+        report.markdown_table(per_rule_table(result.scores, result.characteristic)),
+    ]
     return "\n".join(lines)
 
 
@@ -370,8 +386,13 @@ def run_planted(db: str | Path | None, cfg: PlantedConfig = PlantedConfig(), out
     with Store(db_path) as store:
         source = ensure_planted_source(store, cfg)
         seconds["build"] = round(time.monotonic() - started, 1)
-        scores, skipped = asyncio.run(_score_all(store, source, cfg, rules, seconds))
-    result = PlantedResult(cfg, source, cfg.n_contexts, scores, summarize(scores, cfg.n_bootstrap), skipped, seconds)
+        sampled: dict[str, FeatureExamples] = {}
+        scores, skipped = asyncio.run(_score_all(store, source, cfg, rules, seconds, sampled))
+    result = PlantedResult(
+        cfg, source, cfg.n_contexts, scores, summarize(scores, cfg.n_bootstrap), skipped, seconds,
+        characteristic={rule: fe.characteristic_tokens for rule, fe in sampled.items()},
+        notes={rule: fe.notes for rule, fe in sampled.items()},
+    )
     if out is not None:
         result.files = write_report(result, out)
     return result
