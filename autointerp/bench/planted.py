@@ -82,6 +82,7 @@ class LabelScore:
     ci_high: float | None
     n: int
     error: str | None = None
+    note: str | None = None  # why the score is undefined, when it is
 
 
 @dataclass
@@ -211,6 +212,7 @@ async def score_labels(scorer: Any, rule: PlantedRule, examples: FeatureExamples
                 rule.name, examples.feature, scorer.name, kind, label,
                 best.metric if best else None, best.value if best else None,
                 best.ci_low if best else None, best.ci_high if best else None, best.n if best else 0,
+                note=best.details.get("note") if best and best.value is None else None,
             )
         )
     return out
@@ -302,7 +304,7 @@ def per_rule_table(scores: list[LabelScore], characteristic: dict[str, list[str]
     for s in scores:
         row = rows.setdefault((s.scorer, s.rule), {"scorer": s.scorer, "rule": s.rule})
         if s.error is None:
-            row[s.label_kind] = report.fmt_ci(s.value, s.ci_low, s.ci_high, digits=2)
+            row[s.label_kind] = report.fmt_ci(s.value, s.ci_low, s.ci_high, digits=2) + (f" ({s.note})" if s.note else "")
         else:
             row[s.label_kind] = f"error: {s.error[:40]}"
     for (_, rule), row in rows.items():
