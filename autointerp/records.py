@@ -10,8 +10,8 @@ from typing import Any
 class Example:
     """One context window with the feature's activation at every token (0.0 where it does not fire).
 
-    A negative of a dense feature may be a window cut from an active context (`window_start` > 0 or fewer
-    tokens than the context), where the feature stays at most `near_zero` x its max.
+    A negative of a dense feature may be a window cut from an active context (`window_start` set), where the
+    feature stays at most `near_zero` x its max.
     """
 
     context_id: int
