@@ -307,8 +307,8 @@ def per_rule_table(scores: list[LabelScore], characteristic: dict[str, list[str]
             row[s.label_kind] = report.fmt_ci(s.value, s.ci_low, s.ci_high, digits=2) + (f" ({s.note})" if s.note else "")
         else:
             row[s.label_kind] = f"error: {s.error[:40]}"
-    for (_, rule), row in rows.items():
-        if characteristic is not None:
+    if characteristic is not None:
+        for (_, rule), row in rows.items():
             row["characteristic tokens"] = " ".join(repr(t) for t in characteristic.get(rule, []))
     return list(rows.values())
 
