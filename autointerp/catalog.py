@@ -23,11 +23,12 @@ import duckdb
 import numpy as np
 
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, NotFound
+from autointerp.judgements import write_judgements
 from autointerp.records import Explanation, Score
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import FeatureStats, SourceInfo, feature_stats, get_source
-from autointerp.store.jobs import Failure, Run, get_run, run_failures
+from autointerp.store.jobs import Failure, Run, require_run, run_failures
 from autointerp.store.llm_calls import spend
 
 VERDICTS = ("accept", "reject", "edit")
@@ -48,7 +49,7 @@ def write_label(
     seed: int | None,
     embedding: Sequence[float] | np.ndarray | None = None,
 ) -> int:
-    """Store a label with its scores and its embedding; return the explanation id.
+    """Store a label with its scores, their per-item judgements and its embedding; return the explanation id.
 
     Runs inside the caller's transaction (`with store.writing() as con:`): it neither begins nor commits.
     The embedding is computed with the offline MiniLM model unless `embedding` is given.
@@ -59,6 +60,7 @@ def write_label(
         con, sid, explanation, sampling_config=sampling_config, seed=seed, run_id=run_id, config_hash=config_hash
     )
     q.insert_scores(con, explanation_id, scores, run_id)
+    write_judgements(con, explanation_id, scores, run_id)
     q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
     return explanation_id
 
@@ -208,7 +210,7 @@ def review_label(
         raise AutointerpError(f"unknown review verdict {verdict!r}; use one of {', '.join(VERDICTS)}")
     found = load_labels(con, [explanation_id])
     if not found:
-        raise AutointerpError(f"no label with explanation id {explanation_id} in this store")
+        raise NotFound(f"no label with explanation id {explanation_id} in this store")
     old = found[0]
     if verdict != "edit":
         if edited_label:
@@ -308,11 +310,8 @@ class RunView:
 
 
 def run_view(con: duckdb.DuckDBPyConnection, run_id: str, n_recent: int = 50) -> RunView:
-    run = get_run(con, run_id)
-    if run is None:
-        raise AutointerpError(f"no run {run_id!r} in this store; `autointerp runs --db ...` lists the runs it holds")
     return RunView(
-        run=run,
+        run=require_run(con, run_id),
         spend=spend(con, run_id),
         n_labels=q.run_explanation_count(con, run_id),
         recent=q.run_features(con, run_id, n_recent),

@@ -69,7 +69,9 @@ def _labels(con: duckdb.DuckDBPyConnection, source: str | None, best_only: bool)
 
 
 def _score_dict(s: Score) -> dict[str, Any]:
-    return dataclasses.asdict(s)
+    out = dataclasses.asdict(s)
+    out.pop("items")  # judged items live in their own table; a label file carries the scores
+    return out
 
 
 def _table_row(label: Label, source, headline: tuple[str, str] | None, best_ids: set[int]) -> dict[str, Any]:

@@ -456,8 +456,6 @@ def _config_items(cfg: SamplingConfig) -> tuple:
 
 def top_counts(cfg: SamplingConfig) -> dict[str, int]:
     """How many top-ranked contexts each split gets: n_train_top, and top_share of the valid / test positives."""
-    if not 0.0 <= cfg.top_share <= 1.0:
-        raise AutointerpError(f"sampling top_share is {cfg.top_share}: it must lie between 0 and 1 (a share of the positives)")
     valid, test = (math.floor(cfg.top_share * n + 0.5) for n in (cfg.n_valid_positives, cfg.n_test_positives))
     return {"train": cfg.n_train_top, "valid": valid, "test": test}
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 
+from autointerp.cli._types import non_negative_int
 from autointerp.config import SamplingConfig, load_job_config
 from autointerp.errors import AutointerpError
 from autointerp.records import Example
@@ -20,14 +21,16 @@ HELP = "Show one feature's train / valid / test examples with their activations.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="store file")
     parser.add_argument("--source", help="source name (default: the job file's source)")
-    parser.add_argument("--feature", type=int, required=True)
+    parser.add_argument("--feature", type=non_negative_int, required=True)
     parser.add_argument(
         "--config",
         metavar="TOML",
         help="a labeling job file: sample with its source and [sampling], i.e. show exactly the contexts that "
         "job's explainer (train) and scorers (valid, test) saw",
     )
-    parser.add_argument("--seed", type=int, help=f"sampling seed (default: the job file's, else {SamplingConfig.seed})")
+    parser.add_argument(
+        "--seed", type=non_negative_int, help=f"sampling seed (default: the job file's, else {SamplingConfig.seed})"
+    )
     parser.add_argument("--json", action="store_true", help="print the examples as JSON")
 
 

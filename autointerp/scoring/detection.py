@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pydantic import NonNegativeInt, PositiveInt
+
 from autointerp import render
 from autointerp.llm.base import LLM
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.scoring import metrics
-from autointerp.scoring.common import NEGATIVE_SUBSETS, binary_scores, group_of, rng_for, scoring_split
+from autointerp.scoring.common import NEGATIVE_SUBSETS, group_of, item_scores, rng_for, scoring_split
+from autointerp.scoring.items import BINARY_METRICS
 from autointerp.scoring.judge import JudgeItem, judge
 
 
 class DetectionScorer:
-    """Balanced accuracy (AUROC too when the LLM gives logprobs) for all contexts, and for positives against
+    """Balanced accuracy and F1 (AUROC too when the LLM gives logprobs) for all contexts, and for positives against
     random and against hard negatives separately. Excerpts are windows: around the max-activating token for
     positives, a characteristic token for hard negatives, a random place for random negatives."""
 
@@ -22,12 +25,12 @@ class DetectionScorer:
         self,
         llm: LLM,
         *,
-        batch_size: int = 5,
-        before: int = 20,
-        after: int = 11,
-        concurrency: int = 4,
-        n_resamples: int = metrics.N_RESAMPLES,
-        seed: int = metrics.SEED,
+        batch_size: PositiveInt = 5,
+        before: NonNegativeInt = 20,
+        after: NonNegativeInt = 11,
+        concurrency: PositiveInt = 4,
+        n_resamples: PositiveInt = metrics.N_RESAMPLES,
+        seed: NonNegativeInt = metrics.SEED,
     ):
         self.llm = llm
         self.batch_size = batch_size
@@ -42,8 +45,8 @@ class DetectionScorer:
         for e in chosen.all():
             center = render.window_center(e, examples.characteristic_tokens, rng)
             tokens, _ = render.window(e, center, self.before, self.after)
-            items.append(JudgeItem(render.plain_text(tokens), int(e.is_positive), group_of(e), e.context_id))
-        judgements, details = await judge(
+            items.append(JudgeItem(render.plain_text(tokens), int(e.is_positive), group_of(e), e))
+        judged, details = await judge(
             self.llm,
             "detection",
             explanation.label,
@@ -54,10 +57,11 @@ class DetectionScorer:
             concurrency=self.concurrency,
         )
         details["window"] = self.before + 1 + self.after
-        return binary_scores(
+        return item_scores(
             self.name,
-            judgements,
+            judged,
             ("all", *NEGATIVE_SUBSETS),
+            BINARY_METRICS,
             split=split,
             scorer_model=self.llm.name,
             details=details,

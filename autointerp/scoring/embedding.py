@@ -5,21 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from pydantic import NonNegativeInt, PositiveInt
 
 from autointerp import render
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.llm.base import LLM
 from autointerp.records import Example, Explanation, FeatureExamples, Score
 from autointerp.scoring import metrics
-from autointerp.scoring.common import (
-    NEGATIVE_SUBSETS,
-    auroc_score,
-    group_of,
-    rng_for,
-    row_details,
-    scoring_split,
-    subset_mask,
-)
+from autointerp.scoring.common import NEGATIVE_SUBSETS, item_scores, judged_item, rng_for, scoring_split
 
 
 class EmbeddingScorer:
@@ -36,10 +29,10 @@ class EmbeddingScorer:
         self,
         llm: LLM | None = None,
         *,
-        before: int = 6,
-        after: int = 6,
-        n_resamples: int = metrics.N_RESAMPLES,
-        seed: int = metrics.SEED,
+        before: NonNegativeInt = 6,
+        after: NonNegativeInt = 6,
+        n_resamples: PositiveInt = metrics.N_RESAMPLES,
+        seed: NonNegativeInt = metrics.SEED,
     ):
         self.before, self.after = before, after
         self.n_resamples, self.seed = n_resamples, seed
@@ -68,24 +61,18 @@ class EmbeddingScorer:
 
     async def score(self, explanation: Explanation, examples: FeatureExamples, split: str = "test") -> list[Score]:
         contexts, cosines = await self.cosines(explanation.label, examples, split)
-        truth = np.array([int(e.is_positive) for e in contexts])
-        groups = [group_of(e) for e in contexts]
-        details = {"window": self.before + 1 + self.after, "embedding_model": EMBEDDING_MODEL}
-        scores = []
-        for subset in ("all", *NEGATIVE_SUBSETS):
-            mask = subset_mask(groups, subset)
-            scores.append(
-                auroc_score(
-                    self.name,
-                    truth,
-                    cosines.astype(float),
-                    mask,
-                    subset,
-                    split=split,
-                    scorer_model=EMBEDDING_MODEL,
-                    details=row_details(details, truth, mask, mask, subset, split),
-                    n_resamples=self.n_resamples,
-                    seed=self.seed,
-                )
-            )
-        return scores
+        judged = [
+            judged_item(self.name, k, e, truth=int(e.is_positive), probability=float(cosine))
+            for k, (e, cosine) in enumerate(zip(contexts, cosines))
+        ]
+        return item_scores(
+            self.name,
+            judged,
+            ("all", *NEGATIVE_SUBSETS),
+            ("auroc",),
+            split=split,
+            scorer_model=EMBEDDING_MODEL,
+            details={"window": self.before + 1 + self.after, "embedding_model": EMBEDDING_MODEL},
+            n_resamples=self.n_resamples,
+            seed=self.seed,
+        )
