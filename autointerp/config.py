@@ -27,6 +27,7 @@ _FORBID_EXTRA = ConfigDict(extra="forbid")
 
 Count = Annotated[int, Field(ge=0, strict=True)]
 AtLeastOne = Annotated[int, Field(ge=1, strict=True)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class ConfigError(AutointerpError):
@@ -63,6 +64,14 @@ class SamplingConfig:
     n_characteristic_tokens: Count = 5
     min_active_contexts: AtLeastOne = 8  # fewer and the feature is reported as too sparse to label
     seed: Count = 0
+    # The share of the valid and test positives taken from the top-ranked contexts (dealt by rank between
+    # train, valid and test), so that a score checks the label against the feature's strongest behaviour;
+    # 0.5 matches train (n_train_top of n_train_top + n_train_quantile), so train and test hold the same mix.
+    top_share: Share = 0.5
+    # Dense features: when whole silent contexts are too few, negatives are windows of this many tokens
+    # inside active contexts where every activation is at most near_zero x the feature's max.
+    negative_window: Count = 16
+    near_zero: Share = 0.05
 
 
 def config_hash(*parts: Any) -> str:

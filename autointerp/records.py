@@ -8,13 +8,20 @@ from typing import Any
 
 @dataclass
 class Example:
-    """One context window with the feature's activation at every token (0.0 where it does not fire)."""
+    """One context window with the feature's activation at every token (0.0 where it does not fire).
+
+    A negative of a dense feature may be a window cut from an active context (`window_start` set), where the
+    feature stays at most `near_zero` x its max.
+    """
 
     context_id: int
     tokens: list[str]
     activations: list[float]
     kind: str  # top | quantile | random_negative | hard_negative
-    quantile: int | None = None  # stratum index for quantile-sampled positives
+    # band of the feature's per-context max, for positives: 0 .. n_quantiles - 1 are equal-count bands, and
+    # n_quantiles is the band of the top-ranked contexts (kind "top"), above all the others
+    quantile: int | None = None
+    window_start: int | None = None  # set for a window cut from an active context: where it starts there
 
     @property
     def max_value(self) -> float:

@@ -1,10 +1,15 @@
 """Choose a feature's examples and split them so that nothing shown to the explainer is used to score it.
 
-- train: the top-activating contexts plus quantile-stratified ones (strata = equal-count bins of the
-  feature's per-context max activation), and a few hard negatives for contrastive prompts;
-- valid (best-of-k selection) and test (reported scores): quantile-stratified positives, random negatives
-  (contexts where the feature never fires) and hard negatives (contexts holding the feature's most
-  characteristic tokens where it stays silent), kept apart.
+- positives: the top-ranked contexts (by per-context max activation), dealt by rank between train, test
+  and valid (interleaved, so each split holds the feature's strongest behaviour), plus quantile-stratified
+  ones (strata = equal-count bins of the per-context max) for each split;
+- train also gets a few hard negatives for contrastive prompts; valid (best-of-k selection) and test
+  (reported scores) get random negatives (contexts where the feature never fires) and hard negatives
+  (contexts holding the feature's characteristic tokens where it stays silent), kept apart;
+- characteristic tokens (and so the train hard negatives) come from the train positives alone: nothing the
+  explainer sees depends on the valid or test split;
+- a dense feature that leaves too few silent contexts gets negatives cut from active contexts: windows of
+  `negative_window` tokens where it stays at most `near_zero` x its max.
 
 Splits are disjoint by context id and by near-duplicate text: two contexts whose normalised text, or whose
 window of `2 * WINDOW_HALF` tokens around the max-activating token, is the same never both appear (the
@@ -182,10 +187,27 @@ def _spread(count: int, n_strata: int) -> list[int]:
 
 @dataclass
 class _Positives:
-    top: list[int]  # indices into the feature's active-context arrays
-    dealt: dict[str, list[tuple[int, int]]]  # split -> (index, stratum)
-    pool: list[int]  # every distinct candidate looked at (for characteristic tokens)
+    top: dict[str, list[int]]  # split -> indices into the feature's active-context arrays, by rank
+    dealt: dict[str, list[tuple[int, int]]]  # split -> (index, stratum) of its quantile positives
+    n_strata: int
     notes: list[str]
+
+
+TOP_ORDER = ("train", "test", "valid")  # who gets a top-ranked context when the shares tie (train the first)
+
+
+def _deal_top(n: int, wanted: dict[str, int]) -> list[str]:
+    """The split of each of n top-ranked contexts, in rank order: interleaved in proportion to what each split
+    wants (the first to train), so every split holds contexts from the whole top range."""
+    total = sum(wanted.values())
+    got = dict.fromkeys(TOP_ORDER, 0)
+    out = []
+    for r in range(min(n, total)):
+        open_ = [s for s in TOP_ORDER if got[s] < wanted.get(s, 0)]
+        split = open_[0] if r == 0 else max(open_, key=lambda s: wanted[s] * (r + 1) / total - got[s])  # first of ties
+        got[split] += 1
+        out.append(split)
+    return out
 
 
 def _choose_positives(
@@ -197,7 +219,13 @@ def _choose_positives(
     stratum = np.empty(n, dtype=np.int64)
     stratum[asc] = (np.arange(n) * n_strata) // n
     desc = asc[::-1]
-    wanted = {"top": cfg.n_train_top, "train": cfg.n_train_quantile, "valid": cfg.n_valid_positives, "test": cfg.n_test_positives}
+    top_wanted = top_counts(cfg)
+    wanted = {
+        "top": sum(top_wanted.values()),
+        "train": cfg.n_train_quantile,
+        "valid": cfg.n_valid_positives - top_wanted["valid"],
+        "test": cfg.n_test_positives - top_wanted["test"],
+    }
     total = sum(wanted.values())
 
     def distinct(order: np.ndarray) -> list[int]:
@@ -217,7 +245,6 @@ def _choose_positives(
         top = unique[: counts["top"]]
         rest = [unique[i] for i in rng.permutation(len(unique) - len(top)) + len(top)]
         strata = [[i for i in rest if stratum[i] == s] for s in range(n_strata)]
-        pool = unique
     else:
         counts = wanted
         top_pool = desc[: POSITIVE_OVERSAMPLING * wanted["top"]]
@@ -232,8 +259,10 @@ def _choose_positives(
             drawn.append(rng.choice(members, size=size, replace=False) if size else np.zeros(0, dtype=np.int64))
         accepted = np.array(distinct(np.concatenate(drawn)), dtype=np.int64)  # in stratum order, as one pass each
         strata = [accepted[stratum[accepted] == s].tolist() for s in range(n_strata)]
-        pool = top + accepted.tolist()
 
+    top_of: dict[str, list[int]] = {split: [] for split in SPLITS}
+    for i, split in zip(top, _deal_top(len(top), top_wanted)):
+        top_of[split].append(i)
     dealt: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
     next_in = [0] * n_strata
     for split in SPLITS:
@@ -249,23 +278,31 @@ def _choose_positives(
             next_in[s] += len(take)
             dealt[split] += [(i, s) for i in take]
         if len(dealt[split]) < counts[split]:
-            notes.append(f"only {len(dealt[split])} of {counts[split]} {split} positives found")
-    return _Positives(top=top, dealt=dealt, pool=pool, notes=notes)
+            notes.append(f"only {len(dealt[split])} of {counts[split]} {split} quantile positives found")
+    return _Positives(top=top_of, dealt=dealt, n_strata=n_strata, notes=notes)
 
 
-def _characteristic_tokens(
-    tokens: q.SourceTokens, ids: np.ndarray, maxpos: np.ndarray, pool: list[int], k: int
-) -> list[int]:
-    """Codes of the tokens over-represented at the max-activating positions relative to their corpus frequency."""
-    if not pool or k <= 0:
+def _characteristic_tokens(tokens: q.SourceTokens, ctx: np.ndarray, pos: np.ndarray, val: np.ndarray, k: int) -> list[int]:
+    """Codes of the tokens most specific to the feature in the given activations (the train positives').
+
+    Specificity is weighted PMI: a token's share of the activation mass times the log of that share over the
+    token's share of the corpus. A token that fires often but weakly and is everywhere (whitespace, commas)
+    ranks low; one that takes much of the mass while rare in the corpus ranks high. Tokens must fire in two
+    contexts or more when there are five or more contexts.
+    """
+    keep_rows = val > 0
+    if k <= 0 or not keep_rows.any():
         return []
-    rows = tokens.rows(ids[pool])
-    at_max = tokens.codes[tokens.offsets[rows] + maxpos[pool]]
-    codes, counts = np.unique(at_max, return_counts=True)
-    share = counts / len(pool)
+    ctx, pos, val = ctx[keep_rows], pos[keep_rows], val[keep_rows].astype(np.float64)
+    at = tokens.codes[tokens.offsets[tokens.rows(ctx)] + pos]
+    codes, inverse = np.unique(at, return_inverse=True)
+    mass = np.bincount(inverse, weights=val, minlength=len(codes))
+    pairs = np.unique(inverse.astype(np.int64) * (int(ctx.max()) + 1) + ctx)
+    n_contexts = np.bincount(pairs // (int(ctx.max()) + 1), minlength=len(codes))
+    share = mass / mass.sum()
     corpus = tokens.token_counts[codes] / max(tokens.n_tokens, 1)
     lift = share / corpus
-    keep = (lift > 1) & (counts >= (2 if len(pool) >= 5 else 1))
+    keep = (lift > 1) & (n_contexts >= (2 if len(np.unique(ctx)) >= 5 else 1))
     score = np.where(keep, share * np.log(np.where(keep, lift, 1.0)), -np.inf)
     order = np.lexsort((codes, -score))
     return [int(codes[i]) for i in order[:k] if np.isfinite(score[i])]
@@ -278,13 +315,23 @@ def _not_active(candidates: np.ndarray, active_sorted: np.ndarray) -> np.ndarray
     return candidates[active_sorted[at] != candidates]
 
 
-def _take_negatives(picker: _Picker, candidates: np.ndarray, wanted: dict[str, int]) -> dict[str, list[int]]:
-    """Deal distinct candidates, in order, to the splits in SPLITS order until each has what it wants."""
-    accepted = [int(candidates[k]) for k in picker.take(candidates, limit=sum(wanted.values()))]
-    out: dict[str, list[int]] = {}
+@dataclass
+class _Negative:
+    context_id: int
+    window: tuple[int, np.ndarray] | None = None  # (start, activations) of a window cut from an active context
+
+
+def _deal(accepted: list[_Negative], wanted: dict[str, int]) -> dict[str, list[_Negative]]:
+    """Deal negatives, in order, to the splits in SPLITS order until each has what it wants."""
+    out: dict[str, list[_Negative]] = {}
     for split in (s for s in SPLITS if s in wanted):
         out[split], accepted = accepted[: wanted[split]], accepted[wanted[split] :]
     return out
+
+
+def _take_negatives(picker: _Picker, candidates: np.ndarray, wanted: dict[str, int]) -> dict[str, list[_Negative]]:
+    accepted = [_Negative(int(candidates[k])) for k in picker.take(candidates, limit=sum(wanted.values()))]
+    return _deal(accepted, wanted)
 
 
 def _random_negatives(picker: _Picker, tokens: q.SourceTokens, active: np.ndarray, wanted: dict[str, int], rng):
@@ -305,6 +352,67 @@ def _random_negatives(picker: _Picker, tokens: q.SourceTokens, active: np.ndarra
 def _hard_negatives(picker: _Picker, active: np.ndarray, characteristic: list[int], wanted: dict[str, int], rng):
     candidates = _not_active(picker.tokens.contexts_holding(characteristic, HARD_NEGATIVE_OCCURRENCES, rng), active)
     return _take_negatives(picker, candidates[rng.permutation(len(candidates))], wanted)
+
+
+def _silent_windows(
+    picker: _Picker, candidates: np.ndarray, rows, cfg: SamplingConfig, threshold: float, centre: list[int] | None,
+    wanted: dict[str, int], rng,
+) -> dict[str, list[_Negative]]:
+    """Negatives cut from active contexts: windows of cfg.negative_window tokens where every activation is at
+    most `threshold`, at a random place or (centre given) around one of those tokens. One per context."""
+    ctx, pos, val = rows
+    order = np.argsort(ctx, kind="stable")
+    ctx, pos, val = ctx[order], pos[order], val[order]
+    tokens, found = picker.tokens, []
+    for cid in candidates.tolist():
+        row = int(tokens.rows(cid))
+        start, end = int(tokens.offsets[row]), int(tokens.offsets[row + 1])
+        n = end - start
+        length = min(cfg.negative_window, n)
+        if length == 0:
+            continue
+        a, b = np.searchsorted(ctx, cid), np.searchsorted(ctx, cid, side="right")
+        acts = np.zeros(n, dtype=np.float32)
+        acts[pos[a:b]] = val[a:b]
+        loud = np.r_[0, np.cumsum(acts > threshold)]
+        quiet = loud[length:] - loud[:-length] == 0  # quiet[s]: the window starting at s is silent
+        if centre is None:
+            starts = np.flatnonzero(quiet)
+        else:
+            holding = np.flatnonzero(np.isin(tokens.codes[start:end], centre))
+            starts = np.clip(holding - length // 2, 0, n - length)
+            starts = starts[quiet[starts]]
+        if len(starts):
+            s = int(starts[rng.integers(len(starts))])
+            found.append(_Negative(cid, (s, acts[s : s + length])))
+    accepted = picker.take(np.array([f.context_id for f in found], dtype=np.int64), limit=sum(wanted.values()))
+    return _deal([found[i] for i in accepted], wanted)
+
+
+def _window_negatives(
+    con, src: _Source, feature: int, data: _FeatureData, picker: _Picker, cfg: SamplingConfig, got: dict[str, list[_Negative]],
+    wanted: dict[str, int], centre: list[int] | None, rng,
+) -> dict[str, list[_Negative]]:
+    """Make up a shortage of whole silent contexts with silent windows inside active ones (dense features)."""
+    short = {s: wanted[s] - len(got[s]) for s in wanted}
+    need = sum(short.values())
+    if need <= 0 or cfg.negative_window <= 0:
+        return got
+    if centre is None:
+        pool = data.ids
+    else:
+        holding = picker.tokens.contexts_holding(centre, HARD_NEGATIVE_OCCURRENCES, rng)
+        pool = holding[np.isin(holding, data.ids)]
+    pool = pool[~np.isin(pool, np.fromiter(picker.used_ids, dtype=np.int64, count=len(picker.used_ids)))]
+    candidates = np.sort(pool[rng.permutation(len(pool))[: 4 * need + 16]])
+    if data.rows is not None:
+        inside = np.isin(data.rows[0], candidates)
+        rows = tuple(r[inside] for r in data.rows)
+    else:
+        rows = q.feature_activations(con, src.info.source_id, feature, candidates.tolist())
+    threshold = cfg.near_zero * float(data.max_value.max())
+    more = _silent_windows(picker, candidates[rng.permutation(len(candidates))], rows, cfg, threshold, centre, short, rng)
+    return {s: got[s] + more.get(s, []) for s in wanted}
 
 
 def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = SamplingConfig()) -> FeatureExamples:
@@ -346,6 +454,12 @@ def _config_items(cfg: SamplingConfig) -> tuple:
     return tuple(dataclasses.asdict(cfg).items())
 
 
+def top_counts(cfg: SamplingConfig) -> dict[str, int]:
+    """How many top-ranked contexts each split gets: n_train_top, and top_share of the valid / test positives."""
+    valid, test = (math.floor(cfg.top_share * n + 0.5) for n in (cfg.n_valid_positives, cfg.n_test_positives))
+    return {"train": cfg.n_train_top, "valid": valid, "test": test}
+
+
 def _examples(con, src: _Source, source: str, feature: int, data: _FeatureData, cfg: SamplingConfig) -> FeatureExamples:
     tokens = src.tokens
     ids, maxv, maxpos = data.ids, data.max_value, data.max_pos
@@ -356,29 +470,51 @@ def _examples(con, src: _Source, source: str, feature: int, data: _FeatureData, 
     picker = _Picker(tokens)
     positives = _choose_positives(picker, ids, maxv, maxpos, cfg, rng, source, feature)
     notes = list(positives.notes)
-    characteristic_codes = _characteristic_tokens(tokens, ids, maxpos, positives.pool, cfg.n_characteristic_tokens)
-    characteristic = [str(tokens.vocab[c]) for c in characteristic_codes]
 
-    random_wanted = {"test": cfg.n_test_random_negatives, "valid": cfg.n_valid_random_negatives}
-    randoms = _random_negatives(picker, tokens, ids, random_wanted, rng)
-    hard_wanted = {"test": cfg.n_test_hard_negatives, "valid": cfg.n_valid_hard_negatives, "train": cfg.n_train_hard_negatives}
-    hards = _hard_negatives(picker, ids, characteristic_codes, hard_wanted, rng)
-    for kind, wanted, got in (("random", random_wanted, randoms), ("hard", hard_wanted, hards)):
-        found, asked = sum(map(len, got.values())), sum(wanted.values())
-        if found < asked:
-            why = f" (contexts holding {characteristic} where the feature is silent)" if kind == "hard" else ""
-            notes.append(f"only {found} of {asked} {kind} negatives found{why}")
+    def ids_of(split: str) -> list[int]:
+        return [int(ids[i]) for i in positives.top[split]] + [int(ids[i]) for i, _ in positives.dealt[split]]
 
-    positive_ids = [int(ids[i]) for i in positives.top] + [int(ids[i]) for d in positives.dealt.values() for i, _ in d]
+    positive_ids = [c for split in SPLITS for c in ids_of(split)]
     act_ctx, act_pos, act_val = data.rows if data.rows is not None else q.feature_activations(
         con, src.info.source_id, feature, positive_ids
     )
     wanted_rows = np.isin(act_ctx, positive_ids)
+    act_ctx, act_pos, act_val = act_ctx[wanted_rows], act_pos[wanted_rows], act_val[wanted_rows]
+    # what the explainer sees comes from the train split alone: characteristic tokens pick the train hard negatives
+    in_train = np.isin(act_ctx, ids_of("train"))
+    characteristic_codes = _characteristic_tokens(
+        tokens, act_ctx[in_train], act_pos[in_train], act_val[in_train], cfg.n_characteristic_tokens
+    )
+    characteristic = [str(tokens.vocab[c]) for c in characteristic_codes]
+
+    def filled(kind: str, got: dict[str, list[_Negative]], wanted: dict[str, int], centre: list[int] | None):
+        whole, asked = sum(map(len, got.values())), sum(wanted.values())
+        if whole < asked and (centre is None or centre):
+            got = _window_negatives(con, src, feature, data, picker, cfg, got, wanted, centre, rng)
+        found = sum(map(len, got.values()))
+        if found > whole:
+            notes.append(
+                f"{found - whole} of the {found} {kind} negatives are windows of {cfg.negative_window} tokens inside "
+                f"active contexts where the feature stays at most {cfg.near_zero:g} x its max (it fires in "
+                f"{len(ids)} of {len(tokens.context_ids)} contexts)"
+            )
+        if found < asked:
+            why = f" (contexts holding {characteristic} where the feature is silent)" if kind == "hard" else ""
+            notes.append(f"only {found} of {asked} {kind} negatives found{why}")
+        return got
+
+    random_wanted = {"test": cfg.n_test_random_negatives, "valid": cfg.n_valid_random_negatives}
+    randoms = filled("random", _random_negatives(picker, tokens, ids, random_wanted, rng), random_wanted, None)
+    hard_wanted = {"test": cfg.n_test_hard_negatives, "valid": cfg.n_valid_hard_negatives, "train": cfg.n_train_hard_negatives}
+    hards = filled(
+        "hard", _hard_negatives(picker, ids, characteristic_codes, hard_wanted, rng), hard_wanted, characteristic_codes
+    )
+
     activations: dict[int, list[tuple[int, float]]] = {}
-    for c, p, v in zip(act_ctx[wanted_rows].tolist(), act_pos[wanted_rows].tolist(), act_val[wanted_rows].tolist()):
+    for c, p, v in zip(act_ctx.tolist(), act_pos.tolist(), act_val.tolist()):
         activations.setdefault(c, []).append((p, v))
 
-    chosen = positive_ids + [c for got in (randoms, hards) for ids_ in got.values() for c in ids_]
+    chosen = positive_ids + [n.context_id for got in (randoms, hards) for negs in got.values() for n in negs]
     texts = tokens.tokens_of(chosen)
 
     def example(context_id: int, kind: str, quantile: int | None = None) -> Example:
@@ -388,21 +524,26 @@ def _examples(con, src: _Source, source: str, feature: int, data: _FeatureData, 
             values[p] = v
         return Example(context_id=context_id, tokens=toks, activations=values, kind=kind, quantile=quantile)
 
+    def negative(n: _Negative, kind: str) -> Example:
+        if n.window is None:
+            return example(n.context_id, kind)
+        start, values = n.window
+        toks = texts[n.context_id][start : start + len(values)]
+        return Example(n.context_id, toks, values.tolist(), kind, window_start=start)
+
     def positives_of(split: str) -> list[Example]:
         dealt = sorted(positives.dealt[split], key=lambda x: (-x[1], int(ids[x[0]])))
-        return [example(int(ids[i]), "quantile", s) for i, s in dealt]
+        top = [example(int(ids[i]), "top", positives.n_strata) for i in positives.top[split]]
+        return top + [example(int(ids[i]), "quantile", s) for i, s in dealt]
 
-    def negatives(got: dict[str, list[int]], split: str, kind: str) -> list[Example]:
-        return [example(c, kind) for c in got.get(split, [])]
+    def negatives(got: dict[str, list[_Negative]], split: str, kind: str) -> list[Example]:
+        return [negative(n, kind) for n in got.get(split, [])]
 
     return FeatureExamples(
         source=source,
         feature=feature,
         max_activation=float(maxv.max()),
-        train=Split(
-            positives=[example(int(ids[i]), "top") for i in positives.top] + positives_of("train"),
-            hard_negatives=negatives(hards, "train", "hard_negative"),
-        ),
+        train=Split(positives=positives_of("train"), hard_negatives=negatives(hards, "train", "hard_negative")),
         valid=Split(
             positives=positives_of("valid"),
             random_negatives=negatives(randoms, "valid", "random_negative"),

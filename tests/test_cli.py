@@ -35,3 +35,13 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_score_tables_say_why_a_score_is_undefined():
+    """`autointerp score` and the `label` summary print score_cell: an undefined score carries its reason."""
+    from autointerp.cli.label import score_cell
+    from autointerp.records import Score
+
+    why = "no negatives in the test split"
+    assert score_cell(Score("embedding", "auroc", None, None, None, 20, details={"note": why})) == f"auroc – n=20 ({why})"
+    assert score_cell(Score("embedding", "auroc", 0.5, 0.4, 0.6, 20, details={"note": why})) == "auroc 0.50 [0.40, 0.60] n=20"

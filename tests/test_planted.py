@@ -82,7 +82,19 @@ KNOWN_TEXT = {
     "container_words": ("a list of dict and tuple set; listen settle", ["list", "dict", "tuple", "set"]),
     "comparison_operators": ("if a != b or x < y and k in s; a->b", ["!", "=", "<", "in"]),
     "function_words": ("a function or methods called; functional", ["function", "methods", "called"]),
+    "strong_one_word_weak_many": ("if the default is set", ["if", "default", "is"]),
+    "dense_module_words": ("import a module; modular", ["import", "a", "module", ";", "modular"]),
+    "constants_among_punctuation": ("f(x=None): return True", ["(", "None", ")", ":", "True"]),
 }
+
+
+def test_strong_rules_fire_weakly_elsewhere():
+    acts = RULES_BY_NAME["strong_one_word_weak_many"].fire(simple_tokens("if the default is set"))
+    assert acts == [0.15, 0.0, 1.0, 0.15, 0.0]
+    acts = RULES_BY_NAME["constants_among_punctuation"].fire(simple_tokens("f(x=None): return True"))
+    assert max(acts) == 1.0 and sorted(set(acts)) == [0.0, 0.15, 1.0]
+    acts = RULES_BY_NAME["dense_module_words"].fire(simple_tokens("import a module; modular"))
+    assert acts == [0.9, 0.02, 1.0, 0.02, 0.02]
 
 
 def test_every_rule_has_a_known_text_case():
@@ -137,3 +149,33 @@ def test_planted_source_is_reused_by_a_second_run(embedding_run):
     assert again.seconds["build"] < 5
     first = {(s.label_kind, s.value) for s in result.scores if s.rule == "the"}
     assert {(s.label_kind, s.value) for s in again.scores} == first
+
+
+CONTEXT_CASES = ("strong_one_word_weak_many", "dense_module_words", "constants_among_punctuation")
+
+
+@pytest.fixture(scope="module")
+def context_cases_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted-cases")
+    return run_planted(out / "planted.duckdb", PlantedConfig(rules=CONTEXT_CASES, scorers=("embedding",), n_contexts=600))
+
+
+@pytest.mark.parametrize("rule", CONTEXT_CASES)
+def test_true_label_beats_every_decoy_on_the_context_choice_cases(context_cases_run, rule):
+    """Issue 16: the test split holds the strong contexts, dense features get silent windows as negatives,
+    and weak firing on punctuation does not make it characteristic: the true label ranks first."""
+    scores = {s.label_kind: s for s in context_cases_run.scores if s.rule == rule}
+    assert set(scores) == {"true", *DECOY_KINDS} and not context_cases_run.skipped
+    assert all(s.value is not None for s in scores.values()), {k: s.error for k, s in scores.items()}
+    assert all(scores["true"].value > scores[kind].value for kind in DECOY_KINDS), {k: s.value for k, s in scores.items()}
+
+
+def test_context_choice_cases_sample_as_intended(context_cases_run):
+    characteristic, notes = context_cases_run.characteristic, context_cases_run.notes
+    assert characteristic["strong_one_word_weak_many"][0].strip() == "default"
+    constants = [t.strip() for t in characteristic["constants_among_punctuation"]]
+    assert constants[0] in {"None", "True", "False"}
+    brackets = [i for i, t in enumerate(constants) if t and set(t) <= set("():")]
+    words_at = [i for i, t in enumerate(constants) if t in {"None", "True", "False"}]
+    assert not brackets or min(brackets) > max(words_at)  # brackets only below every constant
+    assert any("random negatives are windows" in n for n in notes["dense_module_words"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 from synthetic import make_synthetic_store, trigger_word
@@ -90,18 +91,49 @@ def test_deterministic_for_a_seed_and_varies_with_it(store):
 def test_positives_cover_every_quantile_and_top_is_highest(store):
     cfg = SamplingConfig()
     fe = sample(store, "synthetic", 0, cfg)
-    quantile_train = [e for e in fe.train.positives if e.kind == "quantile"]
-    for positives in (quantile_train, fe.valid.positives, fe.test.positives):
-        assert {e.quantile for e in positives} == set(range(cfg.n_quantiles))
+    for split in (fe.train, fe.valid, fe.test):
+        assert {e.quantile for e in split.positives if e.kind == "quantile"} == set(range(cfg.n_quantiles))
+        assert {e.quantile for e in split.positives if e.kind == "top"} == {cfg.n_quantiles}  # the top band
     by_stratum = {}
-    for e in fe.test.positives + fe.valid.positives + quantile_train:
-        by_stratum.setdefault(e.quantile, []).append(e.max_value)
-    for lo, hi in zip(range(cfg.n_quantiles - 1), range(1, cfg.n_quantiles)):
+    for _, e in all_examples(fe):
+        if e.is_positive:
+            by_stratum.setdefault(e.quantile, []).append(e.max_value)
+    for lo, hi in zip(range(cfg.n_quantiles), range(1, cfg.n_quantiles + 1)):
         assert max(by_stratum[lo]) <= min(by_stratum[hi])  # strata are ordered bands of the per-context max
     top = [e.max_value for e in fe.train.positives if e.kind == "top"]
     assert top == sorted(top, reverse=True)
     assert min(top) >= max(e.max_value for _, e in all_examples(fe) if e.kind == "quantile")
     assert fe.max_activation == pytest.approx(top[0])
+
+
+def test_top_contexts_are_dealt_by_rank_to_every_split(store):
+    cfg = SamplingConfig()
+    fe = sample(store, "synthetic", 0, cfg)
+    tops = {name: [e for e in getattr(fe, name).positives if e.kind == "top"] for name in ("train", "valid", "test")}
+    assert [len(tops[n]) for n in ("train", "valid", "test")] == [cfg.n_train_top, 5, 10]  # top_share 0.5 of 10, 20
+    ranked = sorted((e.max_value, name) for name, es in tops.items() for e in es)[::-1]
+    assert ranked[0][1] == "train"
+    first_half = {name for _, name in ranked[: len(ranked) // 2]}
+    assert first_half == {"train", "valid", "test"}  # interleaved by rank, not train first then the rest
+    assert len(fe.test.positives) == cfg.n_test_positives and len(fe.valid.positives) == cfg.n_valid_positives
+
+
+def test_deal_top_interleaves_in_proportion():
+    assert sampling._deal_top(6, {"train": 2, "valid": 1, "test": 3}) == ["train", "test", "test", "valid", "train", "test"]
+    dealt = sampling._deal_top(19, {"train": 10, "valid": 3, "test": 6})
+    assert dealt[0] == "train" and [dealt.count(s) for s in ("train", "valid", "test")] == [10, 3, 6]
+    assert set(dealt[:7]) == {"train", "valid", "test"}
+    assert sampling._deal_top(2, {"train": 10, "valid": 3, "test": 6}) == ["train", "test"]
+
+
+def test_top_share_outside_zero_one_is_one_clear_error(store):
+    with pytest.raises(AutointerpError, match="top_share"):
+        SamplingConfig(top_share=1.5)
+    assert sampling.top_counts(SamplingConfig(n_valid_positives=5, n_test_positives=2, top_share=0.3)) == {
+        "train": 10, "valid": 2, "test": 1
+    }
+    no_top = sample(store, "synthetic", 0, SamplingConfig(top_share=0.0))
+    assert all(e.kind == "quantile" for e in no_top.test.positives + no_top.valid.positives)
 
 
 @pytest.mark.parametrize("feature", [0, 3, 6])
@@ -223,3 +255,85 @@ def test_sample_many_stopped_early_leaves_the_store_usable(store):
     first_feature, first = next(many)
     many.close()
     assert first == sample(store, "synthetic", first_feature)
+
+
+def explainer_view(fe: FeatureExamples):
+    """Everything an explainer prompt can be built from."""
+    return fe.train, fe.characteristic_tokens, fe.max_activation
+
+
+def test_what_the_explainer_sees_depends_on_the_train_split_only(db, tmp_path):
+    """No indirect leak (issue 9, bug 2): rewrite the token at the peak of every valid and test positive (the
+    positives chosen stay the same) and the train split, the characteristic tokens and so the train hard
+    negatives must not change. Computing characteristic tokens from all positives fails this."""
+    feature = 3
+    with Store(db, read_only=True) as s:
+        before = sample(s, "synthetic", feature)
+    held_out = before.valid.positives + before.test.positives
+    copy = tmp_path / "leak.duckdb"
+    shutil.copy(db, copy)
+    with Store(copy) as s:
+        for e in held_out:
+            tokens = list(e.tokens)
+            tokens[e.activations.index(e.max_value)] = "zzleak"
+            s.con.execute("UPDATE contexts SET tokens = $1 WHERE tokens = $2", [tokens, e.tokens])  # and its copies
+    with Store(copy, read_only=True) as s:
+        after = sample(s, "synthetic", feature)
+    assert [e.context_id for e in after.valid.positives + after.test.positives] == [e.context_id for e in held_out]
+    assert all("zzleak" in e.tokens for e in after.test.positives)
+    assert explainer_view(after) == explainer_view(before)
+    assert after.train.hard_negatives and after.train.hard_negatives == before.train.hard_negatives
+
+
+def test_dense_feature_gets_silent_windows_inside_active_contexts(store):
+    """When whole silent contexts run out, negatives are windows of active contexts where the feature is silent."""
+    cfg = SamplingConfig(n_test_random_negatives=1500, negative_window=6)
+    fe = sample(store, "synthetic", 0, cfg)
+    (n_silent,) = store.con.execute(
+        "SELECT count(*) FROM contexts WHERE context_id NOT IN (SELECT context_id FROM feature_context_max WHERE feature = 0)"
+    ).fetchone()
+    randoms = fe.test.random_negatives + fe.valid.random_negatives
+    windows = [e for e in randoms if e.window_start is not None]
+    assert windows and len(randoms) > n_silent // 2
+    assert any(f"{len(windows)} of the {len(randoms)} random negatives are windows of 6 tokens" in n for n in fe.notes)
+    full = sampling._load_source(store, "synthetic").tokens.tokens_of([e.context_id for e in windows])
+    for e in windows:
+        assert len(e.tokens) == 6 and e.tokens == full[e.context_id][e.window_start : e.window_start + 6]
+        stored = db_activations(store, 0, e.context_id)
+        assert stored, "the window comes from an active context"
+        assert all(stored.get(e.window_start + i, 0.0) == v == 0.0 for i, v in enumerate(e.activations))
+    ids = [ex.context_id for _, ex in all_examples(fe)]
+    assert len(ids) == len(set(ids))
+
+
+def test_silent_windows_centre_on_characteristic_tokens_for_hard_negatives(store):
+    cfg = SamplingConfig(n_test_hard_negatives=400, negative_window=6)
+    fe = sample(store, "synthetic", 0, cfg)
+    windows = [e for e in fe.test.hard_negatives + fe.valid.hard_negatives if e.window_start is not None]
+    assert windows
+    for e in windows:
+        assert set(e.tokens) & set(fe.characteristic_tokens) and not any(e.activations)
+
+
+def test_cli_sample_with_a_job_file_shows_what_that_job_saw(db, tmp_path, capsys):
+    from autointerp.config import load_job_config
+
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'source = "synthetic"\nscorers = ["embedding"]\n\n[sampling]\nn_test_positives = 7\n'
+        "n_test_random_negatives = 1500\nnegative_window = 6\nseed = 5\n"
+    )
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(job), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    with Store(db, read_only=True) as store:
+        expected = sample(store, "synthetic", 0, load_job_config(job).sampling)
+    assert data == json.loads(json.dumps(dataclasses.asdict(expected)))
+    assert data["seed"] == 5 and len(data["test"]["positives"]) == 7
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "random negatives are windows of 6 tokens" in out and " tokens " in out and "top q5" in out
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(job), "--seed", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 6
+    (tmp_path / "nosource.toml").write_text("[sampling]\nseed = 1\n")
+    assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(tmp_path / "nosource.toml")]) == 2
+    assert "no source given" in capsys.readouterr().err

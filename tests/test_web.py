@@ -243,3 +243,20 @@ def test_api_docs_page_loads_its_scripts_from_this_server(tmp_path):
         assert asset in page.text
         assert client.get(asset).status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "autointerp catalog"
+
+
+def test_feature_page_says_why_a_score_is_undefined(db):
+    from autointerp.catalog import write_label
+    from autointerp.records import Explanation, Score
+    from autointerp.store import Store
+
+    why = "no random negatives in the test split"
+    with Store(db) as store, store.writing() as con:
+        write_label(
+            con, Explanation(SOURCE_A, 3, "a label of a dense feature"),
+            [Score("embedding", "auroc", None, None, None, 20, subset="random_negatives", details={"note": why})],
+            run_id=None, config_hash=None, sampling_config=None, seed=None,
+        )
+    with TestClient(create_app(db, refresh_factor=0.0)) as c:
+        page = c.get(f"/features/{SOURCE_A}/3").text
+    assert f"({why})" in page

@@ -82,6 +82,7 @@ class LabelScore:
     ci_high: float | None
     n: int
     error: str | None = None
+    note: str | None = None  # why the score is undefined, when it is
 
 
 @dataclass
@@ -93,6 +94,8 @@ class PlantedResult:
     summary: list[dict[str, Any]]
     skipped: dict[str, str]  # rule -> why it was not scored
     seconds: dict[str, float]
+    characteristic: dict[str, list[str]] = field(default_factory=dict)  # rule -> its characteristic tokens
+    notes: dict[str, list[str]] = field(default_factory=dict)  # rule -> the sampler's notes
     files: list[Path] = field(default_factory=list)
 
 
@@ -209,12 +212,16 @@ async def score_labels(scorer: Any, rule: PlantedRule, examples: FeatureExamples
                 rule.name, examples.feature, scorer.name, kind, label,
                 best.metric if best else None, best.value if best else None,
                 best.ci_low if best else None, best.ci_high if best else None, best.n if best else 0,
+                note=best.details.get("note") if best and best.value is None else None,
             )
         )
     return out
 
 
-async def _score_all(store: Store, source: str, cfg: PlantedConfig, rules: list[PlantedRule], seconds: dict[str, float]):
+async def _score_all(
+    store: Store, source: str, cfg: PlantedConfig, rules: list[PlantedRule], seconds: dict[str, float],
+    sampled: dict[str, FeatureExamples],
+):
     from autointerp.llm import make_llm
     from autointerp.sampling import sample
     from autointerp.scoring import make_scorer
@@ -239,6 +246,7 @@ async def _score_all(store: Store, source: str, cfg: PlantedConfig, rules: list[
                 except AutointerpError as exc:
                     skipped[rule.name] = str(exc)
                     continue
+                sampled.setdefault(rule.name, examples)
                 scores.extend(await score_labels(scorer, rule, examples))
             seconds[scorer_name] = round(time.monotonic() - started, 1)
     finally:
@@ -291,11 +299,17 @@ def summary_table(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def per_rule_table(scores: list[LabelScore]) -> list[dict[str, Any]]:
+def per_rule_table(scores: list[LabelScore], characteristic: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for s in scores:
         row = rows.setdefault((s.scorer, s.rule), {"scorer": s.scorer, "rule": s.rule})
-        row[s.label_kind] = s.value if s.error is None else f"error: {s.error[:40]}"
+        if s.error is None:
+            row[s.label_kind] = report.fmt_ci(s.value, s.ci_low, s.ci_high, digits=2) + (f" ({s.note})" if s.note else "")
+        else:
+            row[s.label_kind] = f"error: {s.error[:40]}"
+    if characteristic is not None:
+        for (_, rule), row in rows.items():
+            row["characteristic tokens"] = " ".join(repr(t) for t in characteristic.get(rule, []))
     return list(rows.values())
 
 
@@ -356,7 +370,11 @@ def markdown(result: PlantedResult) -> str:
     errors = [s for s in result.scores if s.error]
     if errors:
         lines += [f"{len(errors)} label scorings failed; first: {errors[0].scorer}/{errors[0].rule}: {errors[0].error}", ""]
-    lines += ["### Per rule (headline score of each label)", "", report.markdown_table(per_rule_table(result.scores))]
+    lines += [
+        "### Per rule (headline score of each label, 95% CI; the characteristic tokens the sampler found)",
+        "",
+        report.markdown_table(per_rule_table(result.scores, result.characteristic)),
+    ]
     return "\n".join(lines)
 
 
@@ -370,8 +388,13 @@ def run_planted(db: str | Path | None, cfg: PlantedConfig = PlantedConfig(), out
     with Store(db_path, create=True) as store:
         source = ensure_planted_source(store, cfg)
         seconds["build"] = round(time.monotonic() - started, 1)
-        scores, skipped = asyncio.run(_score_all(store, source, cfg, rules, seconds))
-    result = PlantedResult(cfg, source, cfg.n_contexts, scores, summarize(scores, cfg.n_bootstrap), skipped, seconds)
+        sampled: dict[str, FeatureExamples] = {}
+        scores, skipped = asyncio.run(_score_all(store, source, cfg, rules, seconds, sampled))
+    result = PlantedResult(
+        cfg, source, cfg.n_contexts, scores, summarize(scores, cfg.n_bootstrap), skipped, seconds,
+        characteristic={rule: fe.characteristic_tokens for rule, fe in sampled.items()},
+        notes={rule: fe.notes for rule, fe in sampled.items()},
+    )
     if out is not None:
         result.files = write_report(result, out)
     return result

@@ -105,6 +105,19 @@ def inside(open_char: str, close_char: str) -> Fire:
     return fire
 
 
+def strongest(*rules: Fire) -> Fire:
+    """Each token's strongest activation under several rules: a main rule plus weak background firing."""
+
+    def fire(tokens: list[str]) -> list[float]:
+        return [max(values) for values in zip(*(rule(tokens) for rule in rules))]
+
+    return fire
+
+
+WEAK = 0.15  # the activation of the rules that fire strongly on one thing and weakly on much else
+BACKGROUND = 0.02  # a dense rule's near-zero activation on every word (below the sampler's near_zero share)
+
+
 def _digits_strength(number: str) -> float:
     return min(1.0, 0.4 + 0.2 * len(number))
 
@@ -321,6 +334,41 @@ RULES: list[PlantedRule] = [
         "programming vocabulary",
         "the words 'class' and 'object'",
         "baking",
+    ),
+]
+
+# Three cases where the choice of test contexts, not the scorer, decides whether a label can be checked
+# (issue 16): each must still rank its true label first.
+RULES += [
+    PlantedRule(
+        "strong_one_word_weak_many",  # the test split must hold the strong contexts, not only the weak ones
+        strongest(
+            word_family({"default": 1.0, "defaults": 1.0}),
+            word_family(dict.fromkeys(("if", "is", "to", "of", "in", "for"), WEAK)),
+        ),
+        "the word 'default'",
+        "common English words",
+        "the word 'optional'",
+        "names of islands",
+    ),
+    PlantedRule(
+        "dense_module_words",  # near zero on every word, so it fires in every context: negatives are silent windows
+        strongest(
+            word_family({"module": 1.0, "modules": 1.0, "import": 0.9, "imports": 0.9, "package": 0.8, "packages": 0.8}),
+            regex_rule(r"\S+", strength=lambda _: BACKGROUND),
+        ),
+        "words about modules and imports (module, import, package)",
+        "programming vocabulary",
+        "words about classes and objects (class, object, instance)",
+        "names of mountains",
+    ),
+    PlantedRule(
+        "constants_among_punctuation",  # weak firing on brackets and colons must not make them characteristic
+        strongest(regex_rule(r"\b(None|True|False)\b"), regex_rule(r"[():]", strength=lambda _: WEAK)),
+        "the Python constants None, True and False",
+        "Python keywords",
+        "numbers written with digits",
+        "types of cheese",
     ),
 ]
 

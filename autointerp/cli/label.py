@@ -122,11 +122,14 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def score_cell(score: Score | None) -> str:
+    """The score with its CI and n; an undefined score says why (the scorer's note)."""
     from autointerp.bench.report import fmt_ci
 
     if score is None:
         return "-"
-    return f"{score.metric} {fmt_ci(score.value, score.ci_low, score.ci_high, 2)} n={score.n}"
+    cell = f"{score.metric} {fmt_ci(score.value, score.ci_low, score.ci_high, 2)} n={score.n}"
+    note = score.details.get("note") if score.value is None else None
+    return f"{cell} ({note})" if note else cell
 
 
 def print_labels(results: list[FeatureResult]) -> None:

@@ -7,7 +7,8 @@ import dataclasses
 import json
 
 from autointerp.cli._types import non_negative_int
-from autointerp.config import SamplingConfig
+from autointerp.config import SamplingConfig, load_job_config
+from autointerp.errors import AutointerpError
 from autointerp.records import Example
 from autointerp.render import display_tokens, one_line
 from autointerp.sampling import sample
@@ -19,9 +20,17 @@ HELP = "Show one feature's train / valid / test examples with their activations.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="store file")
-    parser.add_argument("--source", required=True, help="source name")
+    parser.add_argument("--source", help="source name (default: the job file's source)")
     parser.add_argument("--feature", type=non_negative_int, required=True)
-    parser.add_argument("--seed", type=non_negative_int, default=SamplingConfig.seed)
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help="a labeling job file: sample with its source and [sampling], i.e. show exactly the contexts that "
+        "job's explainer (train) and scorers (valid, test) saw",
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, help=f"sampling seed (default: the job file's, else {SamplingConfig.seed})"
+    )
     parser.add_argument("--json", action="store_true", help="print the examples as JSON")
 
 
@@ -35,9 +44,11 @@ def render(example: Example) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = dataclasses.replace(SamplingConfig(), seed=args.seed)
+    job = load_job_config(args.config, source=args.source, seed=args.seed)
+    if not job.source:
+        raise AutointerpError("no source given: pass --source NAME or a --config job file that names one")
     with Store(args.db, read_only=True) as store:
-        examples = sample(store, args.source, args.feature, cfg)
+        examples = sample(store, job.source, args.feature, job.sampling)
     if args.json:
         print(json.dumps(dataclasses.asdict(examples)))
         return 0
@@ -54,5 +65,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n== {split_name} {group.replace('_', ' ')} ({len(items)})")
             for ex in items:
                 tag = ex.kind if ex.quantile is None else f"{ex.kind} q{ex.quantile}"
-                print(f"  #{ex.context_id} {tag} max {ex.max_value:.3g}: {render(ex)}")
+                where = "" if ex.window_start is None else f" tokens {ex.window_start}-{ex.window_start + len(ex.tokens) - 1}"
+                print(f"  #{ex.context_id}{where} {tag} max {ex.max_value:.3g}: {render(ex)}")
     return 0

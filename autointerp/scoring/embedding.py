@@ -10,7 +10,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from autointerp import render
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.llm.base import LLM
-from autointerp.records import Explanation, FeatureExamples, Score
+from autointerp.records import Example, Explanation, FeatureExamples, Score
 from autointerp.scoring import metrics
 from autointerp.scoring.common import NEGATIVE_SUBSETS, item_scores, judged_item, rng_for, scoring_split
 
@@ -45,7 +45,8 @@ class EmbeddingScorer:
             self._cache.update(zip(missing, vectors))
         return np.stack([self._cache[t] for t in texts])
 
-    async def score(self, explanation: Explanation, examples: FeatureExamples, split: str = "test") -> list[Score]:
+    async def cosines(self, label: str, examples: FeatureExamples, split: str = "test") -> tuple[list[Example], np.ndarray]:
+        """The split's contexts and the cosine of each one's window with the label (what score() ranks)."""
         chosen = scoring_split(examples, split)
         rng = rng_for(examples, split, self.seed, self.name)
         contexts = chosen.all()
@@ -55,8 +56,11 @@ class EmbeddingScorer:
                 e, render.window_center(e, examples.characteristic_tokens, rng), self.before, self.after
             )
             texts.append("".join(render.display_tokens(tokens)).strip())
-        label_vec = (await asyncio.to_thread(embed_texts, [explanation.label]))[0]
-        cosines = (await self._embed(texts)) @ label_vec
+        label_vec = (await asyncio.to_thread(embed_texts, [label]))[0]
+        return contexts, (await self._embed(texts)) @ label_vec
+
+    async def score(self, explanation: Explanation, examples: FeatureExamples, split: str = "test") -> list[Score]:
+        contexts, cosines = await self.cosines(explanation.label, examples, split)
         judged = [
             judged_item(self.name, k, e, truth=int(e.is_positive), probability=float(cosine))
             for k, (e, cosine) in enumerate(zip(contexts, cosines))
