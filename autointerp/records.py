@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from autointerp.ranking import unreliable_reason
+
 
 @dataclass
 class Example:
@@ -72,7 +74,11 @@ class Explanation:
 
 @dataclass
 class Score:
-    """One metric of one scorer on one subset of the test split, with its sample size and 95% CI."""
+    """One metric of one scorer on one subset of the test split, with its sample size and 95% CI.
+
+    `imported`: the value is a label file's claim, not measured here. `unreliable` (derived, never stored):
+    why the score may not rank labels (see `autointerp.ranking`), None when it may.
+    """
 
     scorer: str
     metric: str
@@ -84,3 +90,10 @@ class Score:
     split: str = "test"
     scorer_model: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    imported: bool = False
+    unreliable: str | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.unreliable = unreliable_reason(
+            self.value, self.n, int((self.details or {}).get("n_unparsed") or 0), self.imported
+        )

@@ -70,8 +70,8 @@ def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: S
     con.executemany(
         """
         INSERT INTO scores (explanation_id, scorer, metric, subset, split, value, ci_low, ci_high, n,
-                            scorer_model, details, run_id)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            scorer_model, details, run_id, imported)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """,
         [
             [
@@ -87,6 +87,7 @@ def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: S
                 s.scorer_model,
                 _json(s.details or None),
                 run_id,
+                s.imported,
             ]
             for s in scores
         ],
@@ -171,7 +172,7 @@ def feature_explanation_rows(con: duckdb.DuckDBPyConnection, source_id: int, fea
 
 
 SCORE_FIELDS = ("explanation_id", "scorer", "metric", "subset", "split", "value", "ci_low", "ci_high", "n",
-                "scorer_model", "details", "run_id")
+                "scorer_model", "details", "run_id", "imported")
 
 
 def scores_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
@@ -193,45 +194,91 @@ def scorer_metrics(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     ).fetchall()
 
 
-def best_explanation_ids(
+# A score row that may rank labels: the SQL side of `autointerp.ranking.unreliable_reason`.
+_N_UNPARSED = "coalesce(TRY_CAST(details->>'$.n_unparsed' AS BIGINT), 0)"
+_RELIABLE = f"""
+    NOT coalesce(imported, false) AND value IS NOT NULL AND NOT isnan(value) AND n >= $min_n
+    AND {_N_UNPARSED} <= $max_unparsed * (n + {_N_UNPARSED})
+"""
+
+
+def _best_ctes(only: str, named: str) -> str:
+    """CTEs ending in `best`: one row per feature with its best label, by the rule of `autointerp.ranking`
+    (bound parameters: $source_id, $min_n, $max_unparsed, $preferred, and $scorer/$metric when `named`).
+    Tiers: 0 accepted, 1 unreviewed, 2 rejected or edited; only a feature's lowest tier competes."""
+    return f"""
+        lab AS (
+            SELECT e.explanation_id, e.source_id, e.feature,
+                   CASE WHEN r.verdict = 'accept' THEN 0 WHEN r.verdict IN ('reject', 'edit') THEN 2 ELSE 1 END AS tier,
+                   CASE WHEN r.verdict = 'accept' THEN r.accept_id END AS accept_id
+            FROM (SELECT explanation_id, source_id, feature FROM explanations
+                  WHERE {only} ($source_id IS NULL OR source_id = $source_id)) e
+            LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
+        ),
+        competing AS (SELECT * FROM lab QUALIFY tier = min(tier) OVER (PARTITION BY source_id, feature)),
+        reliable AS (
+            SELECT explanation_id, scorer, metric, value, n FROM (
+                SELECT * FROM scores WHERE {only} subset = 'all' AND split = 'test' {named}
+                QUALIFY row_number() OVER (PARTITION BY explanation_id, scorer, metric ORDER BY score_id DESC) = 1
+            ) WHERE {_RELIABLE}
+        ),
+        shared AS (
+            SELECT c.source_id, c.feature, s.scorer, s.metric, count(*) AS n_ranked
+            FROM competing c JOIN reliable s USING (explanation_id)
+            GROUP BY c.source_id, c.feature, s.scorer, s.metric
+            QUALIFY row_number() OVER (
+                PARTITION BY c.source_id, c.feature
+                ORDER BY count(*) DESC, coalesce(list_position($preferred, s.scorer || '.' || s.metric), 1000000),
+                         s.scorer, s.metric
+            ) = 1
+        ),
+        best AS (
+            SELECT c.source_id, c.feature, c.explanation_id, c.tier, h.scorer, h.metric, s.value, s.n,
+                   coalesce(h.n_ranked, 0) AS n_ranked,
+                   count(*) OVER (PARTITION BY c.source_id, c.feature) AS n_competing
+            FROM competing c
+            LEFT JOIN shared h USING (source_id, feature)
+            LEFT JOIN reliable s ON s.explanation_id = c.explanation_id AND s.scorer = h.scorer AND s.metric = h.metric
+            QUALIFY row_number() OVER (
+                PARTITION BY c.source_id, c.feature
+                ORDER BY c.accept_id DESC NULLS LAST, s.value DESC NULLS LAST, c.explanation_id DESC
+            ) = 1
+        )"""
+
+
+BEST_FIELDS = ("source_id", "feature", "explanation_id", "tier", "scorer", "metric", "value", "n", "n_ranked", "n_competing")
+
+
+def best_explanation_rows(
     con: duckdb.DuckDBPyConnection,
-    scorer: str | None,
-    metric: str | None,
+    rule: dict[str, Any],
+    scorer: str | None = None,
+    metric: str | None = None,
     *,
     explanation_ids: Sequence[int] | None = None,
     source_id: int | None = None,
     limit: int | None = None,
     offset: int = 0,
-) -> list[tuple[int, int, int]]:
-    """(source_id, feature, explanation_id) of each feature's best label, among the given labels or all of
-    them (of one source); see `autointerp.catalog` for the rule."""
+) -> list[tuple]:
+    """Each feature's best label among the given labels or all of them (of one source), in BEST_FIELDS order,
+    by source and feature. `rule`: `autointerp.ranking.sql_parameters()`; scorer and metric, when given,
+    are the only score compared."""
     if explanation_ids is None:
         only, params = "", {}
     else:
         id_list, params = _id_list(explanation_ids, "e")
         only = f"explanation_id IN ({id_list}) AND"
+    named = "" if scorer is None else "AND scorer = $scorer AND metric = $metric"
+    if scorer is not None:
+        params.update(scorer=scorer, metric=metric)
     return con.execute(
         f"""
-        WITH sc AS (
-            SELECT explanation_id, arg_max(value, score_id) AS value FROM scores
-            WHERE {only} scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
-            GROUP BY explanation_id
-        )
-        SELECT e.source_id, e.feature, e.explanation_id
-        FROM (SELECT * FROM explanations WHERE {only} ($source IS NULL OR source_id = $source)) e
-        LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
-        LEFT JOIN sc USING (explanation_id)
-        QUALIFY row_number() OVER (
-            PARTITION BY e.source_id, e.feature
-            ORDER BY coalesce(r.verdict = 'accept', false) DESC,
-                     CASE WHEN r.verdict = 'accept' THEN r.accept_id END DESC NULLS LAST,
-                     coalesce(r.verdict IN ('reject', 'edit'), false) ASC,
-                     sc.value DESC NULLS LAST, e.explanation_id DESC
-        ) = 1
-        ORDER BY e.source_id, e.feature
+        WITH {_best_ctes(only, named)}
+        SELECT {', '.join(BEST_FIELDS)} FROM best
+        ORDER BY source_id, feature
         LIMIT $limit OFFSET $offset
         """,
-        {**params, "scorer": scorer, "metric": metric, "source": source_id, "limit": limit, "offset": offset},
+        {**params, **rule, "source_id": source_id, "limit": limit, "offset": offset},
     ).fetchall()
 
 
@@ -357,6 +404,7 @@ def filter_candidates(
     explanation_ids: Sequence[int] | None,
     scores: Sequence[float] | None,
     *,
+    rule: dict[str, Any],
     source: str | None,
     model: str | None,
     layer: int | None,
@@ -370,14 +418,21 @@ def filter_candidates(
     """Rank candidates by score, keep those passing every filter, one per feature (its best-ranked label), then
     page: filtering happens before LIMIT/OFFSET, so a page is short only when candidates run out.
 
-    With `explanation_ids=None` every label is a candidate (score NULL), listed by source and feature.
-    Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
+    With `explanation_ids=None` every label is a candidate (score NULL), listed by source and feature, each
+    feature by its best label (`rule`: `autointerp.ranking.sql_parameters()`) when that passes the filters.
+    `min_score` counts only reliable scores. Rows: (explanation_id, score, source, feature, label, author,
+    review_state, density, model, layer)."""
     scorer, metric, threshold = min_score if min_score else (None, None, None)
+    params: dict[str, Any] = {}
     if explanation_ids is None:
-        ctes = "cand AS (SELECT explanation_id, NULL::DOUBLE AS score FROM explanations), picked AS (FROM explanations)"
+        ctes = (
+            f"{_best_ctes('', '')}, cand AS (SELECT explanation_id, NULL::DOUBLE AS score FROM explanations), "
+            "picked AS (FROM explanations)"
+        )
+        best_join = "LEFT JOIN best b ON b.source_id = e.source_id AND b.feature = e.feature"
         only_candidates = ""
-        order = "s.name, e.feature, e.explanation_id DESC"
-        params: dict[str, Any] = {}
+        order = "s.name, e.feature, coalesce(b.explanation_id = e.explanation_id, false) DESC, e.explanation_id DESC"
+        params.update(rule, source_id=None)
     else:
         id_list, params = _id_list(explanation_ids, "c")
         # MATERIALIZED: otherwise DuckDB may join `sources` first and scan every label instead of the index
@@ -385,6 +440,7 @@ def filter_candidates(
             "cand AS (SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score), "
             f"picked AS MATERIALIZED (SELECT * FROM explanations WHERE explanation_id IN ({id_list}))"
         )
+        best_join = ""
         only_candidates = f"explanation_id IN ({id_list}) AND"
         order = "c.score DESC, c.explanation_id"
         params.update(ids=[int(i) for i in explanation_ids], scores=[float(x) for x in scores])
@@ -392,8 +448,11 @@ def filter_candidates(
     score_filter = "" if scorer is None else f"""
           AND c.explanation_id IN (
                 SELECT explanation_id FROM scores
-                WHERE {only_candidates} scorer = $scorer AND metric = $metric
-                  AND subset = 'all' AND split = 'test' AND value >= $threshold)"""
+                WHERE {only_candidates} scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
+                QUALIFY row_number() OVER (PARTITION BY explanation_id ORDER BY score_id DESC) = 1
+                    AND value >= $threshold AND {_RELIABLE})"""
+    if scorer is not None:
+        params.update({k: rule[k] for k in ("min_n", "max_unparsed")}, scorer=scorer, metric=metric, threshold=threshold)
     return con.execute(
         f"""
         WITH {ctes}
@@ -404,6 +463,7 @@ def filter_candidates(
         JOIN sources s ON s.source_id = e.source_id
         LEFT JOIN feature_stats fs ON fs.source_id = e.source_id AND fs.feature = e.feature
         LEFT JOIN ({_LATEST_REVIEW}) r ON r.explanation_id = c.explanation_id
+        {best_join}
         WHERE ($source IS NULL OR s.name = $source)
           AND ($model IS NULL OR s.model = $model)
           AND ($layer IS NULL OR s.layer = $layer)
@@ -423,7 +483,6 @@ def filter_candidates(
             "density_min": density_min,
             "density_max": density_max,
             "review": review_state,
-            **({} if scorer is None else {"scorer": scorer, "metric": metric, "threshold": threshold}),
             "limit": limit,
             "offset": offset,
         },

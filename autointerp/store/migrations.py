@@ -297,3 +297,9 @@ def m003_llm_call_ledger_columns(con: duckdb.DuckDBPyConnection) -> None:
 def m004_catalog_score_index(con: duckdb.DuckDBPyConnection) -> None:
     """Search filters look up the scores of a page's candidates by explanation id."""
     con.execute("CREATE INDEX scores_explanation_id ON scores (explanation_id)")
+
+
+@migration
+def m020_imported_scores(con: duckdb.DuckDBPyConnection) -> None:
+    """Scores copied from a label file are its claims, kept apart from scores measured here: never ranked."""
+    con.execute("ALTER TABLE scores ADD COLUMN imported BOOLEAN DEFAULT false")
