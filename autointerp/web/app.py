@@ -24,6 +24,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from autointerp import inventory
 from autointerp.catalog import REVIEW_STATES, VERDICTS, FeatureView, feature_view, load_labels, review_label, run_view
 from autointerp.errors import AutointerpError
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
@@ -261,6 +262,35 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
         with access.writing() as con:
             current = review_label(con, explanation_id, verdict, note=note, edited_label=label)
         return jsonable_encoder(dataclasses.asdict(current))
+
+    @app.delete("/api/explanations/{explanation_id}", summary="Delete a label with its scores and reviews", tags=["explanations"])
+    def api_delete_explanation(explanation_id: int, request: Request) -> dict:
+        _same_origin(request)
+        with access.writing() as con:
+            deleted = inventory.delete_label(con, explanation_id)
+        return {"deleted": deleted}
+
+    @app.get("/api/sources", summary="Every source with its contexts and labels", tags=["sources"])
+    def api_sources() -> list:
+        with access.reading() as con:
+            return jsonable_encoder([dataclasses.asdict(s) for s in inventory.sources(con)])
+
+    @app.get("/api/sources/{source}", summary="One source with its contexts and labels", tags=["sources"])
+    def api_source(source: str) -> dict:
+        with access.reading() as con:
+            return jsonable_encoder(dataclasses.asdict(inventory.source(con, source)))
+
+    @app.get("/api/sources/{source}/labels", summary="A source's labels (of one feature, with ?feature=)", tags=["sources"])
+    def api_source_labels(source: str, feature: int | None = None) -> list:
+        with access.reading() as con:
+            return jsonable_encoder([dataclasses.asdict(l) for l in inventory.labels(con, source, feature)])
+
+    @app.delete("/api/sources/{source}", summary="Delete a source with its activations and labels", tags=["sources"])
+    def api_delete_source(source: str, request: Request) -> dict:
+        _same_origin(request)
+        with access.writing() as con:
+            deleted = inventory.delete_source(con, source)
+        return {"deleted": deleted}
 
     @app.get("/api/runs/{run_id}", summary="A job's progress, tokens and cost", tags=["runs"])
     def api_run(run_id: str) -> dict:
