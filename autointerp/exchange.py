@@ -271,7 +271,7 @@ def _feature(value: Any, where: str) -> int:
     elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
         number = int(value.strip())
     if number is None:
-        raise AutointerpError(f"{where}: feature {value!r} is not a whole number; fix the row and import again")
+        raise AutointerpError(f"{where}: feature {str(value)!r} is not a whole number; fix the row and import again")
     if number < 0:
         raise AutointerpError(f"{where}: feature {number} is negative; features are numbered from 0")
     return number
