@@ -59,12 +59,14 @@ def sql_parameters() -> dict[str, Any]:
     return {"min_n": MIN_N, "max_unparsed": MAX_UNPARSED_FRACTION, "preferred": list(PREFERRED)}
 
 
-def headline(scores: Sequence[Any], scorer: str | None = None, reliable_only: bool = True) -> Any | None:
-    """A label's headline score: its most preferred test score over all examples (of one scorer, when given),
-    among the reliable ones unless `reliable_only` is False; None if there is none."""
+def headline(
+    scores: Sequence[Any], scorer: str | None = None, reliable_only: bool = True, split: str = "test"
+) -> Any | None:
+    """A label's headline score: its most preferred score over all examples of the split (of one scorer, when
+    given), among the reliable ones unless `reliable_only` is False; None if there is none."""
     usable = [
         s for s in scores
-        if s.subset == "all" and s.split == "test" and (scorer is None or s.scorer == scorer)
+        if s.subset == "all" and s.split == split and (scorer is None or s.scorer == scorer)
         and not (reliable_only and s.unreliable)
     ]
     return min(usable, key=lambda s: preference(s.scorer, s.metric), default=None)

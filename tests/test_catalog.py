@@ -322,3 +322,20 @@ def test_headline_skips_unreliable_scores():
     scores = [Score("detection", "auroc", 0.99, None, None, 2), Score("embedding", "auroc", 0.6, 0.5, 0.7, 40)]
     assert ranking.headline(scores).scorer == "embedding"
     assert ranking.headline(scores, reliable_only=False).scorer == "detection"
+
+
+def test_export_headline_is_the_score_the_feature_is_ranked_by(tmp_path, store):
+    with store.writing() as con:
+        old = _add(con, 9, "string instruments", [_emb(0.575)], source=SOURCE_B)
+        _add(con, 9, "recipes for chocolate cake and baking", [_emb(0.51), Score("detection", "auroc", 0.9, None, None, 2)],
+             source=SOURCE_B)
+    out = tmp_path / "labels.parquet"
+    export_labels(store.con, out, source=SOURCE_B)
+    rows = {r["label"]: r for r in pq.read_table(out).to_pylist() if r["feature"] == 9}
+    assert {k: (r["headline_scorer"], r["headline_metric"], r["headline_value"], r["is_best"]) for k, r in rows.items()} == {
+        "string instruments": ("embedding", "auroc", 0.575, True),
+        "recipes for chocolate cake and baking": ("embedding", "auroc", 0.51, False),  # detection n=2 is no headline
+    }
+    assert rows["string instruments"]["explanation_id"] == old
+    assert rows["string instruments"]["best_reason"].startswith("highest embedding auroc: 0.575")
+    assert rows["recipes for chocolate cake and baking"]["best_reason"] is None
