@@ -18,7 +18,9 @@ labels, count of embeddings) changed. One hit per feature: its best-ranked label
 and layer run on the ranked ids in memory; filters on scores, density and review state run in SQL on the
 ranked candidates (an IN list of bound ids, answered from the primary-key index), before paging. The
 candidate pool grows until the page is full or every match was considered, so a page is never short
-because of a filter.
+because of a filter. An empty query lists features, each by its best label (`autointerp.ranking`) when
+that passes the filters. A score filter counts only reliable scores; a filter that cannot match by
+mistake (unknown source, scorer or metric; inverted density range) is an error, not an empty page.
 """
 
 from __future__ import annotations
