@@ -177,7 +177,7 @@ def export_labels(
         raise AutointerpError("a Neuronpedia source id names one source: say which with --source")
     path = Path(path)
     sources = {s.name: s for s in list_sources(con)}
-    best = best_labels(con, source)
+    best = best_labels(con, source) if best_only or fmt != "neuronpedia" else []
     path.parent.mkdir(parents=True, exist_ok=True)
     chosen = best if best_only else None
     if fmt == "neuronpedia":

@@ -150,6 +150,12 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(template).render(**context), status_code=status)
 
+    def delete(request: Request, deleting, key) -> dict:
+        """A same-origin delete in one write transaction; the rows deleted per table."""
+        _same_origin(request)
+        with access.writing() as con:
+            return {"deleted": deleting(con, key)}
+
     def run_search(con, q: str, mode: str, filters: SearchFilters, limit: int, offset: int):
         if q.strip():
             access.index.refresh(con, access.refresh_factor)
@@ -265,10 +271,7 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
 
     @app.delete("/api/explanations/{explanation_id}", summary="Delete a label with its scores and reviews", tags=["explanations"])
     def api_delete_explanation(explanation_id: int, request: Request) -> dict:
-        _same_origin(request)
-        with access.writing() as con:
-            deleted = inventory.delete_label(con, explanation_id)
-        return {"deleted": deleted}
+        return delete(request, inventory.delete_label, explanation_id)
 
     @app.get("/api/sources", summary="Every source with its contexts and labels", tags=["sources"])
     def api_sources() -> list:
@@ -287,10 +290,7 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
 
     @app.delete("/api/sources/{source}", summary="Delete a source with its activations and labels", tags=["sources"])
     def api_delete_source(source: str, request: Request) -> dict:
-        _same_origin(request)
-        with access.writing() as con:
-            deleted = inventory.delete_source(con, source)
-        return {"deleted": deleted}
+        return delete(request, inventory.delete_source, source)
 
     @app.get("/api/runs/{run_id}", summary="A job's progress, tokens and cost", tags=["runs"])
     def api_run(run_id: str) -> dict:
