@@ -351,9 +351,9 @@ class SearchIndex:
 
 
 def _check_density(low: float | None, high: float | None) -> None:
-    for name, value in (("density-min", low), ("density-max", high)):
+    for value in (low, high):
         if value is not None and not 0.0 <= value <= 1.0:
-            raise AutointerpError(f"{name} is a fraction of tokens, between 0 and 1, not {value}")
+            raise AutointerpError(f"a density bound is a fraction of tokens, between 0 and 1, not {value}")
     if low is not None and high is not None and low > high:
         raise AutointerpError(f"the density range is inverted: from {low} to {high}; give the lower bound first")
 

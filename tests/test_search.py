@@ -194,7 +194,7 @@ def test_bad_arguments_say_what_to_do(con, index):
         (SearchFilters(min_score="detecton:0.5"), "no test scores from scorer 'detecton'"),
         (SearchFilters(min_score="detection.auroc:0.5"), "scorer 'detection' has no 'auroc' scores in this store"),
         (SearchFilters(density_min=0.5, density_max=0.1), "density range is inverted"),
-        (SearchFilters(density_max=5.0), "density-max is a fraction of tokens"),
+        (SearchFilters(density_max=5.0), "a density bound is a fraction of tokens, between 0 and 1, not 5.0"),
     ],
 )
 def test_filters_that_match_nothing_by_mistake_are_errors(con, index, query, filters, message):
