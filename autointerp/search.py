@@ -406,8 +406,8 @@ def search(
     rule = ranking.sql_parameters()
     query = query.strip()
     if not query:
-        rows = q.filter_candidates(
-            con, None, None, rule=rule, source=filters.source, model=filters.model, layer=filters.layer,
+        rows = q.list_feature_hits(
+            con, rule=rule, source=filters.source, model=filters.model, layer=filters.layer,
             **in_sql, limit=limit, offset=offset,
         )
     else:

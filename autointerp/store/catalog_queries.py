@@ -202,23 +202,24 @@ _RELIABLE = f"""
 """
 
 
-def _best_ctes(only: str, named: str) -> str:
+def _best_ctes(labels: str, scores_only: str, named: str) -> str:
     """CTEs ending in `best`: one row per feature with its best label, by the rule of `autointerp.ranking`
-    (bound parameters: $source_id, $min_n, $max_unparsed, $preferred, and $scorer/$metric when `named`).
-    Tiers: 0 accepted, 1 unreviewed, 2 rejected or edited; only a feature's lowest tier competes."""
+    (bound parameters: $min_n, $max_unparsed, $preferred, and $scorer/$metric when `named`).
+    `labels`: a SELECT of (explanation_id, source_id, feature), the labels that compete; `scores_only`: a
+    condition (ending in AND) narrowing the scores read to theirs. Tiers: 0 accepted, 1 unreviewed,
+    2 rejected or edited; only a feature's lowest tier competes."""
     return f"""
         lab AS (
             SELECT e.explanation_id, e.source_id, e.feature,
                    CASE WHEN r.verdict = 'accept' THEN 0 WHEN r.verdict IN ('reject', 'edit') THEN 2 ELSE 1 END AS tier,
                    CASE WHEN r.verdict = 'accept' THEN r.accept_id END AS accept_id
-            FROM (SELECT explanation_id, source_id, feature FROM explanations
-                  WHERE {only} ($source_id IS NULL OR source_id = $source_id)) e
+            FROM ({labels}) e
             LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
         ),
         competing AS (SELECT * FROM lab QUALIFY tier = min(tier) OVER (PARTITION BY source_id, feature)),
         reliable AS (
             SELECT explanation_id, scorer, metric, value, n FROM (
-                SELECT * FROM scores WHERE {only} subset = 'all' AND split = 'test' {named}
+                SELECT * FROM scores WHERE {scores_only} subset = 'all' AND split = 'test' {named}
                 QUALIFY row_number() OVER (PARTITION BY explanation_id, scorer, metric ORDER BY score_id DESC) = 1
             ) WHERE {_RELIABLE}
         ),
@@ -271,9 +272,10 @@ def best_explanation_rows(
     named = "" if scorer is None else "AND scorer = $scorer AND metric = $metric"
     if scorer is not None:
         params.update(scorer=scorer, metric=metric)
+    labels = f"SELECT explanation_id, source_id, feature FROM explanations WHERE {only} ($source_id IS NULL OR source_id = $source_id)"
     return con.execute(
         f"""
-        WITH {_best_ctes(only, named)}
+        WITH {_best_ctes(labels, only, named)}
         SELECT {', '.join(BEST_FIELDS)} FROM best
         ORDER BY source_id, feature
         LIMIT $limit OFFSET $offset
@@ -399,10 +401,48 @@ def label_vector_batches(con: duckdb.DuckDBPyConnection, model: str, batch_rows:
     ).to_arrow_reader(batch_rows)
 
 
+_HIT_JOINS = f"""
+        JOIN sources s ON s.source_id = e.source_id
+        LEFT JOIN feature_stats fs ON fs.source_id = e.source_id AND fs.feature = e.feature
+        LEFT JOIN ({_LATEST_REVIEW}) r ON r.explanation_id = e.explanation_id
+"""
+_HIT_FILTERS = f"""
+          ($source IS NULL OR s.name = $source)
+          AND ($model IS NULL OR s.model = $model)
+          AND ($layer IS NULL OR s.layer = $layer)
+          AND ($density_min IS NULL OR fs.density >= $density_min)
+          AND ($density_max IS NULL OR fs.density <= $density_max)
+          AND ($review IS NULL OR {_REVIEW_STATE} = $review)
+"""
+_HIT_COLUMNS = f"s.name, e.feature, e.label, e.author, {_REVIEW_STATE} AS review_state, fs.density, s.model, s.layer"
+
+
+def _score_filter(min_score: tuple[str, str, float] | None, only: str, rule: dict[str, Any]) -> tuple[str, dict]:
+    """The condition that a label's latest reliable score passes `min_score` (empty when none), and its
+    parameters. Only when asked: DuckDB runs the lookup even when a `$scorer IS NULL OR ...` guard is true."""
+    if min_score is None:
+        return "", {}
+    scorer, metric, threshold = min_score
+    sql = f"""
+          AND e.explanation_id IN (
+                SELECT explanation_id FROM scores
+                WHERE {only} scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
+                QUALIFY row_number() OVER (PARTITION BY explanation_id ORDER BY score_id DESC) = 1
+                    AND value >= $threshold AND {_RELIABLE})"""
+    params = {"scorer": scorer, "metric": metric, "threshold": threshold, "min_n": rule["min_n"],
+              "max_unparsed": rule["max_unparsed"]}
+    return sql, params
+
+
+def _filter_params(source, model, layer, density_min, density_max, review_state, limit, offset) -> dict[str, Any]:
+    return {"source": source, "model": model, "layer": layer, "density_min": density_min,
+            "density_max": density_max, "review": review_state, "limit": limit, "offset": offset}
+
+
 def filter_candidates(
     con: duckdb.DuckDBPyConnection,
-    explanation_ids: Sequence[int] | None,
-    scores: Sequence[float] | None,
+    explanation_ids: Sequence[int],
+    scores: Sequence[float],
     *,
     rule: dict[str, Any],
     source: str | None,
@@ -417,74 +457,81 @@ def filter_candidates(
 ) -> list[tuple]:
     """Rank candidates by score, keep those passing every filter, one per feature (its best-ranked label), then
     page: filtering happens before LIMIT/OFFSET, so a page is short only when candidates run out.
-
-    With `explanation_ids=None` every label is a candidate (score NULL), listed by source and feature, each
-    feature by its best label (`rule`: `autointerp.ranking.sql_parameters()`) when that passes the filters.
-    `min_score` counts only reliable scores. Rows: (explanation_id, score, source, feature, label, author,
-    review_state, density, model, layer)."""
-    scorer, metric, threshold = min_score if min_score else (None, None, None)
-    params: dict[str, Any] = {}
-    if explanation_ids is None:
-        ctes = (
-            f"{_best_ctes('', '')}, cand AS (SELECT explanation_id, NULL::DOUBLE AS score FROM explanations), "
-            "picked AS (FROM explanations)"
-        )
-        best_join = "LEFT JOIN best b ON b.source_id = e.source_id AND b.feature = e.feature"
-        only_candidates = ""
-        order = "s.name, e.feature, coalesce(b.explanation_id = e.explanation_id, false) DESC, e.explanation_id DESC"
-        params.update(rule, source_id=None)
-    else:
-        id_list, params = _id_list(explanation_ids, "c")
-        # MATERIALIZED: otherwise DuckDB may join `sources` first and scan every label instead of the index
-        ctes = (
-            "cand AS (SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score), "
-            f"picked AS MATERIALIZED (SELECT * FROM explanations WHERE explanation_id IN ({id_list}))"
-        )
-        best_join = ""
-        only_candidates = f"explanation_id IN ({id_list}) AND"
-        order = "c.score DESC, c.explanation_id"
-        params.update(ids=[int(i) for i in explanation_ids], scores=[float(x) for x in scores])
-    # Only when asked: DuckDB runs the scores lookup even when a `$scorer IS NULL OR ...` guard is true.
-    score_filter = "" if scorer is None else f"""
-          AND c.explanation_id IN (
-                SELECT explanation_id FROM scores
-                WHERE {only_candidates} scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
-                QUALIFY row_number() OVER (PARTITION BY explanation_id ORDER BY score_id DESC) = 1
-                    AND value >= $threshold AND {_RELIABLE})"""
-    if scorer is not None:
-        params.update({k: rule[k] for k in ("min_n", "max_unparsed")}, scorer=scorer, metric=metric, threshold=threshold)
+    `min_score` counts only reliable scores (`rule`: `autointerp.ranking.sql_parameters()`).
+    Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
+    id_list, params = _id_list(explanation_ids, "c")
+    score_filter, score_params = _score_filter(min_score, f"explanation_id IN ({id_list}) AND", rule)
+    order = "c.score DESC, c.explanation_id"
+    # MATERIALIZED: otherwise DuckDB may join `sources` first and scan every label instead of the index
     return con.execute(
         f"""
-        WITH {ctes}
-        SELECT c.explanation_id, c.score, s.name, e.feature, e.label, e.author, {_REVIEW_STATE} AS review_state,
-               fs.density, s.model, s.layer
+        WITH cand AS (SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score),
+             picked AS MATERIALIZED (SELECT * FROM explanations WHERE explanation_id IN ({id_list}))
+        SELECT c.explanation_id, c.score, {_HIT_COLUMNS}
         FROM picked e
         JOIN cand c ON c.explanation_id = e.explanation_id
-        JOIN sources s ON s.source_id = e.source_id
-        LEFT JOIN feature_stats fs ON fs.source_id = e.source_id AND fs.feature = e.feature
-        LEFT JOIN ({_LATEST_REVIEW}) r ON r.explanation_id = c.explanation_id
-        {best_join}
-        WHERE ($source IS NULL OR s.name = $source)
-          AND ($model IS NULL OR s.model = $model)
-          AND ($layer IS NULL OR s.layer = $layer)
-          AND ($density_min IS NULL OR fs.density >= $density_min)
-          AND ($density_max IS NULL OR fs.density <= $density_max)
-          AND ($review IS NULL OR {_REVIEW_STATE} = $review)
-          {score_filter}
+        {_HIT_JOINS}
+        WHERE {_HIT_FILTERS} {score_filter}
         QUALIFY row_number() OVER (PARTITION BY e.source_id, e.feature ORDER BY {order}) = 1
         ORDER BY {order}
         LIMIT $limit OFFSET $offset
         """,
         {
-            **params,
-            "source": source,
-            "model": model,
-            "layer": layer,
-            "density_min": density_min,
-            "density_max": density_max,
-            "review": review_state,
-            "limit": limit,
-            "offset": offset,
+            **params, **score_params,
+            "ids": [int(i) for i in explanation_ids], "scores": [float(x) for x in scores],
+            **_filter_params(source, model, layer, density_min, density_max, review_state, limit, offset),
+        },
+    ).fetchall()
+
+
+def list_feature_hits(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    rule: dict[str, Any],
+    source: str | None,
+    model: str | None,
+    layer: int | None,
+    min_score: tuple[str, str, float] | None,
+    density_min: float | None,
+    density_max: float | None,
+    review_state: str | None,
+    limit: int,
+    offset: int,
+) -> list[tuple]:
+    """One page of labeled features with a label passing every filter, by source name and feature; each
+    shown by its best label (`rule`) when that passes the filters, else by its newest passing label. Only
+    the page's features are ranked. Rows as `filter_candidates` gives them, score NULL."""
+    score_filter, score_params = _score_filter(min_score, "", rule)
+    page_labels = "SELECT e.explanation_id, e.source_id, e.feature FROM explanations e JOIN page USING (source_id, feature)"
+    return con.execute(
+        f"""
+        WITH passing AS (
+            SELECT e.explanation_id, e.source_id, e.feature FROM explanations e
+            {_HIT_JOINS}
+            WHERE {_HIT_FILTERS} {score_filter}
+        ),
+        page AS (
+            SELECT p.source_id, p.feature FROM (SELECT DISTINCT source_id, feature FROM passing) p
+            JOIN sources s USING (source_id)
+            ORDER BY s.name, p.feature LIMIT $limit OFFSET $offset
+        ),
+        {_best_ctes(page_labels, "explanation_id IN (SELECT explanation_id FROM lab) AND", "")},
+        chosen AS (
+            SELECT p.explanation_id FROM passing p JOIN page USING (source_id, feature)
+            LEFT JOIN best b USING (source_id, feature)
+            QUALIFY row_number() OVER (
+                PARTITION BY p.source_id, p.feature
+                ORDER BY coalesce(b.explanation_id = p.explanation_id, false) DESC, p.explanation_id DESC
+            ) = 1
+        )
+        SELECT e.explanation_id, NULL::DOUBLE AS score, {_HIT_COLUMNS}
+        FROM chosen JOIN explanations e USING (explanation_id)
+        {_HIT_JOINS}
+        ORDER BY s.name, e.feature
+        """,
+        {
+            **rule, **score_params,
+            **_filter_params(source, model, layer, density_min, density_max, review_state, limit, offset),
         },
     ).fetchall()
 
