@@ -398,18 +398,13 @@ def search(
     _check_density(filters.density_min, filters.density_max)
     source_ids = _matching_sources(con, filters)
     # Filters on scores, density or review state need the store; source, model and layer do not.
-    in_sql = dict(min_score=min_score, density_min=filters.density_min, density_max=filters.density_max,
-                  review_state=filters.review)
-    needs_sql = any(v is not None for v in in_sql.values())
-    no_filters = dict(source=None, model=None, layer=None, min_score=None, density_min=None, density_max=None,
-                      review_state=None)
+    in_sql = {"density_min": filters.density_min, "density_max": filters.density_max, "review": filters.review}
+    needs_sql = min_score is not None or any(v is not None for v in in_sql.values())
     rule = ranking.sql_parameters()
     query = query.strip()
     if not query:
-        rows = q.list_feature_hits(
-            con, rule=rule, source=filters.source, model=filters.model, layer=filters.layer,
-            **in_sql, limit=limit, offset=offset,
-        )
+        every = {"source": filters.source, "model": filters.model, "layer": filters.layer, **in_sql}
+        rows = q.list_feature_hits(con, rule=rule, filters=every, min_score=min_score, limit=limit, offset=offset)
     else:
         if index.version is None:
             index.build(con)
@@ -421,7 +416,7 @@ def search(
             ids, scores = ids[keep], scores[keep]
             if needs_sql:
                 rows = q.filter_candidates(
-                    con, ids, scores, rule=rule, **{**no_filters, **in_sql}, limit=limit, offset=offset
+                    con, ids, scores, rule=rule, filters=in_sql, min_score=min_score, limit=limit, offset=offset
                 )
                 if len(rows) == limit or complete:
                     break
@@ -430,7 +425,7 @@ def search(
                 if len(first) >= offset + limit or complete:
                     page = first[offset : offset + limit]
                     rows = q.filter_candidates(
-                        con, ids[page], scores[page], rule=rule, **no_filters, limit=limit, offset=0
+                        con, ids[page], scores[page], rule=rule, filters={}, min_score=None, limit=limit, offset=0
                     )
                     break
             k *= 4

@@ -434,9 +434,12 @@ def _score_filter(min_score: tuple[str, str, float] | None, only: str, rule: dic
     return sql, params
 
 
-def _filter_params(source, model, layer, density_min, density_max, review_state, limit, offset) -> dict[str, Any]:
-    return {"source": source, "model": model, "layer": layer, "density_min": density_min,
-            "density_max": density_max, "review": review_state, "limit": limit, "offset": offset}
+HIT_FILTERS = ("source", "model", "layer", "density_min", "density_max", "review")
+
+
+def _filter_params(filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+    """Bound values of _HIT_FILTERS: `filters` holds HIT_FILTERS names (absent or None: no filter)."""
+    return {**{k: filters.get(k) for k in HIT_FILTERS}, "limit": limit, "offset": offset}
 
 
 def filter_candidates(
@@ -445,19 +448,15 @@ def filter_candidates(
     scores: Sequence[float],
     *,
     rule: dict[str, Any],
-    source: str | None,
-    model: str | None,
-    layer: int | None,
+    filters: dict[str, Any],
     min_score: tuple[str, str, float] | None,
-    density_min: float | None,
-    density_max: float | None,
-    review_state: str | None,
     limit: int,
     offset: int,
 ) -> list[tuple]:
     """Rank candidates by score, keep those passing every filter, one per feature (its best-ranked label), then
     page: filtering happens before LIMIT/OFFSET, so a page is short only when candidates run out.
-    `min_score` counts only reliable scores (`rule`: `autointerp.ranking.sql_parameters()`).
+    `filters`: values by HIT_FILTERS name; `min_score` counts only reliable scores (`rule`:
+    `autointerp.ranking.sql_parameters()`).
     Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
     id_list, params = _id_list(explanation_ids, "c")
     score_filter, score_params = _score_filter(min_score, f"explanation_id IN ({id_list}) AND", rule)
@@ -479,7 +478,7 @@ def filter_candidates(
         {
             **params, **score_params,
             "ids": [int(i) for i in explanation_ids], "scores": [float(x) for x in scores],
-            **_filter_params(source, model, layer, density_min, density_max, review_state, limit, offset),
+            **_filter_params(filters, limit, offset),
         },
     ).fetchall()
 
@@ -488,13 +487,8 @@ def list_feature_hits(
     con: duckdb.DuckDBPyConnection,
     *,
     rule: dict[str, Any],
-    source: str | None,
-    model: str | None,
-    layer: int | None,
+    filters: dict[str, Any],
     min_score: tuple[str, str, float] | None,
-    density_min: float | None,
-    density_max: float | None,
-    review_state: str | None,
     limit: int,
     offset: int,
 ) -> list[tuple]:
@@ -531,7 +525,7 @@ def list_feature_hits(
         """,
         {
             **rule, **score_params,
-            **_filter_params(source, model, layer, density_min, density_max, review_state, limit, offset),
+            **_filter_params(filters, limit, offset),
         },
     ).fetchall()
 
