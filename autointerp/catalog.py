@@ -22,7 +22,8 @@ import numpy as np
 
 from autointerp import ranking
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, NotFound
+from autointerp.judgements import write_judgements
 from autointerp.ranking import BestReason
 from autointerp.records import Explanation, Score
 from autointerp.store import catalog_queries as q
@@ -45,7 +46,7 @@ def write_label(
     seed: int | None,
     embedding: Sequence[float] | np.ndarray | None = None,
 ) -> int:
-    """Store a label with its scores and its embedding; return the explanation id.
+    """Store a label with its scores, their per-item judgements and its embedding; return the explanation id.
 
     Runs inside the caller's transaction (`with store.writing() as con:`): it neither begins nor commits.
     The embedding is computed with the offline MiniLM model unless `embedding` is given.
@@ -56,6 +57,7 @@ def write_label(
         con, sid, explanation, sampling_config=sampling_config, seed=seed, run_id=run_id, config_hash=config_hash
     )
     q.insert_scores(con, explanation_id, scores, run_id)
+    write_judgements(con, explanation_id, scores, run_id)
     q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
     return explanation_id
 
@@ -228,7 +230,7 @@ def review_label(
         raise AutointerpError(f"unknown review verdict {verdict!r}; use one of {', '.join(VERDICTS)}")
     found = load_labels(con, [explanation_id])
     if not found:
-        raise AutointerpError(f"no label with explanation id {explanation_id} in this store")
+        raise NotFound(f"no label with explanation id {explanation_id} in this store")
     old = found[0]
     if verdict != "edit":
         if edited_label:
@@ -330,7 +332,7 @@ class RunView:
 def run_view(con: duckdb.DuckDBPyConnection, run_id: str, n_recent: int = 50) -> RunView:
     run = get_run(con, run_id)
     if run is None:
-        raise AutointerpError(f"no run {run_id!r} in this store; `autointerp runs --db ...` lists the runs it holds")
+        raise NotFound(f"no run {run_id!r} in this store; `autointerp runs --db ...` lists the runs it holds")
     return RunView(
         run=run,
         spend=spend(con, run_id),

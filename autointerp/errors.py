@@ -6,3 +6,7 @@ class AutointerpError(Exception):
 
     The CLI prints these without a traceback. Never put secrets (API keys) in the message.
     """
+
+
+class NotFound(AutointerpError):
+    """Something the user named is not in the store: a source, feature, label or run (the web answers 404)."""

@@ -83,7 +83,9 @@ def label_sha256(text: str) -> str:
 
 
 def _score_dict(s: Score) -> dict[str, Any]:
-    return dataclasses.asdict(s)
+    out = dataclasses.asdict(s)
+    out.pop("items")  # judged items live in their own table; a label file carries the scores
+    return out
 
 
 def _headline(label: Label, ranked_by: tuple[str, str] | None) -> Score | None:
@@ -284,7 +286,7 @@ def _label_text(value: Any, where: str) -> str:
     return text
 
 
-_SCORE_FIELDS = {f.name for f in dataclasses.fields(Score) if f.init}
+_SCORE_FIELDS = {f.name for f in dataclasses.fields(Score) if f.init} - {"items"}  # judged items stay home
 
 
 def _imported_score(raw: Any, where: str) -> Score:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import duckdb
 
 from autointerp.catalog import Label, label_history, load_labels
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, NotFound
 from autointerp.store import catalog_queries as cq
 from autointerp.store import inventory_queries as q
 from autointerp.store.activations import SourceInfo, get_source, list_sources
@@ -56,5 +56,5 @@ def delete_source(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, int]:
 def delete_label(con: duckdb.DuckDBPyConnection, explanation_id: int) -> dict[str, int]:
     """Delete one label with its scores, reviews and embedding; return the rows deleted per table."""
     if not load_labels(con, [explanation_id]):
-        raise AutointerpError(f"no label with explanation id {explanation_id} in this store")
+        raise NotFound(f"no label with explanation id {explanation_id} in this store")
     return q.delete_explanations(con, [explanation_id])

@@ -73,9 +73,35 @@ class Explanation:
 
 
 @dataclass
+class ItemJudgement:
+    """One judged item of a scorer and the answer it got, kept so any metric can be recomputed later.
+
+    Detection and fuzzing: truth 1/0, prediction 1/0 (None: unparsed), probability P(1) from logprobs (None
+    without). Embedding: probability is the label-window cosine. Simulation: one item per context with its
+    per-token true and predicted activations (None where a token got no prediction). `group` is the item's
+    group for subsets (positives | random_negatives | hard_negatives; fuzzing's decoys on positives:
+    misplaced); `kind` and `quantile` are the context's, from the sampler.
+    """
+
+    scorer: str
+    item: int
+    context_id: int
+    group: str
+    kind: str
+    quantile: int | None = None
+    truth: int | None = None
+    prediction: int | None = None
+    probability: float | None = None
+    true_activations: list[float] | None = None
+    predicted_activations: list[float | None] | None = None
+
+
+@dataclass
 class Score:
     """One metric of one scorer on one subset of the test split, with its sample size and 95% CI.
 
+    `items` are the scorer's per-item judgements (the same list on every row of one scorer's result); they
+    are stored in their own table beside the scores and are not loaded back with a label.
     `imported`: the value is a label file's claim, not measured here. `unreliable` (derived, never stored):
     why the score may not rank labels (see `autointerp.ranking`), None when it may.
     """
@@ -90,6 +116,7 @@ class Score:
     split: str = "test"
     scorer_model: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    items: list[ItemJudgement] | None = field(default=None, repr=False, compare=False)
     imported: bool = False
     unreliable: str | None = field(init=False, compare=False)
 

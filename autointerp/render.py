@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from autointerp.records import Example
@@ -97,10 +99,11 @@ def activation_marks(activations: list[float], threshold_fraction: float) -> lis
 
 
 def scaled_activations(activations: list[float], max_activation: float) -> list[int]:
-    """Activations as integers 0-10 relative to the feature's max (the scale of Bills et al. 2023)."""
+    """Activations as integers 0-10 relative to the feature's max: `min(10, floor(10 * relu(a) / max))`, as
+    Bills et al. 2023 (`normalize_activations`) and delphi show them to the explainer."""
     if max_activation <= 0:
         return [0 for _ in activations]
-    return [int(np.clip(round(10 * a / max_activation), 0, 10)) for a in activations]
+    return [min(10, math.floor(10 * max(0.0, a) / max_activation)) for a in activations]
 
 
 def pairs_text(tokens: list[str], activations: list[float], max_activation: float) -> str:

@@ -18,11 +18,13 @@ from autointerp.bench.quality import (
     config_from_dict,
     derangement,
     load_config,
+    metric_rows,
     run_quality,
 )
 from autointerp.config import SamplingConfig
 from autointerp.errors import AutointerpError
 from autointerp.store import Store
+from autointerp.store.bench_queries import run_usage
 from autointerp.store.jobs import list_runs
 
 SMALL_SAMPLING = SamplingConfig(
@@ -88,6 +90,36 @@ def test_two_runs_with_an_llm_give_identical_results_the_second_from_the_cache(s
     assert all(r.status == "done" and r.n_total == 3 and r.n_done + r.n_failed == 3 for r in api_runs)
     assert api_runs[0].cost_usd > 0 and api_runs[0].prompt_tokens > 0  # the rerun was billed nothing:
     assert api_runs[1].cost_usd == 0 and api_runs[1].prompt_tokens == 0
+
+
+def test_the_shuffled_control_is_billed_on_its_own_line(synthetic_db, tmp_path, paid_api):
+    """The control scores other features' labels with the same scorer: its calls are not the setup's cost.
+    The detection judge is the paid-API double (tests/doubles/paid_api.py); the labels are the baseline's."""
+    db = tmp_path / "store.duckdb"
+    shutil.copy(synthetic_db, db)
+    cfg = QualityConfig(
+        n_features=3,
+        scorers=("detection",),
+        scorer_model="openai:gpt-4o-mini",
+        base_url=paid_api.openai_base_url,
+        explainers=(),
+        sampling=SMALL_SAMPLING,
+        n_bootstrap=50,
+    )
+    result = run_quality(db, cfg, tmp_path / "out")
+    control = BASELINE + SHUFFLED_SUFFIX
+    with Store(db, read_only=True) as store:
+        real_usage = run_usage(store.con, result.run_ids[BASELINE])
+        control_usage = run_usage(store.con, result.run_ids[control])
+    assert [sum(1 for r in result.labels if r.setup == s) for s in (BASELINE, control)] == [3, 3]
+    assert set(real_usage) == set(control_usage) == {"detection"}
+    assert real_usage["detection"].n_calls == control_usage["detection"].n_calls > 0  # same splits, same batches
+    billed = real_usage["detection"].prompt_tokens + real_usage["detection"].completion_tokens
+    assert result.usage[BASELINE]["score_tokens"] == pytest.approx(billed / 3)
+    assert result.usage[control]["cost_usd"] > 0
+    rows = {(r["setup"], r["metric"]): r for r in metric_rows(result) if r["subset"] == "all"}
+    for setup in (BASELINE, control):
+        assert rows[(setup, "balanced_accuracy")]["cost_usd_per_feature"] == result.usage[setup]["cost_usd"]
 
 
 def test_derangement_never_keeps_a_label_and_is_fixed_by_seed():

@@ -210,3 +210,12 @@ def test_render_windows_and_highlights():
     assert render.display_tokens(["the", "dog"]) == ["the", " dog"]  # bare words get spaces
     assert render.display_tokens(["os", ".", "path"]) == ["os", ".", "path"]
     assert render.scaled_activations([0.0, 2.5, 5.0, 7.0], 5.0) == [0, 5, 10, 10]
+
+
+def test_scaled_activations_floor_as_bills_et_al():
+    """min(10, floor(10 * relu(a) / max)): never rounded up, negatives shown as 0."""
+    from autointerp import render
+
+    assert render.scaled_activations([4.99, 1.75, 0.35, -2.0, 0.25], 5.0) == [9, 3, 0, 0, 0]
+    assert render.scaled_activations([0.35, 0.95, 0.25, 0.15], 1.0) == [3, 9, 2, 1]
+    assert render.scaled_activations([1.0, 2.0], 0.0) == [0, 0]

@@ -15,7 +15,7 @@ from catalog_fixtures import SOURCE_A, SOURCE_B, catalog_copy
 # every table with a source_id or explanation_id column, as the deletion finds them
 PER_SOURCE = ("contexts", "activations", "feature_context_max", "feature_stats", "explanations", "feature_jobs",
               "failures", "collection_chunks", "token_stats", "token_postings")
-PER_LABEL = ("scores", "reviews", "label_embeddings")
+PER_LABEL = ("scores", "reviews", "label_embeddings", "score_items")
 
 
 def _rows(con, source_id: int) -> dict[str, int]:
@@ -69,7 +69,8 @@ def test_deleting_a_label_keeps_the_features_other_labels(store):
     with store.writing() as con:
         catalog.review_label(con, newer.explanation_id, "reject")
         deleted = inventory.delete_label(con, newer.explanation_id)
-    assert deleted == {"explanations": 1, "feature_jobs": 0, "label_embeddings": 1, "reviews": 1, "scores": 3}
+    assert deleted == {"explanations": 1, "feature_jobs": 0, "label_embeddings": 1, "reviews": 1, "score_items": 0,
+                       "scores": 3}
     assert [l.explanation_id for l in inventory.labels(store.con, SOURCE_A, 2)] == [older.explanation_id]
     assert len(catalog.load_labels(store.con, [older.explanation_id])[0].scores) == 3
     with pytest.raises(AutointerpError, match="no label with explanation id"), store.writing() as con:

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from autointerp.scoring import metrics
 
@@ -118,3 +118,41 @@ def test_ci_is_reproducible():
     y, s = _noisy_classifier(40, 4)
     assert metrics.bootstrap_auroc(y, s, seed=7) == metrics.bootstrap_auroc(y, s, seed=7)
     assert metrics.bootstrap_auroc(y, s, seed=7) != metrics.bootstrap_auroc(y, s, seed=8)
+
+
+def test_f1_matches_sklearn_and_needs_both_classes():
+    y, pred = [1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 0]
+    # TP 2, FP 1, FN 1 -> 2*2 / (4 + 1 + 1)
+    assert metrics.f1(y, pred) == pytest.approx(4 / 6) == pytest.approx(f1_score(y, pred))
+    assert metrics.f1([1, 0], [0, 0]) == 0.0  # nothing predicted positive: F1 0, as sklearn with zero_division=0
+    assert metrics.f1([1, 1], [1, 0]) is None
+
+
+def test_f1_replicates_match_sklearn_on_materialised_resamples():
+    rng = np.random.default_rng(3)
+    y = np.array([1] * 10 + [0] * 7)
+    pred = (rng.random(17) + 0.3 * y > 0.6).astype(int)
+    counts = metrics.resample_counts(y, n_resamples=10, seed=2)
+    reps = metrics.f1_replicates(y, pred, counts)
+    for b in range(len(counts)):
+        yy, pp = _materialise(counts[b], y, pred)
+        assert reps[b] == pytest.approx(f1_score(yy, pp, zero_division=0.0))
+    low, high = metrics.bootstrap_f1(y, pred)
+    assert low <= metrics.f1(y, pred) <= high
+
+
+def test_cluster_resampling_keeps_a_contexts_items_together():
+    """Fuzzing: the true and the decoy highlighting of one context are drawn together, never apart."""
+    contexts = np.array([10, 10, 11, 11, 12, 12, 13, 13])
+    truth = np.array([1, 0] * 4)
+    counts = metrics.resample_counts(truth, n_resamples=200, seed=1, clusters=contexts)
+    assert (counts[:, 0::2] == counts[:, 1::2]).all()
+    assert (counts.sum(axis=1) == 8).all() and counts[:, 0].std() > 0
+    # clusters of one class keep the class strata: every resample keeps 2 positives and 3 negatives
+    single = metrics.resample_counts([1, 1, 0, 0, 0], n_resamples=50, seed=0, clusters=[1, 2, 3, 4, 5])
+    assert (single[:, :2].sum(axis=1) == 2).all() and (single[:, 2:].sum(axis=1) == 3).all()
+    pred = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    reps = metrics.balanced_accuracy_replicates(truth, pred, counts[:20])
+    for b in range(20):
+        yy, pp = _materialise(counts[b], truth, pred)
+        assert reps[b] == pytest.approx(balanced_accuracy_score(yy, pp))

@@ -287,6 +287,23 @@ def test_score_stores_a_human_label_on_the_job_test_split(labeled, local_llm_ser
     stored = rows(db, "SELECT scorer, metric, subset, n FROM scores WHERE explanation_id = ?", [out["explanation_id"]])
     assert {s[0] for s in stored} == {"detection", "embedding"}
     assert ("embedding", "auroc", "all", TEST_SIZE) in stored
+    # per-quantile scores beside the pooled one; the judged items are in the store, not repeated per row
+    quantiles = rows(
+        db,
+        "SELECT DISTINCT quantile FROM score_items WHERE explanation_id = ? AND item_group = 'positives' ORDER BY 1",
+        [out["explanation_id"]],
+    )
+    assert quantiles and all(q is not None for (q,) in quantiles)
+    for score in out["scores"]:
+        assert "items" not in score
+        assert list(score["details"]["by_quantile"]) == [str(q) for (q,) in quantiles]
+    n_items = rows(db, "SELECT scorer, count(*) FROM score_items WHERE explanation_id = ? GROUP BY 1", [out["explanation_id"]])
+    assert sorted(n_items) == [("detection", TEST_SIZE), ("embedding", TEST_SIZE)]
+    code = main(["score", "--db", db, "--source", "synthetic", "--feature", "0", "--label", "dogs", "--config", job_file,
+                 "--scorers", "embedding"])
+    table = capsys.readouterr().out
+    assert code == 0 and "by activation quantile" in table
+    assert all(f"q{q} " in table for (q,) in quantiles)
 
 
 def test_dry_run_calls_no_model(tmp_path, capsys, monkeypatch):

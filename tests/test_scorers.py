@@ -4,6 +4,7 @@ import asyncio
 import math
 import re
 
+import numpy as np
 import pytest
 from doubles_llm import ScriptedLLMDouble
 from handmade_examples import ANIMALS, animal_feature
@@ -43,6 +44,14 @@ def test_expected_value_from_digit_logprobs():
     assert digit_distribution({"1": math.log(0.3), "0": math.log(0.1), "7": 0.0}, range(2)) == pytest.approx(
         {0: 0.25, 1: 0.75}
     )
+
+
+def test_only_ascii_digits_count_in_logprobs_and_answers():
+    """Real top-logprob lists hold "²", "¹", "٣": they are other tokens, never a crash or a value."""
+    assert expected_value({"0": -0.1, "²": -3.0}) == pytest.approx(0.0)
+    assert digit_distribution({"1": -0.1, "¹": -4.0}, range(2)) == pytest.approx({1: 1.0})
+    assert digit_distribution({"٣": -0.1, "³": -0.2}) is None
+    assert answer_values("1: ٣\n2: 1\n٣: 0") == {2: 1}
 
 
 def test_answer_values_and_slots():
@@ -133,11 +142,87 @@ def test_fuzzing_separates_correct_from_misplaced_highlights():
         )
 
     llm = ScriptedLLMDouble(reply)
-    [score] = asyncio.run(make_scorer("fuzzing", llm).score(LABEL, animal_feature()))
-    assert score.metric == "balanced_accuracy" and score.value == pytest.approx(1.0)
+    scores = asyncio.run(make_scorer("fuzzing", llm).score(LABEL, animal_feature()))
+    assert {(s.metric, s.subset) for s in scores} == {("balanced_accuracy", "all"), ("f1", "all")}
+    score = _by_subset(scores, "balanced_accuracy")["all"]
+    assert score.value == pytest.approx(1.0) and _by_subset(scores, "f1")["all"].value == pytest.approx(1.0)
     assert score.n == 10 and score.details["n_positive"] == 5 and score.details["n_negative"] == 5
     texts = "\n".join(c.text() for c in llm.calls)
     assert texts.count("<<") >= 10 and {c.stage for c in llm.calls} == {"fuzzing"}
+
+
+def _highlighted_animals(text: str) -> int:
+    return int(all(_has_animal(m) for m in re.findall(r"<<(.*?)>>", text)))
+
+
+def test_fuzzing_bootstrap_resamples_contexts_with_their_pairs():
+    """Right on both highlightings of 3 contexts, wrong on both of 2: every resample of whole contexts has
+    balanced accuracy k/5; resampling the 10 items independently would not keep the pairs."""
+
+    def reply(call):
+        return "\n".join(
+            f"{n}: {_highlighted_animals(t) ^ int(any(w in t for w in ('pig', 'duck')))}" for n, t in _excerpts(call)
+        )
+
+    scores = asyncio.run(make_scorer("fuzzing", ScriptedLLMDouble(reply)).score(LABEL, animal_feature()))
+    ba = _by_subset(scores, "balanced_accuracy")["all"]
+    assert ba.value == pytest.approx(0.6)
+    judged = ba.items
+    truth = [j.truth for j in judged]
+    contexts = [j.context_id for j in judged]
+    assert sorted(contexts) == sorted(2 * [e.context_id for e in animal_feature().test.positives])
+    counts = metrics.resample_counts(truth, metrics.N_RESAMPLES, metrics.SEED, clusters=contexts)
+    reps = metrics.balanced_accuracy_replicates(truth, [j.prediction for j in judged], counts)
+    assert set(np.round(reps * 5, 9)) <= {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
+    assert (ba.ci_low, ba.ci_high) == metrics.percentile_interval(reps)
+
+
+def test_fuzzing_delphi_variant_highlights_non_activating_contexts():
+    llm = ScriptedLLMDouble(lambda call: "\n".join(f"{n}: {_highlighted_animals(t)}" for n, t in _excerpts(call)))
+    scores = asyncio.run(make_scorer("fuzzing", llm, decoys="non_activating").score(LABEL, animal_feature()))
+    ba = _by_subset(scores, "balanced_accuracy")
+    assert set(ba) == {"all", "random_negatives", "hard_negatives"} and set(_by_subset(scores, "f1")) == set(ba)
+    judged = ba["all"].items
+    assert [j.group for j in judged].count("misplaced") == 0
+    assert {j.context_id for j in judged} == {e.context_id for e in animal_feature().test.all()}
+    assert sum(len(_excerpts(c)) for c in llm.calls) == 15
+    assert all("<<" in t for c in llm.calls for _, t in _excerpts(c))  # negatives have marked tokens too
+    assert ba["random_negatives"].value == pytest.approx(1.0)  # random words are never animals
+    assert ba["all"].details["decoys"] == "non_activating"
+    with pytest.raises(AutointerpError, match="decoys"):
+        make_scorer("fuzzing", llm, decoys="shuffled")
+
+
+def _quantile_feature():
+    """The animal feature with test positives from quantiles 0, 0, 1, 1 and one top-activating context."""
+    examples = animal_feature()
+    for e, q in zip(examples.test.positives, [0, 0, 1, 1, None]):
+        if q is not None:
+            e.kind, e.quantile = "quantile", q
+    return examples
+
+
+def test_detection_reports_each_activation_quantile_beside_the_pooled_score():
+    def reply(call):
+        return "\n".join(
+            f"{n}: {int(_has_animal(t) and not any(w in t for w in ('cat', 'horse')))}" for n, t in _excerpts(call)
+        )
+
+    scores = asyncio.run(make_scorer("detection", ScriptedLLMDouble(reply)).score(LABEL, _quantile_feature()))
+    ba, f1 = _by_subset(scores, "balanced_accuracy"), _by_subset(scores, "f1")
+    # positives: cat, horse (quantile 0) missed; fox, pig (quantile 1) and duck (top) found.
+    # negatives: 7 random right; hard "rocking horse" right, "pig latin" and "duck tape" wrong -> 8/10
+    assert ba["all"].value == pytest.approx((3 / 5 + 8 / 10) / 2)
+    by_q = ba["all"].details["by_quantile"]
+    assert list(by_q) == ["0", "1", "top"]
+    assert [by_q[k]["value"] for k in by_q] == pytest.approx([0.4, 0.9, 0.9])
+    assert [by_q[k]["n"] for k in by_q] == [12, 12, 11]
+    assert [v["value"] for v in ba["random_negatives"].details["by_quantile"].values()] == pytest.approx([0.5, 1, 1])
+    assert f1["all"].value == pytest.approx(2 * 3 / (2 * 3 + 2 + 2))
+    assert f1["all"].details["by_quantile"]["0"]["value"] == 0.0
+    assert f1["all"].details["by_quantile"]["1"]["value"] == pytest.approx(4 / 6)
+    for row in by_q.values():
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
 
 
 # --- simulation -------------------------------------------------------------------------------------------
@@ -188,6 +273,33 @@ def test_simulation_echo_matches_bills_correlation():
     assert rows["all"].ci_low <= rows["all"].value <= rows["all"].ci_high
     assert all(c.kind == "complete" and c.kwargs["echo"] and c.stage == "simulation" for c in llm.calls)
     assert len(llm.calls) == 4  # 15 contexts, 4 per prompt
+
+
+def test_simulation_names_the_bills_top_and_random_subset_and_scores_whole_records():
+    examples = _quantile_feature()
+    examples.test.positives[-1].activations = [a * 3 for a in examples.test.positives[-1].activations]
+    for e in examples.test.random_negatives:
+        e.tokens = e.tokens * 5  # longer than the 24-token window
+        e.activations = e.activations * 5
+    llm = _echo_double()
+    windowed = _by_subset(asyncio.run(make_scorer("simulation", llm).score(LABEL, examples)), "ev_correlation")
+    top_random = windowed["top_and_random"]
+    assert "Bills et al. 2023" in top_random.details["reference"]
+    assert top_random.n == 1 + 7 and top_random.details["groups"] == ["positives", "random_negatives"]
+    assert list(windowed["all"].details["by_quantile"]) == ["0", "1", "top"]
+    whole = make_scorer("simulation", _echo_double(), whole_records=True)
+    rows = _by_subset(asyncio.run(whole.score(LABEL, examples)), "ev_correlation")
+    n_tokens = sum(len(e.tokens) for e in examples.test.all())
+    assert rows["all"].details["n_tokens"] == n_tokens > windowed["all"].details["n_tokens"]
+    assert rows["all"].details["window"] == "whole records"
+    assert rows["top_and_random"].value == pytest.approx(
+        _bills_expected(_only_top(examples), ["positives", "random_negatives"])
+    )
+
+
+def _only_top(examples):
+    examples.test.positives = [e for e in examples.test.positives if e.kind == "top"]
+    return examples
 
 
 def test_simulation_constant_predictions_give_no_value():
@@ -318,6 +430,26 @@ def test_detection_with_the_bundled_model(local_llm):
     assert scores[0].details["usage"]["prompt_tokens"] > 0
 
 
+def test_one_small_simulation_with_the_bundled_model(local_llm):
+    """The real model end to end in the default suite: one echo request, 3 contexts of 4 tokens."""
+    spy = StageSpy(local_llm)
+    scorer = make_scorer("simulation", spy, before=2, after=1, contexts_per_prompt=3)
+    scores = asyncio.run(scorer.score(LABEL, _small_test_split(1, 1)))
+    assert spy.stages == ["simulation"]
+    rows = _by_subset(scores, "ev_correlation")
+    assert rows["all"].details["mode"] == "echo" and rows["all"].scorer_model == local_llm.name
+    assert rows["all"].details["n_tokens"] + rows["all"].details["n_unparsed_tokens"] == 3 * 4
+    assert rows["all"].details["n_tokens"] > 0  # the bundled model puts digits among its alternatives
+    judged = rows["all"].items
+    predicted = [p for j in judged for p in j.predicted_activations if p is not None]
+    assert len(predicted) == rows["all"].details["n_tokens"] and all(0 <= p <= 10 for p in predicted)
+    kept = [[(a, p) for a, p in zip(j.true_activations, j.predicted_activations) if p is not None] for j in judged]
+    expected = metrics.pooled_pearson([[a for a, _ in k] for k in kept if k], [[p for _, p in k] for k in kept if k])
+    assert _same(rows["all"].value, expected)
+    if expected is None:
+        assert rows["all"].details["note"]
+
+
 @pytest.mark.slow
 def test_simulation_with_the_bundled_model(local_llm):
     """Echo mode over llama.cpp's completions endpoint: ~50 ms per prompt token on 2 cores."""
@@ -330,3 +462,56 @@ def test_simulation_with_the_bundled_model(local_llm):
     assert all_row.details["mode"] == "echo"
     assert all_row.details["n_tokens"] + all_row.details["n_unparsed_tokens"] == 3 * 6
     assert all_row.details["n_tokens"] > 0  # the bundled model puts digits among its alternatives at most slots
+
+
+# --- per-item judgements in the store ---------------------------------------------------------------------
+
+
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a == pytest.approx(b))
+
+
+def test_stored_items_recompute_every_stored_score_without_the_model(tmp_path):
+    from catalog_fixtures import SOURCE_A, catalog_copy
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    from autointerp.catalog import load_labels, write_label
+    from autointerp.judgements import load_judgements, recompute
+    from autointerp.store import Store
+
+    examples = _quantile_feature()
+    fuzz = ScriptedLLMDouble(lambda call: "\n".join(f"{n}: {_highlighted_animals(t)}" for n, t in _excerpts(call)))
+    scores = [
+        *asyncio.run(make_scorer("detection", _detection_double(with_logprobs=True)).score(LABEL, examples)),
+        *asyncio.run(make_scorer("fuzzing", fuzz).score(LABEL, examples)),
+        *asyncio.run(make_scorer("simulation", _echo_double()).score(LABEL, examples)),
+    ]
+    unit = np.ones(384) / np.sqrt(384)
+    with Store(catalog_copy(tmp_path)) as store:
+        with pytest.raises(RuntimeError), store.writing() as con:
+            write_label(con, Explanation(SOURCE_A, 3, LABEL.label), scores, run_id="r1", config_hash=None,
+                        sampling_config=None, seed=0, embedding=unit)
+            raise RuntimeError("the job fails before committing")
+        assert store.con.execute("SELECT count(*) FROM score_items").fetchone()[0] == 0
+        with store.writing() as con:
+            eid = write_label(con, Explanation(SOURCE_A, 3, LABEL.label), scores, run_id="r1", config_hash=None,
+                              sampling_config=None, seed=0, embedding=unit)
+        stored = load_labels(store.con, [eid])[0].scores
+        items = load_judgements(store.con, eid, "detection")
+        assert [len(load_judgements(store.con, eid, s)) for s in ("detection", "fuzzing", "simulation")] == [15, 10, 15]
+        assert {(i.context_id, i.kind, i.quantile) for i in items} == {
+            (e.context_id, e.kind, e.quantile) for e in examples.test.all()
+        }
+        assert {s.metric for s in stored} == {"balanced_accuracy", "f1", "auroc", "ev_correlation"}
+        assert len(stored) == len(scores)
+        for s in stored:
+            again = recompute(store.con, eid, s.scorer, s.metric, s.subset)
+            assert _same(again.value, s.value) and _same(again.ci_low, s.ci_low) and _same(again.ci_high, s.ci_high)
+            assert again.n == s.n, (s.scorer, s.metric, s.subset)
+            for key, row in s.details["by_quantile"].items():
+                assert _same(recompute(store.con, eid, s.scorer, s.metric, s.subset, quantile=key).value, row["value"])
+    truth = [i.truth for i in items]
+    row = {s.metric: s.value for s in stored if s.scorer == "detection" and s.subset == "all"}
+    assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, [i.prediction for i in items]))
+    assert row["f1"] == pytest.approx(f1_score(truth, [i.prediction for i in items]))
+    assert row["auroc"] == pytest.approx(roc_auc_score(truth, [i.probability for i in items]))

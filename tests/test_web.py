@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from autointerp import catalog
+from autointerp.errors import AutointerpError, NotFound
 from autointerp.records import Explanation, Score
 from autointerp.store import Store
 from autointerp.web import create_app
@@ -103,6 +104,22 @@ def test_sources_and_labels_are_listed_and_deleted_through_the_api(client):
     assert hits and all(h["source"] == SOURCE_A for h in hits)
 
 
+def test_feature_page_shows_scores_per_activation_quantile(client, db):
+    from autointerp.catalog import write_label
+    from autointerp.records import Explanation, Score
+    from autointerp.store import Store
+
+    by_quantile = {"0": {"value": 0.4, "ci_low": 0.25, "ci_high": 0.5, "n": 12},
+                   "top": {"value": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n": 11}}
+    with Store(db).writing() as con:
+        write_label(con, Explanation(SOURCE_A, 5, "quantile label"),
+                    [Score("detection", "balanced_accuracy", 0.7, 0.6, 0.8, 15, details={"by_quantile": by_quantile})],
+                    run_id=None, config_hash=None, sampling_config=None, seed=None, embedding=[1.0] + [0.0] * 383)
+    page = client.get(f"/features/{SOURCE_A}/5").text
+    assert "by activation quantile" in page
+    assert '<span title="95% CI 0.25 – 0.5, n=12">q0 0.4</span> · <span title="95% CI 0.8 – 1, n=11">top 0.9</span>' in page
+
+
 def test_run_pages_show_progress_tokens_and_cost(client):
     page = client.get(f"/runs/{RUN_ID}").text
     assert 'id="run-status">done<' in page and "$0.0021" in page and "420 prompt" in page
@@ -117,6 +134,23 @@ def test_missing_things_are_404_with_a_message(client):
     response = client.get("/api/explanations/999999")
     assert response.status_code == 404 and "no label" in response.json()["detail"]
     assert client.get("/search", params={"q": "x", "min_score": "bad"}).status_code == 400
+
+
+def test_the_status_comes_from_the_error_type_not_its_wording(db):
+    """A user error that reads like "feature ..." is still a 400; a NotFound is a 404 whatever it says."""
+    app = create_app(db, refresh_factor=0.0)
+
+    @app.get("/api/_wording")
+    def wording():
+        raise AutointerpError("feature 3 has no test positives to score; re-sample it with more")
+
+    @app.get("/api/_missing")
+    def missing():
+        raise NotFound("nothing by that name in this store")
+
+    with TestClient(app) as c:
+        assert c.get("/api/_wording").status_code == 400
+        assert c.get("/api/_missing").status_code == 404
 
 
 def test_json_api_and_openapi(client):

@@ -109,7 +109,7 @@ class QualityResult:
     features: list[int]
     labels: list[LabelRow]
     failures: list[dict[str, Any]]  # setup, feature, stage, error
-    usage: dict[str, dict[str, float]]  # setup -> per-feature tokens and cost
+    usage: dict[str, dict[str, float]]  # setup -> per-feature tokens and cost; "<setup> [shuffled]": its control's own
     run_ids: dict[str, str]
     seconds: float
     files: list[Path] = field(default_factory=list)
@@ -188,13 +188,23 @@ async def _run_setups(store: Store, cfg: QualityConfig, source: str, examples: d
     for setup in cfg.setups():
         run_id = run_ids[setup.name] = new_run_id("bench")
         _start_run(store, run_id, cfg, setup, source, sorted(examples))
-        status, explainer, scorer_llm = "failed", None, None
+        control_run_id = None
+        if cfg.shuffled_control:  # its own run, so the control's scoring calls are not billed to the setup
+            control_run_id = run_ids[setup.name + SHUFFLED_SUFFIX] = new_run_id("bench")
+            _start_run(store, control_run_id, cfg, setup, source, sorted(examples), control="shuffled labels")
+        status, explainer, scorer_llm, control_llm = "failed", None, None, None
         try:
             if setup.explainer != BASELINE:
                 explainer = make_llm(setup.explainer, store=store, run_id=run_id, base_url=cfg.base_url)
             if set(cfg.scorers) & NEEDS_LLM:
                 scorer_llm = make_llm(cfg.scorer_model, store=store, run_id=run_id, base_url=cfg.base_url)
-            scorers = {n: make_scorer(n, scorer_llm if n in NEEDS_LLM else None, **cfg.scorer_options.get(n, {})) for n in cfg.scorers}
+                if control_run_id:
+                    control_llm = make_llm(cfg.scorer_model, store=store, run_id=control_run_id, base_url=cfg.base_url)
+
+            def make_scorers(llm):
+                return {n: make_scorer(n, llm if n in NEEDS_LLM else None, **cfg.scorer_options.get(n, {})) for n in cfg.scorers}
+
+            scorers = make_scorers(scorer_llm)
             explained: dict[int, Explanation] = {}
 
             async def one(feature: int) -> None:
@@ -209,37 +219,43 @@ async def _run_setups(store: Store, cfg: QualityConfig, source: str, examples: d
                 labels.append(row)
 
             await gather_limited([lambda f=f: one(f) for f in examples], cfg.concurrency)
-            if cfg.shuffled_control:
+            if control_run_id:
                 lender = derangement(sorted(explained), cfg.seed)
+                control_scorers = make_scorers(control_llm)
 
                 async def control(feature: int) -> None:
                     expl = explained[lender[feature]]
                     row = LabelRow(setup.name + SHUFFLED_SUFFIX, feature, densities.get(feature, float("nan")), expl.label, lender[feature])
-                    await _score(scorers, row, dataclasses.replace(expl, feature=feature), examples[feature], failures)
+                    await _score(control_scorers, row, dataclasses.replace(expl, feature=feature), examples[feature], failures)
                     labels.append(row)
 
                 await gather_limited([lambda f=f: control(f) for f in sorted(lender)], cfg.concurrency)
             status = "done"
         finally:
-            for llm in (explainer, scorer_llm):
+            for llm in (explainer, scorer_llm, control_llm):
                 if llm is not None:
                     await llm.aclose()
-            n_done = sum(1 for r in labels if r.setup == setup.name)
-            n_failed = len({f["feature"] for f in failures if f["setup"] == setup.name})
-            _end_run(store, run_id, status, n_done, n_failed)
+            for name, rid in ((setup.name, run_id), (setup.name + SHUFFLED_SUFFIX, control_run_id)):
+                if rid:
+                    n_done = sum(1 for r in labels if r.setup == name)
+                    n_failed = len({f["feature"] for f in failures if f["setup"] == name})
+                    _end_run(store, rid, status, n_done, n_failed)
     labels.sort(key=lambda r: (r.setup, r.feature))
     failures.sort(key=lambda f: (f["setup"], f["feature"], f["stage"]))
     return labels, failures, run_ids
 
 
-def _start_run(store: Store, run_id: str, cfg: QualityConfig, setup: ExplainerSetup, source: str, features: list[int]) -> None:
-    """A `runs` row per setup (kind "bench"), so `autointerp runs` and `autointerp costs --run` show it."""
+def _start_run(
+    store: Store, run_id: str, cfg: QualityConfig, setup: ExplainerSetup, source: str, features: list[int], control: str | None = None
+) -> None:
+    """A `runs` row per setup and per control (kind "bench"), so `autointerp runs` and `autointerp costs --run` show it."""
     from autointerp.config import config_hash
     from autointerp.store import jobs
 
     config = {
         "bench": "quality", "source": source, "setup": dataclasses.asdict(setup), "scorers": list(cfg.scorers),
         "scorer_model": cfg.scorer_model, "sampling": dataclasses.asdict(cfg.sampling), "features": features,
+        **({"control": control} if control else {}),
     }
     with store.writing() as con:
         jobs.create_run(con, run_id, "bench", config, config_hash(config), len(features))
@@ -331,7 +347,7 @@ def metric_rows(result: QualityResult) -> list[dict[str, Any]]:
     rows = []
     for setup in _setups_in(result):
         mine = [r for r in result.labels if r.setup == setup]
-        usage = result.usage.get(setup.removesuffix(SHUFFLED_SUFFIX), {})
+        usage = result.usage.get(setup, {})
         failures = sum(1 for f in result.failures if f["setup"] == setup)
         for scorer in result.config.scorers:
             keys = list(dict.fromkeys((s["metric"], s["subset"]) for r in mine for s in r.scores.get(scorer, {}).get("all", [])))

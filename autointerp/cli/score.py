@@ -9,6 +9,7 @@ import json
 from autointerp.cli.label import existing_store, print_table, score_cell
 from autointerp.config import load_job_config
 from autointerp.pipeline import score_label
+from autointerp.records import Score
 
 NAME = "score"
 HELP = "Score a label you propose for a feature on its held-out test contexts, and store it as a human label."
@@ -46,8 +47,23 @@ def run(args: argparse.Namespace) -> int:
     )
     result = score_label(existing_store(args.db), job, args.feature, args.label)
     if args.json:
-        print(json.dumps(dataclasses.asdict(result), default=str))
+        out = dataclasses.asdict(result)
+        for score in out["scores"]:
+            score.pop("items")  # stored per item in the store (autointerp.judgements), not repeated per row
+        print(json.dumps(out, default=str))
         return 0
     print(f"stored human label #{result.explanation_id} for feature {result.feature}: {result.label}")
-    print_table(["scorer", "subset", "score (95% CI)"], [[s.scorer, s.subset, score_cell(s)] for s in result.scores])
+    print_table(
+        ["scorer", "subset", "score (95% CI)", "by activation quantile"],
+        [[s.scorer, s.subset, score_cell(s), quantile_cell(s)] for s in result.scores],
+    )
     return 0
+
+
+def quantile_cell(score: Score) -> str:
+    """`q0 0.40 q1 0.90 top 0.90`: the metric on each quantile's positives against the subset's negatives."""
+    by_quantile = score.details.get("by_quantile") or {}
+    return " ".join(
+        f"{'' if key == 'top' else 'q'}{key} {'-' if row['value'] is None else format(row['value'], '.2f')}"
+        for key, row in by_quantile.items()
+    )

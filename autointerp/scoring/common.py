@@ -1,17 +1,16 @@
-"""Pieces every scorer shares: choosing the split, seeding, and Score rows for binary judgements."""
+"""Pieces every scorer shares: choosing the split, seeding, and Score rows from judged items."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from autointerp.errors import AutointerpError
-from autointerp.records import Example, FeatureExamples, Score, Split
-from autointerp.scoring import metrics
+from autointerp.records import Example, FeatureExamples, ItemJudgement, Score, Split
+from autointerp.scoring import items
 
 T = TypeVar("T")
 SCORABLE_SPLITS = ("test", "valid")
@@ -39,12 +38,17 @@ def group_of(example: Example) -> str:
     return "random_negatives" if example.kind == "random_negative" else "hard_negatives"
 
 
-def subset_mask(groups: Sequence[str], subset: str) -> np.ndarray:
-    """`all`: everything; a negative subset: positives plus that kind of negative."""
-    groups = np.asarray(groups)
-    if subset == "all":
-        return np.ones(len(groups), dtype=bool)
-    return (groups == "positives") | (groups == subset)
+def judged_item(scorer: str, index: int, example: Example, group: str | None = None, **answer: Any) -> ItemJudgement:
+    """An item about `example` (its context, kind and quantile) with the scorer's answer."""
+    return ItemJudgement(
+        scorer=scorer,
+        item=index,
+        context_id=example.context_id,
+        group=group or group_of(example),
+        kind=example.kind,
+        quantile=example.quantile,
+        **answer,
+    )
 
 
 async def gather_limited(factories: Sequence[Callable[[], Awaitable[T]]], concurrency: int) -> list[T]:
@@ -57,20 +61,11 @@ async def gather_limited(factories: Sequence[Callable[[], Awaitable[T]]], concur
     return await asyncio.gather(*(run(f) for f in factories))
 
 
-@dataclass
-class Judgements:
-    """Binary items (truth 1/0) with the model's answers: prediction None = unparsed; probability None = no logprobs."""
-
-    truth: list[int]
-    groups: list[str]
-    predictions: list[int | None]
-    probabilities: list[float | None] = field(default_factory=list)
-
-
-def binary_scores(
+def item_scores(
     scorer: str,
-    judgements: Judgements,
+    judged: list[ItemJudgement],
     subsets: Sequence[str],
+    metric_names: Sequence[str],
     *,
     split: str,
     scorer_model: str | None,
@@ -78,91 +73,48 @@ def binary_scores(
     n_resamples: int,
     seed: int,
 ) -> list[Score]:
-    """Balanced accuracy (and AUROC where probabilities exist) per subset; unparsed items leave n and are counted."""
-    truth = np.asarray(judgements.truth, dtype=int)
-    preds = judgements.predictions
-    probs = judgements.probabilities or [None] * len(preds)
+    """One Score per subset and metric, with its breakdown by activation quantile in details["by_quantile"].
+
+    Unanswered items leave n and are counted (n_unparsed); AUROC rows appear only where items carry a
+    probability. Every row holds the same `items` list.
+    """
     scores = []
     for subset in subsets:
-        mask = subset_mask(judgements.groups, subset)
-        parsed = mask & np.array([p is not None for p in preds], dtype=bool)
-        y = truth[parsed]
-        yhat = np.array([p for p, ok in zip(preds, parsed) if ok], dtype=int)
-        low, high = metrics.bootstrap_balanced_accuracy(y, yhat, n_resamples, seed) if len(y) else (None, None)
-        scores.append(
-            Score(
-                scorer=scorer,
-                metric="balanced_accuracy",
-                value=metrics.balanced_accuracy(y, yhat) if len(y) else None,
-                ci_low=low,
-                ci_high=high,
-                n=int(parsed.sum()),
-                subset=subset,
-                split=split,
-                scorer_model=scorer_model,
-                details=row_details(details, truth, mask, parsed, subset, split),
-            )
-        )
-        has_prob = mask & np.array([p is not None for p in probs], dtype=bool)
-        if has_prob.any():
-            values = np.array([p if p is not None else np.nan for p in probs], dtype=float)
+        mask = items.subset_mask(judged, subset)
+        chosen = [j for j, m in zip(judged, mask) if m]
+        for metric in metric_names:
+            if metric == "auroc" and not any(j.probability is not None for j in chosen):
+                continue
+            got = items.compute(metric, chosen, n_resamples, seed)
+            row = {**details, **_counts(chosen, metric, subset, split)}
+            row["by_quantile"] = items.by_quantile(metric, chosen, n_resamples, seed)
             scores.append(
-                auroc_score(
-                    scorer,
-                    truth,
-                    values,
-                    has_prob,
-                    subset,
+                Score(
+                    scorer=scorer,
+                    metric=metric,
+                    value=got.value,
+                    ci_low=got.ci_low,
+                    ci_high=got.ci_high,
+                    n=got.n,
+                    subset=subset,
                     split=split,
                     scorer_model=scorer_model,
-                    details=row_details(details, truth, mask, has_prob, subset, split),
-                    n_resamples=n_resamples,
-                    seed=seed,
+                    details=row,
+                    items=judged,
                 )
             )
     return scores
 
 
-def auroc_score(
-    scorer: str,
-    truth: np.ndarray,
-    values: np.ndarray,
-    mask: np.ndarray,
-    subset: str,
-    *,
-    split: str,
-    scorer_model: str | None,
-    details: dict[str, Any],
-    n_resamples: int,
-    seed: int,
-) -> Score:
-    """AUROC of `values` separating truth 1 from 0 over the masked items, with a bootstrap CI."""
-    y, s = truth[mask], values[mask]
-    low, high = metrics.bootstrap_auroc(y, s, n_resamples, seed) if len(y) else (None, None)
-    return Score(
-        scorer=scorer,
-        metric="auroc",
-        value=metrics.auroc(y, s) if len(y) else None,
-        ci_low=low,
-        ci_high=high,
-        n=int(mask.sum()),
-        subset=subset,
-        split=split,
-        scorer_model=scorer_model,
-        details=details,
-    )
-
-
-def row_details(
-    details: dict[str, Any], truth: np.ndarray, mask: np.ndarray, used: np.ndarray, subset: str, split: str
-) -> dict[str, Any]:
-    row = {
-        **details,
-        "n_unparsed": int(mask.sum() - used.sum()),
-        "n_positive": int((truth[used] == 1).sum()),
-        "n_negative": int((truth[used] == 0).sum()),
+def _counts(chosen: list[ItemJudgement], metric: str, subset: str, split: str) -> dict[str, Any]:
+    answered = [j.probability is not None if metric == "auroc" else j.prediction is not None for j in chosen]
+    used = [j for j, ok in zip(chosen, answered) if ok]
+    row: dict[str, Any] = {
+        "n_unparsed": len(chosen) - len(used),
+        "n_positive": sum(j.truth == 1 for j in used),
+        "n_negative": sum(j.truth == 0 for j in used),
     }
-    if not (mask & (truth == 0)).any():
+    if not any(j.truth == 0 for j in chosen):
         row["note"] = f"no {subset.replace('_', ' ') if subset != 'all' else 'negatives'} in the {split} split"
     elif not (row["n_positive"] and row["n_negative"]):
         row["note"] = "the parsed answers cover only one class: metric undefined"

@@ -6,12 +6,13 @@ from autointerp import render
 from autointerp.llm.base import LLM
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.scoring import metrics
-from autointerp.scoring.common import NEGATIVE_SUBSETS, binary_scores, group_of, rng_for, scoring_split
+from autointerp.scoring.common import NEGATIVE_SUBSETS, group_of, item_scores, rng_for, scoring_split
+from autointerp.scoring.items import BINARY_METRICS
 from autointerp.scoring.judge import JudgeItem, judge
 
 
 class DetectionScorer:
-    """Balanced accuracy (AUROC too when the LLM gives logprobs) for all contexts, and for positives against
+    """Balanced accuracy and F1 (AUROC too when the LLM gives logprobs) for all contexts, and for positives against
     random and against hard negatives separately. Excerpts are windows: around the max-activating token for
     positives, a characteristic token for hard negatives, a random place for random negatives."""
 
@@ -42,8 +43,8 @@ class DetectionScorer:
         for e in chosen.all():
             center = render.window_center(e, examples.characteristic_tokens, rng)
             tokens, _ = render.window(e, center, self.before, self.after)
-            items.append(JudgeItem(render.plain_text(tokens), int(e.is_positive), group_of(e), e.context_id))
-        judgements, details = await judge(
+            items.append(JudgeItem(render.plain_text(tokens), int(e.is_positive), group_of(e), e))
+        judged, details = await judge(
             self.llm,
             "detection",
             explanation.label,
@@ -54,10 +55,11 @@ class DetectionScorer:
             concurrency=self.concurrency,
         )
         details["window"] = self.before + 1 + self.after
-        return binary_scores(
+        return item_scores(
             self.name,
-            judgements,
+            judged,
             ("all", *NEGATIVE_SUBSETS),
+            BINARY_METRICS,
             split=split,
             scorer_model=self.llm.name,
             details=details,

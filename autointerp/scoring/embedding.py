@@ -11,15 +11,7 @@ from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.llm.base import LLM
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.scoring import metrics
-from autointerp.scoring.common import (
-    NEGATIVE_SUBSETS,
-    auroc_score,
-    group_of,
-    rng_for,
-    row_details,
-    scoring_split,
-    subset_mask,
-)
+from autointerp.scoring.common import NEGATIVE_SUBSETS, item_scores, judged_item, rng_for, scoring_split
 
 
 class EmbeddingScorer:
@@ -64,24 +56,18 @@ class EmbeddingScorer:
             texts.append("".join(render.display_tokens(tokens)).strip())
         label_vec = (await asyncio.to_thread(embed_texts, [explanation.label]))[0]
         cosines = (await self._embed(texts)) @ label_vec
-        truth = np.array([int(e.is_positive) for e in contexts])
-        groups = [group_of(e) for e in contexts]
-        details = {"window": self.before + 1 + self.after, "embedding_model": EMBEDDING_MODEL}
-        scores = []
-        for subset in ("all", *NEGATIVE_SUBSETS):
-            mask = subset_mask(groups, subset)
-            scores.append(
-                auroc_score(
-                    self.name,
-                    truth,
-                    cosines.astype(float),
-                    mask,
-                    subset,
-                    split=split,
-                    scorer_model=EMBEDDING_MODEL,
-                    details=row_details(details, truth, mask, mask, subset, split),
-                    n_resamples=self.n_resamples,
-                    seed=self.seed,
-                )
-            )
-        return scores
+        judged = [
+            judged_item(self.name, k, e, truth=int(e.is_positive), probability=float(cosine))
+            for k, (e, cosine) in enumerate(zip(contexts, cosines))
+        ]
+        return item_scores(
+            self.name,
+            judged,
+            ("all", *NEGATIVE_SUBSETS),
+            ("auroc",),
+            split=split,
+            scorer_model=EMBEDDING_MODEL,
+            details={"window": self.before + 1 + self.after, "embedding_model": EMBEDDING_MODEL},
+            n_resamples=self.n_resamples,
+            seed=self.seed,
+        )

@@ -9,7 +9,8 @@ import numpy as np
 
 from autointerp.llm.base import LLM, LLMResponse
 from autointerp.prompts import load_prompt
-from autointerp.scoring.common import Judgements, gather_limited
+from autointerp.records import Example, ItemJudgement
+from autointerp.scoring.common import gather_limited, judged_item
 from autointerp.scoring.llm_output import BINARY_VALUES, answer_slots, answer_values, digit_distribution
 
 TOP_LOGPROBS = 5
@@ -20,7 +21,7 @@ class JudgeItem:
     text: str
     truth: int  # 1: the label should fit
     group: str
-    context_id: int
+    example: Example  # the context the text comes from
 
 
 async def judge(
@@ -33,7 +34,7 @@ async def judge(
     rng: np.random.Generator,
     stage: str,
     concurrency: int,
-) -> tuple[Judgements, dict[str, Any]]:
+) -> tuple[list[ItemJudgement], dict[str, Any]]:
     """Ask about `items` in shuffled batches; answers are `number: 1|0` lines, P(1) read from logprobs if offered."""
     template = load_prompt(template_name)
     order = rng.permutation(len(items))
@@ -64,12 +65,10 @@ async def judge(
             if dist is not None:
                 probabilities[i] = dist.get(1, 0.0)
     unparsed_outputs = [r.text[:200] for b, r in zip(batches, responses) if any(predictions[i] is None for i in b)]
-    judgements = Judgements(
-        truth=[it.truth for it in items],
-        groups=[it.group for it in items],
-        predictions=predictions,
-        probabilities=probabilities,
-    )
+    judged = [
+        judged_item(stage, k, it.example, it.group, truth=it.truth, prediction=predictions[k], probability=probabilities[k])
+        for k, it in enumerate(items)
+    ]
     details = {
         "prompt_name": template.name,
         "prompt_hash": template.sha256,
@@ -82,4 +81,4 @@ async def judge(
         "probabilities": "logprobs" if use_logprobs else "none",
         "unparsed_outputs": unparsed_outputs[:3],
     }
-    return judgements, details
+    return judged, details

@@ -10,20 +10,22 @@ from autointerp.llm.base import TokenLogprob
 ACTIVATION_VALUES = range(0, 11)
 BINARY_VALUES = range(0, 2)
 
-_ANSWER_LINE = re.compile(r"^[\s*#>\-]*(?:context\s*)?(\d+)\**\s*[:.)=\-]+\s*\**\s*(\d+|yes|no)\b", re.I | re.M)
-_SLOT_PREFIX = re.compile(r"(?:^|\n)[\s*#>\-]*(?:context\s*)?(\d+)\**\s*[:.)=\-]+[ \t*]*$", re.I)
+_ANSWER_LINE = re.compile(r"^[\s*#>\-]*(?:context\s*)?(\d+)\**\s*[:.)=\-]+\s*\**\s*(\d+|yes|no)\b", re.I | re.M | re.A)
+_ASCII_NUMBER = re.compile(r"[0-9]+")
+_SLOT_PREFIX = re.compile(r"(?:^|\n)[\s*#>\-]*(?:context\s*)?(\d+)\**\s*[:.)=\-]+[ \t*]*$", re.I | re.A)
 
 
 def digit_distribution(top: dict[str, float], values: range = ACTIVATION_VALUES) -> dict[int, float] | None:
     """Probabilities over the allowed integers among one position's top logprobs, renormalised over those present.
 
     Alternatives are compared with surrounding whitespace removed (" 7" counts as 7); several alternatives
-    for one value add up. None when no allowed value is among them.
+    for one value add up. Only ASCII digits count: "²" or "٣" are other tokens, as in the references.
+    None when no allowed value is among them.
     """
     mass: dict[int, float] = {}
     for token, logprob in top.items():
         text = token.strip()
-        if text.isdigit() and int(text) in values and logprob is not None:
+        if _ASCII_NUMBER.fullmatch(text) and int(text) in values and logprob is not None:
             mass[int(text)] = mass.get(int(text), 0.0) + math.exp(logprob)
     total = sum(mass.values())
     if total <= 0:

@@ -9,7 +9,7 @@ materialised resample.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -34,6 +34,14 @@ def auroc(y_true: ArrayLike, y_score: ArrayLike) -> float | None:
     return float(roc_auc_score(y_true, np.asarray(y_score, dtype=float)))
 
 
+def f1(y_true: ArrayLike, y_pred: ArrayLike) -> float | None:
+    """F1 of class 1 (delphi's headline for detection and fuzzing); None unless both classes are present."""
+    y_true = np.asarray(y_true, dtype=int)
+    if len(np.unique(y_true)) < 2:
+        return None
+    return float(f1_score(y_true, np.asarray(y_pred, dtype=int), pos_label=1, zero_division=0.0))
+
+
 def pearson(x: ArrayLike, y: ArrayLike) -> float | None:
     """Pearson correlation; None when either side is constant (the correlation is undefined)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -49,8 +57,17 @@ def pooled_pearson(true_per_context: list[ArrayLike], pred_per_context: list[Arr
     return pearson(np.concatenate(true_per_context), np.concatenate(pred_per_context))
 
 
-def resample_counts(strata: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> np.ndarray:
-    """[n_resamples, n_units] draw counts, resampling units with replacement within each stratum."""
+def resample_counts(
+    strata: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED, clusters: ArrayLike | None = None
+) -> np.ndarray:
+    """[n_resamples, n_units] draw counts, resampling units with replacement within each stratum.
+
+    With `clusters` (e.g. context ids), whole clusters are drawn and every unit of a drawn cluster comes with
+    it: fuzzing's true and decoy highlighting of one context stay a pair. A cluster whose units lie in
+    different strata is drawn in a stratum of its own kind ("mixed").
+    """
+    if clusters is not None:
+        return _cluster_counts(np.asarray(strata), np.asarray(clusters), n_resamples, seed)
     strata = np.asarray(strata)
     rng = np.random.default_rng(seed)
     counts = np.zeros((n_resamples, len(strata)), dtype=np.int64)
@@ -58,6 +75,15 @@ def resample_counts(strata: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int
         idx = np.flatnonzero(strata == value)
         counts[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_resamples)
     return counts
+
+
+def _cluster_counts(strata: np.ndarray, clusters: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    ids, inverse = np.unique(clusters, return_inverse=True)
+    kinds = []
+    for c in range(len(ids)):
+        values = {str(v) for v in strata[inverse == c]}
+        kinds.append(values.pop() if len(values) == 1 else "mixed")
+    return resample_counts(np.array(kinds), n_resamples, seed)[:, inverse]
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
@@ -80,6 +106,18 @@ def balanced_accuracy_replicates(y_true: ArrayLike, y_pred: ArrayLike, counts: n
         with np.errstate(invalid="ignore", divide="ignore"):
             recalls.append(np.where(drawn > 0, counts[:, mask] @ correct[mask] / np.maximum(drawn, 1), np.nan))
     return (recalls[0] + recalls[1]) / 2
+
+
+def f1_replicates(y_true: ArrayLike, y_pred: ArrayLike, counts: np.ndarray) -> np.ndarray:
+    """F1 of class 1 per resample: 2TP / (2TP + FP + FN) from count-weighted confusion cells."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    tp = counts @ ((y_true == 1) & (y_pred == 1)).astype(float)
+    fp = counts @ ((y_true == 0) & (y_pred == 1)).astype(float)
+    fn = counts @ ((y_true == 1) & (y_pred == 0)).astype(float)
+    both = (counts @ (y_true == 1).astype(float) > 0) & (counts @ (y_true == 0).astype(float) > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-300), 0.0)
+    return np.where(both, value, np.nan)
 
 
 def auroc_replicates(y_true: ArrayLike, y_score: ArrayLike, counts: np.ndarray) -> np.ndarray:
@@ -115,17 +153,25 @@ def pooled_pearson_replicates(
 
 
 def bootstrap_balanced_accuracy(
-    y_true: ArrayLike, y_pred: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED
+    y_true: ArrayLike, y_pred: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED, clusters: ArrayLike | None = None
 ) -> tuple[float | None, float | None]:
-    """95% CI, resampling items within each class (so every resample holds both classes)."""
-    counts = resample_counts(y_true, n_resamples, seed)
+    """95% CI, resampling items within each class (so every resample holds both classes), or whole
+    `clusters` (contexts) when items come in groups."""
+    counts = resample_counts(y_true, n_resamples, seed, clusters)
     return percentile_interval(balanced_accuracy_replicates(y_true, y_pred, counts))
 
 
-def bootstrap_auroc(
-    y_true: ArrayLike, y_score: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED
+def bootstrap_f1(
+    y_true: ArrayLike, y_pred: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED, clusters: ArrayLike | None = None
 ) -> tuple[float | None, float | None]:
-    counts = resample_counts(y_true, n_resamples, seed)
+    counts = resample_counts(y_true, n_resamples, seed, clusters)
+    return percentile_interval(f1_replicates(y_true, y_pred, counts))
+
+
+def bootstrap_auroc(
+    y_true: ArrayLike, y_score: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED, clusters: ArrayLike | None = None
+) -> tuple[float | None, float | None]:
+    counts = resample_counts(y_true, n_resamples, seed, clusters)
     return percentile_interval(auroc_replicates(y_true, y_score, counts))
 
 

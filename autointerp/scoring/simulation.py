@@ -24,9 +24,9 @@ from autointerp import render
 from autointerp.errors import AutointerpError
 from autointerp.llm.base import LLM, LLMResponse
 from autointerp.prompts import load_prompt
-from autointerp.records import Example, Explanation, FeatureExamples, Score
-from autointerp.scoring import metrics
-from autointerp.scoring.common import NEGATIVE_SUBSETS, gather_limited, group_of, rng_for, scoring_split, subset_mask
+from autointerp.records import Example, Explanation, FeatureExamples, ItemJudgement, Score
+from autointerp.scoring import items, metrics
+from autointerp.scoring.common import NEGATIVE_SUBSETS, gather_limited, judged_item, rng_for, scoring_split
 from autointerp.scoring.llm_output import (
     ACTIVATION_VALUES,
     answer_slots,
@@ -36,12 +36,13 @@ from autointerp.scoring.llm_output import (
 
 MODES = ("echo", "chat_logprobs", "json")
 SLOT_WORD = "unknown"
-SUBSETS = ("all", *NEGATIVE_SUBSETS, "positives")
+SUBSETS = ("all", *NEGATIVE_SUBSETS, "positives", "top_and_random")
 _SUBSET_GROUPS = {
     "all": ("positives", *NEGATIVE_SUBSETS),
     "random_negatives": ("positives", "random_negatives"),
     "hard_negatives": ("positives", "hard_negatives"),
     "positives": ("positives",),
+    "top_and_random": ("positives", "random_negatives"),
 }
 _JSON_LIST = re.compile(r"\[[^\[\]]*\]")
 
@@ -77,6 +78,7 @@ class SimulationScorer:
         llm: LLM,
         *,
         mode: str | None = None,
+        whole_records: bool = False,
         contexts_per_prompt: int = 4,
         before: int = 16,
         after: int = 7,
@@ -89,6 +91,7 @@ class SimulationScorer:
         self.mode = mode or simulation_mode(llm)
         if self.mode not in MODES:
             raise AutointerpError(f"unknown simulation mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        self.whole_records = whole_records
         self.contexts_per_prompt = contexts_per_prompt
         self.before, self.after = before, after
         self.top_logprobs = top_logprobs
@@ -100,7 +103,9 @@ class SimulationScorer:
         rng = rng_for(examples, split, self.seed, self.name)
         contexts = chosen.all()
         windows = [
-            render.window(e, render.window_center(e, examples.characteristic_tokens, rng), self.before, self.after)
+            (e.tokens, e.activations)
+            if self.whole_records
+            else render.window(e, render.window_center(e, examples.characteristic_tokens, rng), self.before, self.after)
             for e in contexts
         ]
         predict = {"echo": self._predict_echo, "chat_logprobs": self._predict_chat, "json": self._predict_json}
@@ -109,7 +114,7 @@ class SimulationScorer:
             "mode": self.mode,
             "prompt_name": template.name,
             "prompt_hash": template.sha256,
-            "window": self.before + 1 + self.after,
+            "window": "whole records" if self.whole_records else self.before + 1 + self.after,
             "n_calls": len(responses),
             "usage": {
                 "prompt_tokens": sum(r.usage.prompt_tokens for r in responses),
@@ -199,55 +204,60 @@ class SimulationScorer:
         details: dict[str, Any],
     ) -> list[Score]:
         """Pooled correlation per subset over the tokens that got a prediction; unparsed tokens are counted."""
-        groups = np.array([group_of(e) for e in contexts])
-        kept_true, kept_pred, kept_ok, unparsed_tokens = [], [], [], []
-        for acts, preds in zip(true_acts, predictions):
-            preds = preds if preds is not None else [None] * len(acts)
-            ok = np.array([p is not None for p in preds], dtype=bool)
-            unparsed_tokens.append(int((~ok).sum()))
-            kept_true.append(np.asarray(acts, dtype=float)[ok])
-            kept_pred.append(np.array([p for p in preds if p is not None], dtype=float))
-            kept_ok.append(bool(ok.any()))
-        parsed = np.array(kept_ok, dtype=bool)
+        judged = [
+            judged_item(
+                self.name,
+                k,
+                e,
+                true_activations=[float(a) for a in acts],
+                predicted_activations=list(preds) if preds is not None else [None] * len(acts),
+            )
+            for k, (e, acts, preds) in enumerate(zip(contexts, true_acts, predictions))
+        ]
         scores = []
         for subset in SUBSETS:
-            mask = subset_mask(groups, subset) if subset != "positives" else groups == "positives"
-            use = np.flatnonzero(mask & parsed)
-            t = [kept_true[i] for i in use]
-            p = [kept_pred[i] for i in use]
-            value = metrics.pooled_pearson(t, p)
-            low, high = (
-                metrics.bootstrap_pooled_pearson(t, p, groups[use], self.n_resamples, self.seed)
-                if value is not None
-                else (None, None)
-            )
+            mask = items.subset_mask(judged, subset)
+            chosen = [j for j, m in zip(judged, mask) if m]
+            got = items.compute("ev_correlation", chosen, self.n_resamples, self.seed)
+            kept = [_answered(j) for j in chosen]
+            groups = sorted({j.group for j in chosen})
             row = {
                 **details,
-                "groups": sorted(set(groups[mask].tolist())),
-                "n_unparsed": int(mask.sum() - len(use)),
-                "n_unparsed_tokens": int(np.asarray(unparsed_tokens)[mask].sum()),
-                "n_tokens": int(sum(len(x) for x in t)),
+                "groups": groups,
+                "n_unparsed": len(chosen) - got.n,
+                "n_unparsed_tokens": sum(len(j.true_activations) - int(ok.sum()) for j, ok in zip(chosen, kept)),
+                "n_tokens": int(sum(ok.sum() for ok in kept)),
+                "by_quantile": items.by_quantile("ev_correlation", chosen, self.n_resamples, self.seed),
             }
-            missing = [g for g in _SUBSET_GROUPS[subset] if g not in row["groups"]]
+            if subset == "top_and_random":
+                row["reference"] = "Bills et al. 2023 top-and-random: top-quantile positives + random contexts"
+            missing = [g for g in _SUBSET_GROUPS[subset] if g not in groups]
             if missing:
                 row["note"] = f"no {' or '.join(g.replace('_', ' ') for g in missing)} in the {split} split"
-            if value is None:
+            if got.value is None:
+                t = [np.asarray(j.true_activations)[ok] for j, ok in zip(chosen, kept) if ok.any()]
+                p = [np.array([v for v in j.predicted_activations if v is not None]) for j, ok in zip(chosen, kept) if ok.any()]
                 row["note"] = "; ".join(filter(None, [row.get("note"), _undefined_reason(t, p)]))
             scores.append(
                 Score(
                     scorer=self.name,
                     metric="ev_correlation",
-                    value=value,
-                    ci_low=low,
-                    ci_high=high,
-                    n=len(use),
+                    value=got.value,
+                    ci_low=got.ci_low,
+                    ci_high=got.ci_high,
+                    n=got.n,
                     subset=subset,
                     split=split,
                     scorer_model=self.llm.name,
                     details=row,
+                    items=judged,
                 )
             )
         return scores
+
+
+def _answered(item: ItemJudgement) -> np.ndarray:
+    return np.array([p is not None for p in item.predicted_activations], dtype=bool)
 
 
 def _undefined_reason(true_acts: list[np.ndarray], preds: list[np.ndarray]) -> str:

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, NotFound
 
 N_QUANTILE_EDGES = 11  # deciles of the per-context max, 0.0 ... 1.0
 N_HIST_BINS = 20
@@ -118,14 +118,14 @@ def get_source(con: duckdb.DuckDBPyConnection, name: str) -> SourceInfo:
     if row is None:
         known = [s.name for s in list_sources(con)]
         hint = f"known sources: {', '.join(known)}" if known else "the store has no sources yet: run `autointerp collect` or `autointerp import`"
-        raise AutointerpError(f"unknown source {name!r}; {hint}")
+        raise NotFound(f"unknown source {name!r}; {hint}")
     return _source_from_row(row)
 
 
 def _source_by_id(con: duckdb.DuckDBPyConnection, source_id: int) -> SourceInfo:
     row = con.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE source_id = ?", [source_id]).fetchone()
     if row is None:
-        raise AutointerpError(f"no source with id {source_id} in this store")
+        raise NotFound(f"no source with id {source_id} in this store")
     return _source_from_row(row)
 
 
@@ -426,7 +426,7 @@ def feature_stats(con: duckdb.DuckDBPyConnection, source_id: int, feature: int) 
         f"SELECT {_STATS_COLUMNS} FROM feature_stats WHERE source_id = ? AND feature = ?", [source_id, feature]
     ).fetchone()
     if row is None:
-        raise AutointerpError(_unknown_feature_message(con, source_id, feature))
+        raise NotFound(_unknown_feature_message(con, source_id, feature))
     return _stats_from_row(row)
 
 

@@ -300,6 +300,33 @@ def m004_catalog_score_index(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
+def m010_score_items(con: duckdb.DuckDBPyConnection) -> None:
+    """Every judged test item behind a label's scores (delphi keeps them too): a new metric is computed
+    from these rows without calling the model again."""
+    con.execute(
+        """
+        CREATE TABLE score_items (
+            explanation_id BIGINT NOT NULL,
+            scorer VARCHAR NOT NULL,
+            split VARCHAR NOT NULL,
+            item INTEGER NOT NULL,
+            context_id BIGINT NOT NULL,
+            item_group VARCHAR NOT NULL,      -- positives | random_negatives | hard_negatives | misplaced
+            kind VARCHAR NOT NULL,            -- the context's sampler kind: top | quantile | random_negative | hard_negative
+            quantile INTEGER,
+            truth INTEGER,
+            prediction INTEGER,
+            probability DOUBLE,
+            true_activations DOUBLE[],
+            predicted_activations DOUBLE[],
+            run_id VARCHAR,
+            PRIMARY KEY (explanation_id, scorer, split, item)
+        )
+        """
+    )
+
+
+@migration
 def m020_imported_scores(con: duckdb.DuckDBPyConnection) -> None:
     """Scores copied from a label file are its claims, kept apart from scores measured here: never ranked."""
     con.execute("ALTER TABLE scores ADD COLUMN imported BOOLEAN DEFAULT false")

@@ -26,15 +26,13 @@ from fastapi.staticfiles import StaticFiles
 
 from autointerp import inventory
 from autointerp.catalog import REVIEW_STATES, VERDICTS, FeatureView, feature_view, load_labels, review_label, run_view
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, NotFound
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
 from autointerp.store import Store, connect
 from autointerp.store.jobs import list_runs
 
 HERE = Path(__file__).parent
 REFRESH_FACTOR = 10.0  # rebuild the search index at most once per 10x its last build time
-# Beginnings of the catalog's messages for things that do not exist: answered 404, other user errors 400.
-NOT_FOUND_MESSAGES = ("unknown source", "no label", "no run", "feature ", "source ")
 
 
 class CatalogAccess:
@@ -163,7 +161,7 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
 
     @app.exception_handler(AutointerpError)
     async def user_error(request: Request, exc: AutointerpError):
-        status = 404 if str(exc).startswith(NOT_FOUND_MESSAGES) else 400
+        status = 404 if isinstance(exc, NotFound) else 400
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(exc)}, status_code=status)
         return page("error.html", status=status, message=str(exc))
@@ -253,7 +251,7 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
         with access.reading() as con:
             found = load_labels(con, [explanation_id])
         if not found:
-            raise AutointerpError(f"no label with explanation id {explanation_id} in this store")
+            raise NotFound(f"no label with explanation id {explanation_id} in this store")
         return jsonable_encoder(dataclasses.asdict(found[0]))
 
     @app.post("/api/explanations/{explanation_id}/reviews", summary="Accept, reject or edit a label", tags=["reviews"])

@@ -1,0 +1,46 @@
+"""SQL of per-item judgements (`score_items`): written with a label's scores, read to recompute metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+from autointerp.records import ItemJudgement
+
+_COLUMNS = (
+    "scorer", "item", "context_id", "item_group", "kind", "quantile", "truth", "prediction", "probability",
+    "true_activations", "predicted_activations",
+)
+_FIELDS = (
+    "scorer", "item", "context_id", "group", "kind", "quantile", "truth", "prediction", "probability",
+    "true_activations", "predicted_activations",
+)
+
+
+def insert_items(
+    con: duckdb.DuckDBPyConnection, explanation_id: int, split: str, items: Sequence[ItemJudgement], run_id: str | None
+) -> None:
+    if not items:
+        return
+    con.executemany(
+        f"""
+        INSERT INTO score_items (explanation_id, split, run_id, {', '.join(_COLUMNS)})
+        VALUES (?, ?, ?, {', '.join('?' for _ in _COLUMNS)})
+        """,
+        [[explanation_id, split, run_id, *(getattr(i, f) for f in _FIELDS)] for i in items],
+    )
+
+
+def items_of(
+    con: duckdb.DuckDBPyConnection, explanation_id: int, scorer: str | None, split: str
+) -> list[ItemJudgement]:
+    rows = con.execute(
+        f"""
+        SELECT {', '.join(_COLUMNS)} FROM score_items
+        WHERE explanation_id = $id AND split = $split AND ($scorer IS NULL OR scorer = $scorer)
+        ORDER BY scorer, item
+        """,
+        {"id": int(explanation_id), "split": split, "scorer": scorer},
+    ).fetchall()
+    return [ItemJudgement(**dict(zip(_FIELDS, row))) for row in rows]
