@@ -262,11 +262,11 @@ def test_compact_semantic_path_ranks_like_the_exact_one(con, monkeypatch):
         assert np.allclose(c_sims, e_sims, atol=0.02)
 
 
-def test_cli_search(db, capsys):
+def test_cli_search(db, con, capsys):
     assert cli(["search", "--db", str(db), "canine", "--limit", "2"]) == 0
     head, first, *_ = capsys.readouterr().out.splitlines()
     assert head.split() == ["rank", "rrf", "label", "id", "feature", "·", "label"]
-    dog = catalog.best_label(Store(db, read_only=True).con, SOURCE_A, 0)
+    dog = catalog.best_label(con, SOURCE_A, 0)
     assert first.split()[2:] == [str(dog.explanation_id), "toy-L0/0", "·", "dogs", "and", "puppies"]
     assert cli(["search", "--db", str(db), "", "--limit", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[0].split() == ["rank", "label", "id", "feature", "·", "label"]
