@@ -28,7 +28,7 @@ from autointerp.ranking import BestReason
 from autointerp.records import Explanation, Score
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import FeatureStats, SourceInfo, feature_stats, get_source
-from autointerp.store.jobs import Failure, Run, get_run, run_failures
+from autointerp.store.jobs import Failure, Run, require_run, run_failures
 from autointerp.store.llm_calls import spend
 
 VERDICTS = ("accept", "reject", "edit")
@@ -330,11 +330,8 @@ class RunView:
 
 
 def run_view(con: duckdb.DuckDBPyConnection, run_id: str, n_recent: int = 50) -> RunView:
-    run = get_run(con, run_id)
-    if run is None:
-        raise NotFound(f"no run {run_id!r} in this store; `autointerp runs --db ...` lists the runs it holds")
     return RunView(
-        run=run,
+        run=require_run(con, run_id),
         spend=spend(con, run_id),
         n_labels=q.run_explanation_count(con, run_id),
         recent=q.run_features(con, run_id, n_recent),

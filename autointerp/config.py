@@ -1,35 +1,68 @@
-"""Typed configuration with every default in one place; loaded from TOML files or flags."""
+"""Typed configuration with every default in one place; loaded from TOML files or flags.
+
+The classes are pydantic dataclasses: attribute access, `dataclasses.replace` and `asdict` work as for
+plain dataclasses, and every construction (from a file, from flags or in code) is validated here, so a
+wrong type, an out-of-range number or an unknown key is one `ConfigError` naming the key.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+
+import pydantic
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from autointerp.errors import AutointerpError
 
 T = TypeVar("T")
 
+_FORBID_EXTRA = ConfigDict(extra="forbid")
 
-@dataclass(frozen=True)
+Count = Annotated[int, Field(ge=0, strict=True)]
+AtLeastOne = Annotated[int, Field(ge=1, strict=True)]
+
+
+class ConfigError(AutointerpError):
+    """A configuration value of the wrong type or range, or a key that does not exist."""
+
+
+def _config_class(cls: type[T]) -> type[T]:
+    """A frozen pydantic dataclass whose constructor (and so `dataclasses.replace`) raises ConfigError."""
+    cls = dataclass(frozen=True, config=_FORBID_EXTRA)(cls)
+    init = cls.__init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except pydantic.ValidationError as exc:
+            raise ConfigError(describe(exc, cls.__name__)) from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_config_class
 class SamplingConfig:
-    n_train_top: int = 10
-    n_train_quantile: int = 10
-    n_train_hard_negatives: int = 5  # shown only by the contrastive prompt
-    n_quantiles: int = 5
-    n_valid_positives: int = 10
-    n_valid_random_negatives: int = 5
-    n_valid_hard_negatives: int = 5
-    n_test_positives: int = 20
-    n_test_random_negatives: int = 10
-    n_test_hard_negatives: int = 10
-    n_characteristic_tokens: int = 5
-    min_active_contexts: int = 8  # fewer and the feature is reported as too sparse to label
-    seed: int = 0
+    n_train_top: AtLeastOne = 10
+    n_train_quantile: Count = 10
+    n_train_hard_negatives: Count = 5  # shown only by the contrastive prompt
+    n_quantiles: AtLeastOne = 5
+    n_valid_positives: Count = 10
+    n_valid_random_negatives: Count = 5
+    n_valid_hard_negatives: Count = 5
+    n_test_positives: AtLeastOne = 20
+    n_test_random_negatives: Count = 10
+    n_test_hard_negatives: Count = 10
+    n_characteristic_tokens: Count = 5
+    min_active_contexts: AtLeastOne = 8  # fewer and the feature is reported as too sparse to label
+    seed: Count = 0
 
 
 def config_hash(*parts: Any) -> str:
@@ -44,13 +77,37 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build a dataclass from a dict, rejecting unknown keys with a message that lists the known ones."""
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build a (pydantic or plain) dataclass from a dict, validating every field's type; an unknown key or a
+    bad value is one ConfigError naming the key and what it allows."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table of keys, got {data!r}")
+    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise AutointerpError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
-    return cls(**data)
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; allowed keys: {', '.join(known)}")
+    try:
+        return pydantic.TypeAdapter(cls).validate_python(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(describe(exc, where)) from None
+
+
+def describe(exc: pydantic.ValidationError, where: str) -> str:
+    return f"bad configuration in {where}: " + "; ".join(problems(exc))
+
+
+def problems(exc: pydantic.ValidationError, prefix: str = "") -> list[str]:
+    """A pydantic error as one phrase per problem: `key = value: what is wrong`."""
+    out = []
+    for err in exc.errors(include_url=False):
+        key = prefix + ".".join(str(part) for part in err["loc"])
+        if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            out.append(f"unknown key {key!r}")
+        elif err["type"] in ("value_error", "missing"):
+            out.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            out.append(f"{key} = {err['input']!r}: {err['msg']}")
+    return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -63,7 +120,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise AutointerpError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-@dataclass(frozen=True)
+@_config_class
 class JobConfig:
     """A batch labeling job. A TOML file holds these keys at top level, plus [sampling] and
     [scorer_options.<scorer>] tables; command-line flags override the file."""
@@ -74,33 +131,53 @@ class JobConfig:
     simulator: str | None = None  # model for the LLM scorers; None means the explainer model
     scorers: tuple[str, ...] = ("detection", "embedding")
     prompt: str = "highlight"  # highlight | pairs | contrastive
-    k: int = 1  # candidate labels per feature; the best on the valid split is kept
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    concurrency: int = 8  # features in flight, and LLM requests in flight for remote models
+    k: AtLeastOne = 1  # candidate labels per feature; the best on the valid split is kept
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    scorer_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    concurrency: AtLeastOne = 8  # features in flight, and LLM requests in flight for remote models
     base_url: str | None = None
-    rpm: float | None = None  # requests / tokens per minute allowed by the provider (None: unlimited)
-    tpm: float | None = None
+    rpm: Annotated[float, Field(gt=0, strict=True)] | None = None  # requests / tokens per minute allowed (None: unlimited)
+    tpm: Annotated[float, Field(gt=0, strict=True)] | None = None
     prices: str | None = None  # TOML file overriding the built-in price table
 
+    @pydantic.field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, scorers: tuple[str, ...]) -> tuple[str, ...]:
+        from autointerp.scoring import SCORERS
 
-_JOB_TYPES = {
-    "source": str, "features": str, "explainer": str, "simulator": str, "prompt": str, "base_url": str, "prices": str,
-    "k": int, "concurrency": int, "rpm": (int, float), "tpm": (int, float), "scorers": (list, tuple), "scorer_options": dict,
-}
+        if not scorers:
+            raise ValueError(f"choose at least one scorer of {', '.join(SCORERS)}")
+        unknown = sorted(set(scorers) - set(SCORERS))
+        if unknown:
+            raise ValueError(f"unknown scorer(s) {unknown}; allowed: {', '.join(SCORERS)}")
+        return scorers
+
+    @pydantic.field_validator("scorer_options")
+    @classmethod
+    def _known_options(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {name: scorer_options(name, opts) for name, opts in options.items()}
 
 
-def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> JobConfig:
-    data = dict(data)
-    for key, kinds in _JOB_TYPES.items():
-        value = data.get(key)
-        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
-            raise AutointerpError(f"{key} in {where} has the wrong type ({value!r}); see `autointerp label --help`")
-    if "sampling" in data:
-        data["sampling"] = from_dict(SamplingConfig, data["sampling"], f"{where} [sampling]")
-    if "scorers" in data:
-        data["scorers"] = tuple(data["scorers"])
-    return from_dict(JobConfig, data, where)
+def scorer_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check one scorer's options against its constructor's keyword arguments (names, types, ranges)."""
+    from autointerp.scoring import SCORERS
+
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer {name!r} in scorer_options; allowed: {', '.join(SCORERS)}")
+    params = {
+        p.name: (p.annotation, p.default)
+        for p in inspect.signature(SCORERS[name].__init__, eval_str=True).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for the {name} scorer; allowed: {', '.join(params)}")
+    model = pydantic.create_model(f"{name}_options", __config__=ConfigDict(extra="forbid"), **params)
+    try:
+        checked = model.model_validate(options)
+    except pydantic.ValidationError as exc:
+        raise ValueError("; ".join(problems(exc, f"{name}."))) from None
+    return {key: getattr(checked, key) for key in options}
 
 
 def load_job_config(path: str | Path | None = None, **overrides: Any) -> JobConfig:
@@ -115,4 +192,4 @@ def load_job_config(path: str | Path | None = None, **overrides: Any) -> JobConf
             data["sampling"] = {**data.get("sampling", {}), "seed": value}
         else:
             data[key] = value
-    return job_config_from_dict(data, where=str(path) if path else "job settings")
+    return from_dict(JobConfig, data, where=str(path) if path else "job settings")

@@ -40,7 +40,7 @@ from autointerp.llm.base import LLMResponse
 from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample, sample_many
-from autointerp.scoring import NEEDS_LLM, SCORERS, Scorer, make_scorer
+from autointerp.scoring import NEEDS_LLM, Scorer, make_scorer
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source, select_features
 from autointerp.store.db import Store
@@ -156,24 +156,15 @@ def job_config_hash(job: JobConfig) -> str:
 
 def check_job(job: JobConfig) -> None:
     if not job.source:
-        raise AutointerpError("name the source to label with --source (see `autointerp features --db ...`)")
-    if job.k < 1:
-        raise AutointerpError(f"k must be at least 1, got {job.k}")
+        raise AutointerpError("name the `source` to label (`autointerp features` lists the sources of a store)")
     if job.prompt not in STYLES:
         raise AutointerpError(f"unknown explainer prompt {job.prompt!r}; choose one of {', '.join(STYLES)}")
-    if job.concurrency < 1:
-        raise AutointerpError(f"concurrency must be at least 1, got {job.concurrency}")
-    if not job.scorers:
-        raise AutointerpError("choose at least one scorer (--scorers detection,embedding)")
-    unknown = sorted(set(job.scorers) - set(SCORERS))
-    if unknown:
-        raise AutointerpError(f"unknown scorer(s) {unknown}; choose from {', '.join(SCORERS)}")
 
 
 def parse_feature_spec(spec: str) -> tuple[int | None, list[int]]:
     """("auto:N" -> (N, [])) or ("0-99", "1,5,9", "0-9,20" -> (None, sorted distinct features))."""
     spec = spec.strip()
-    bad = AutointerpError(f"cannot read --features {spec!r}: write a range (0-99), a list (1,5,9) or auto:N")
+    bad = AutointerpError(f"cannot read `features` {spec!r}: write a range (0-99), a list (1,5,9) or auto:N")
     if spec.startswith("auto:"):
         try:
             n = int(spec[5:])
@@ -651,7 +642,7 @@ def score_label(store: Store, job: JobConfig, feature: int, label: str) -> Featu
 async def ascore_label(store: Store, job: JobConfig, feature: int, label: str) -> FeatureResult:
     label = " ".join(label.split())
     if not label:
-        raise AutointerpError("the label is empty: pass the text to score with --label")
+        raise AutointerpError("the `label` to score is empty")
     check_job(job)
     with store.reading() as con:
         source = get_source(con, job.source)

@@ -1,4 +1,4 @@
-"""Prompt templates: files in prompts/ named `<name>.v<version>.txt`, rendered with `$field` placeholders.
+"""Prompt templates: files in prompts/ (shipped with the package, see autointerp.resources) named `<name>.v<version>.txt`, rendered with `$field` placeholders.
 
 A template holds `=== system ===` and `=== user ===` sections (chat messages) or plain text (completion
 prompts). Every label and score records the template's name and the sha256 of its file, so a changed
@@ -15,8 +15,8 @@ from functools import cache
 from pathlib import Path
 
 from autointerp.errors import AutointerpError
+from autointerp.resources import PROMPTS_DIR
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 _SECTION = re.compile(r"^=== (system|user|assistant) ===[ \t]*$", re.MULTILINE)
 _VERSIONED = re.compile(r"^(?P<base>.+)\.v(?P<version>\d+)$")

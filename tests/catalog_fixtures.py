@@ -110,7 +110,7 @@ def _scores(value: float) -> list[Score]:
 def build_catalog(path: str | Path, labels: bool = True) -> Store:
     """Create the catalog at `path` and return its Store (not holding a connection).
     labels=False: the sources only, as a target for importing labels."""
-    store = Store(path)
+    store = Store(path, create=True)
     _add_source(store, SOURCE_A, 0, FEATURES_A, seed=1)
     _add_source(store, SOURCE_B, 1, FEATURES_B, seed=2)
     if not labels:

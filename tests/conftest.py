@@ -4,7 +4,7 @@ LLM fixtures (the real bundled model, no network):
 - `local_llm_server` (session): starts the bundled SmolLM2-135M-Instruct behind llama-cpp-python's
   OpenAI-compatible server once per test session (ready in ~1-2 s), yields its base URL
   ("http://127.0.0.1:PORT/v1"), stops it at the end. ~300 MB RSS; requests are served one at a time.
-- `local_llm` (function): `make_llm("local", base_url=<that server>, store=Store(tmp_path / "llm.duckdb"),
+- `local_llm` (function): `make_llm("local", base_url=<that server>, store=Store(tmp_path / "llm.duckdb", create=True),
   run_id="test")`, an LLM with a fresh ledger per test (so no cache hits leak between tests).
   Use it from sync tests with `asyncio.run(local_llm.chat(...))`; it is closed after the test.
   Speed on 2 CPU cores: ~100 generated tokens/s, ~18/s with top_logprobs, ~50 ms per prompt token with
@@ -37,7 +37,7 @@ def local_llm_server():
 
 @pytest.fixture
 def local_llm(tmp_path, local_llm_server):
-    llm = make_llm("local", base_url=local_llm_server, store=Store(tmp_path / "llm.duckdb"), run_id="test")
+    llm = make_llm("local", base_url=local_llm_server, store=Store(tmp_path / "llm.duckdb", create=True), run_id="test")
     yield llm
     asyncio.run(llm.aclose())
 

@@ -80,7 +80,7 @@ def make_synthetic_store(
     dup = dup[~np.isin(dup, sparse_rows) & ~np.isin(dup - 1, sparse_rows)]
     tokens[dup], values[dup], trigger_feature[dup] = tokens[dup - 1], values[dup - 1], trigger_feature[dup - 1]
 
-    store = Store(path)
+    store = Store(path, create=True)
     with store.writing() as con:
         info = create_source(
             con,

@@ -66,7 +66,7 @@ def reference_neurons(subject, token_ids, batch_size):
 
 @pytest.mark.parametrize("top_k", [32, 1000, 0])  # 1000 of 1536: the top k holds negative values too
 def test_neuron_values_equal_a_direct_forward_pass(tmp_path, subject, top_k):
-    store = Store(tmp_path / "s.duckdb")
+    store = Store(tmp_path / "s.duckdb", create=True)
     report = collect(store, CollectConfig(**SMALL, top_k_per_token=top_k), subject=subject, progress=False)
     assert (report.n_contexts, report.n_tokens, report.new_tokens) == (8, 256, 256)
     contexts, acts = stored(store)
@@ -110,14 +110,14 @@ def test_contexts_are_non_overlapping_windows_of_each_document(subject):
 
 def test_a_killed_run_resumes_to_the_same_rows(tmp_path, subject):
     cfg = CollectConfig(**SMALL)
-    whole = Store(tmp_path / "whole.duckdb")
+    whole = Store(tmp_path / "whole.duckdb", create=True)
     collect(whole, cfg, subject=subject, progress=False)
 
     def kill_after_first_chunk(index):
         if index == 0:
             raise KeyboardInterrupt
 
-    resumed = Store(tmp_path / "resumed.duckdb")
+    resumed = Store(tmp_path / "resumed.duckdb", create=True)
     with pytest.raises(KeyboardInterrupt):
         collect(resumed, cfg, subject=subject, on_chunk=kill_after_first_chunk, progress=False)
     assert resumed.con.execute("SELECT count(*), max(chunk_index) FROM collection_chunks").fetchone() == (1, 0)
@@ -142,7 +142,7 @@ def test_a_killed_run_resumes_to_the_same_rows(tmp_path, subject):
 def test_a_short_corpus_stops_when_exhausted(tmp_path, subject):
     path = tmp_path / "tiny.txt"
     path.write_text(("The cat sat on the mat. " * 12 + "\n\n") * 3)
-    store = Store(tmp_path / "s.duckdb")
+    store = Store(tmp_path / "s.duckdb", create=True)
     cfg = CollectConfig(layer=LAYER, dataset=str(path), tokens=10_000, context_len=32, chunk_tokens=64)
     report = collect(store, cfg, subject=subject, progress=False)
     assert 3 <= report.n_contexts < 10_000 // 32
@@ -152,14 +152,14 @@ def test_a_short_corpus_stops_when_exhausted(tmp_path, subject):
 
 
 def test_user_errors(tmp_path, subject, monkeypatch):
-    store = Store(tmp_path / "s.duckdb")
+    store = Store(tmp_path / "s.duckdb", create=True)
     with pytest.raises(AutointerpError, match=r"layer 99 does not exist.*0\.\.29"):
         collect(store, CollectConfig(**{**SMALL, "layer": 99}), subject=subject, progress=False)
-    with pytest.raises(AutointerpError, match="--layer is required"):
+    with pytest.raises(AutointerpError, match="`layer` is required"):
         collect(store, CollectConfig(**{**SMALL, "layer": None}), subject=subject, progress=False)
-    with pytest.raises(AutointerpError, match="unknown --features"):
+    with pytest.raises(AutointerpError, match="unknown `features`"):
         collect(store, CollectConfig(**SMALL, features="heads"), subject=subject, progress=False)
-    with pytest.raises(AutointerpError, match="--context-len"):
+    with pytest.raises(AutointerpError, match="`context_len`"):
         collect(store, CollectConfig(**{**SMALL, "tokens": 16}), subject=subject, progress=False)
     with pytest.raises(AutointerpError, match="does not exist"):
         collect(store, CollectConfig(**{**SMALL, "dataset": str(tmp_path / "none.txt")}), subject=subject, progress=False)
@@ -182,4 +182,4 @@ def test_cli_collects_then_says_complete(tmp_path, capsys):
     assert main(args) == 0
     assert "already complete" in capsys.readouterr().out
     assert main([*args[:-2], "--top-k-per-token", "-1"]) == 2
-    assert "--top-k-per-token must be 0" in capsys.readouterr().err
+    assert "`--top-k-per-token` must be 0" in capsys.readouterr().err

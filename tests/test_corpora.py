@@ -34,7 +34,7 @@ def test_parquet_with_another_text_column(tmp_path):
 def test_missing_column_names_the_columns_there_are(tmp_path):
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"body": ["one"]}), path)
-    with pytest.raises(AutointerpError, match=r"no column 'text'.*\['body'\].*--text-column"):
+    with pytest.raises(AutointerpError, match=r"no column 'text'.*\['body'\].*`text_column`"):
         list(iter_documents(str(path)))
 
 

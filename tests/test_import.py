@@ -52,7 +52,7 @@ def template_store(tmp_path_factory):
 def store(tmp_path, template_store):
     """A store that already holds a source, so 'unchanged' covers existing data too."""
     shutil.copy(template_store, tmp_path / "store.duckdb")
-    s = Store(tmp_path / "store.duckdb")
+    s = Store(tmp_path / "store.duckdb", create=True)
     yield s
     s.close()
 

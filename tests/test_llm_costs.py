@@ -19,7 +19,7 @@ FAST = Retries(max_attempts=1, timeout_s=5)
 @pytest.fixture
 def ledger_db(paid_api, tmp_path):
     path = tmp_path / "x.duckdb"
-    store = Store(path)
+    store = Store(path, create=True)
     paid_api.script(Reply(), Reply(), Reply(), Reply(500, body={"error": {"message": "down"}}))
 
     async def job():

@@ -44,7 +44,7 @@ def calls_ledger(store):
 
 @pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
 def test_429_waits_as_long_as_retry_after_says(paid_api, tmp_path, make):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(Reply(429, body={"error": {"message": "slow down"}}, headers={"retry-after": "1"}))
     llm = make(paid_api, store)
     started = time.perf_counter()
@@ -63,7 +63,7 @@ def test_server_error_then_success(paid_api, make):
 
 
 def test_server_errors_until_attempts_run_out(paid_api, tmp_path):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(*[Reply(502, body={"error": {"message": "bad gateway"}})] * 4)
     with pytest.raises(LLMCallError, match="kept failing with HTTP 502 after 4 attempts") as failed:
         call(openai_llm(paid_api, store))
@@ -91,7 +91,7 @@ def test_timeouts_until_attempts_run_out(paid_api):
 @pytest.mark.parametrize("make, env", [(openai_llm, "OPENAI_API_KEY"), (claude, "ANTHROPIC_API_KEY")], ids=["openai", "anthropic"])
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors_name_the_variable_and_are_not_retried(paid_api, tmp_path, make, env, status):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(Reply(status, body={"error": {"type": "authentication_error", "message": "invalid x-api-key"}}))
     with pytest.raises(LLMCallError, match=env) as failed:
         call(make(paid_api, store))
@@ -102,7 +102,7 @@ def test_auth_errors_name_the_variable_and_are_not_retried(paid_api, tmp_path, m
 @pytest.mark.parametrize("raw", ["<html>oops</html>", '{"choices": []}', '{"content": "not a list of blocks"}'])
 @pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
 def test_malformed_body_is_recorded_and_raised(paid_api, tmp_path, make, raw):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(Reply(raw=raw))
     with pytest.raises(LLMCallError, match="not a valid chat answer") as failed:
         call(make(paid_api, store))

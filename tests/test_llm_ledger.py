@@ -30,7 +30,7 @@ def openai_llm(paid_api, store, model="gpt-4o-mini", **kwargs):
 
 
 def test_every_call_lands_in_the_ledger_with_tokens_cost_and_latency(paid_api, tmp_path):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(
         Reply(), Reply(500, body={"error": {"message": "boom"}}), Reply(), Reply(400, body={"error": {"message": "bad"}})
     )
@@ -60,7 +60,7 @@ def test_every_call_lands_in_the_ledger_with_tokens_cost_and_latency(paid_api, t
 
 
 def test_identical_request_is_answered_from_the_ledger_without_http(paid_api, tmp_path):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
 
     async def run_job():
         async with openai_llm(paid_api, store) as llm:
@@ -79,7 +79,7 @@ def test_identical_request_is_answered_from_the_ledger_without_http(paid_api, tm
 
 
 def test_cache_key_depends_on_model_parameters_and_endpoint(paid_api, tmp_path):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
 
     async def calls():
         async with openai_llm(paid_api, store) as llm:
@@ -96,7 +96,7 @@ def test_cache_key_depends_on_model_parameters_and_endpoint(paid_api, tmp_path):
 
 def test_samples_at_temperature_stay_distinct_and_replay_in_order(paid_api, tmp_path):
     """k identical requests at temperature > 0 are k samples: all sent once, then all replayed on a rerun."""
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(*(Reply(body=_chat_body(f"label {i}")) for i in range(3)))
 
     async def samples():
@@ -109,7 +109,7 @@ def test_samples_at_temperature_stay_distinct_and_replay_in_order(paid_api, tmp_
 
 
 def test_concurrent_identical_requests_at_temperature_zero_make_one_http_call(paid_api, tmp_path):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(Reply(delay_s=0.3))
 
     async def together():
@@ -123,7 +123,7 @@ def test_concurrent_identical_requests_at_temperature_zero_make_one_http_call(pa
 
 
 def test_no_api_key_anywhere_in_the_ledger_or_errors(paid_api, tmp_path):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
     echoing = {"error": {"message": f"Incorrect API key provided: {FAKE_OPENAI_KEY}", "type": "invalid_request_error"}}
     paid_api.script(Reply(), Reply(401, body=echoing), Reply(400, body=echoing))
     errors = []
@@ -151,7 +151,7 @@ def test_no_api_key_anywhere_in_the_ledger_or_errors(paid_api, tmp_path):
 def test_other_processes_can_read_the_file_between_flushes(paid_api, tmp_path):
     """The ledger writes in short transactions: a reader in another process gets in while the job runs."""
     path = tmp_path / "x.duckdb"
-    store = Store(path)
+    store = Store(path, create=True)
     reader = (
         "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
         "print(con.execute('SELECT count(*) FROM llm_calls').fetchone()[0])"
@@ -173,7 +173,7 @@ def test_other_processes_can_read_the_file_between_flushes(paid_api, tmp_path):
 
 
 def test_unknown_models_cost_nothing_and_say_so_local_is_free(paid_api, tmp_path):
-    store = Store(tmp_path / "x.duckdb")
+    store = Store(tmp_path / "x.duckdb", create=True)
 
     async def call():
         async with openai_llm(paid_api, store, model="my-finetune") as llm:

@@ -87,7 +87,7 @@ def test_every_call_is_recorded_and_a_repeat_is_answered_from_the_ledger(local_l
 
 def test_local_starts_its_own_server_on_demand_and_stops_it_on_close(tmp_path):
     async def use():
-        llm = make_llm("local", store=Store(tmp_path / "own.duckdb"))
+        llm = make_llm("local", store=Store(tmp_path / "own.duckdb", create=True))
         response = await llm.chat([{"role": "user", "content": "Hi"}], max_tokens=2)
         process = local._shared.process
         assert process.poll() is None and llm.base_url.startswith("http://127.0.0.1:")

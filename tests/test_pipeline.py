@@ -73,7 +73,7 @@ def test_feature_specs():
     assert parse_feature_spec("9,1,5,1") == (None, [1, 5, 9])
     assert parse_feature_spec(" 0-2, 7 ") == (None, [0, 1, 2, 7])
     for bad in ("", "auto:0", "auto:x", "3-1", "a,b", "-2"):
-        with pytest.raises(AutointerpError, match="--features"):
+        with pytest.raises(AutointerpError, match="`features`"):
             parse_feature_spec(bad)
 
 

@@ -175,7 +175,7 @@ def test_collected_sae_activations_match_reference(tmp_path, subject, weights):
     """End to end: the hook reads the output of the SAE's layer, and every stored row is a reference non-zero."""
     folder = write_saelens(tmp_path / "jr", weights, saelens_cfg("jumprelu"), names=("W_enc", "b_enc", "W_dec", "b_dec", "threshold"))
     cfg = CollectConfig(features=f"sae:{folder}", dataset="stdlib-docs", tokens=256, context_len=32, batch_size=4, chunk_tokens=128)
-    store = Store(tmp_path / "s.duckdb")
+    store = Store(tmp_path / "s.duckdb", create=True)
     report = collect(store, cfg, subject=subject, progress=False)
     assert report.source == f"smollm2-L{LAYER}-sae-jr" and report.n_tokens == 256
     con = store.con
@@ -195,11 +195,11 @@ def test_collected_sae_activations_match_reference(tmp_path, subject, weights):
 def test_layer_comes_from_the_sae_and_must_agree_with_layer(tmp_path, weights):
     folder = write_saelens(tmp_path / "a", weights, saelens_cfg("standard"))
     assert load_sae(folder, d_model=576, layer=LAYER).layer == LAYER
-    with pytest.raises(AutointerpError, match=f"output of layer {LAYER}, but --layer is 5"):
+    with pytest.raises(AutointerpError, match=f"output of layer {LAYER}, but `layer` is 5"):
         load_sae(folder, d_model=576, layer=5)
     unnamed = write_sparsify(tmp_path / "my-sae", weights)
     assert load_sae(unnamed, d_model=576, layer=7).layer == 7
-    with pytest.raises(AutointerpError, match="pass --layer"):
+    with pytest.raises(AutointerpError, match="give the `layer`"):
         load_sae(unnamed, d_model=576)
 
 

@@ -63,7 +63,7 @@ CHUNK1 = ([["b", "b", "q", "a"]], [(2, 2, 3, 2.0)])
 
 @pytest.fixture
 def store(tmp_path):
-    with Store(tmp_path / "s.duckdb") as s:
+    with Store(tmp_path / "s.duckdb", create=True) as s:
         yield s
 
 
@@ -85,7 +85,7 @@ def tiny_source(store: Store) -> int:
 
 def test_migrations_fresh_then_reopen_applies_nothing_twice(tmp_path):
     path = tmp_path / "m.duckdb"
-    with Store(path) as s:
+    with Store(path, create=True) as s:
         assert applied_migrations(s.con) == [name for name, _ in MIGRATIONS]
         tiny_source(s)
     with Store(path) as s:  # reopening runs migrate() again: nothing new, data kept

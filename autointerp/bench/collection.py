@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         bare.append(wall)
         bare_cpu.append(cpu)
         with tempfile.TemporaryDirectory() as tmp:
-            report = collect(Store(Path(tmp) / "bench.duckdb"), cfg, subject=subject, progress=False)
+            report = collect(Store(Path(tmp) / "bench.duckdb", create=True), cfg, subject=subject, progress=False)
         loop.append(report.seconds)
         loop_cpu.append(report.cpu_seconds)
         final.append(report.finalize_seconds)

@@ -103,7 +103,7 @@ def synthetic_source(
 def build_store(path: Path, rows: int, seed: int = 0, source: str = "bench") -> dict[str, float]:
     """Write a synthetic source through append_chunk (contexts with the first block) and finalize it; timings."""
     data = synthetic_source(rows, seed=seed)
-    store = Store(path)
+    store = Store(path, create=True)
     _ = store.con  # hold one connection, as a collection job does, so each chunk is one transaction and no reopen
     with store.writing() as con:
         sid = create_source(
@@ -156,7 +156,7 @@ def main() -> None:
         print(f"  together          {total:8.2f} s  {r['rows'] / total / 1e6:7.2f} M rows/s")
         contexts, activations, _ = write_parquet(tmp, args.rows)
         t = time.perf_counter()
-        with Store(tmp / "import.duckdb") as store:
+        with Store(tmp / "import.duckdb", create=True) as store:
             report = import_parquet(store, "bench", contexts, activations)
         seconds = time.perf_counter() - t
         print(f"import_parquet (validate + load + finalize): {report.n_activations:,} rows")

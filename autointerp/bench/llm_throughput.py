@@ -66,7 +66,7 @@ def run(latency_s: float, levels: list[int], waves: int, ledger: bool) -> tuple[
     results = []
     replay = None
     with tempfile.TemporaryDirectory() as tmp, latency_server_process(latency_s) as base_url:
-        store = Store(os.path.join(tmp, "bench.duckdb")) if ledger else None
+        store = Store(os.path.join(tmp, "bench.duckdb"), create=True) if ledger else None
         for concurrency in levels:
             results.append(asyncio.run(measure(base_url, concurrency, concurrency * waves, latency_s, store)))
         if store is not None:

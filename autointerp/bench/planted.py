@@ -367,7 +367,7 @@ def run_planted(db: str | Path | None, cfg: PlantedConfig = PlantedConfig(), out
     db_path = Path(db) if db else (out or Path(tempfile.mkdtemp(prefix="planted-"))) / "planted.duckdb"
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    with Store(db_path) as store:
+    with Store(db_path, create=True) as store:
         source = ensure_planted_source(store, cfg)
         seconds["build"] = round(time.monotonic() - started, 1)
         scores, skipped = asyncio.run(_score_all(store, source, cfg, rules, seconds))

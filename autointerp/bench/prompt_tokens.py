@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     explain_tokens: dict[str, list[int]] = {s: [] for s in STYLES}
     scorer_tokens: dict[str, list[float]] = {s: [] for s in SCORER_SETUPS}
     with tempfile.TemporaryDirectory(prefix="prompt-tokens-") as tmp:
-        store = Store(Path(tmp) / "bench.duckdb")
+        store = Store(Path(tmp) / "bench.duckdb", create=True)
         source = ensure_planted_source(store, PlantedConfig(n_contexts=args.n_contexts))
         for rule in rules:
             examples = sample(store, source, feature_of(rule), SamplingConfig())

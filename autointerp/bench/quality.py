@@ -28,11 +28,12 @@ from autointerp.bench import report
 from autointerp.config import SamplingConfig, from_dict, load_toml
 from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, FeatureExamples
+from autointerp.resources import DATA_DIR
 from autointerp.store import Store
 
 BASELINE = "baseline"
 SHUFFLED_SUFFIX = " [shuffled]"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "data" / "bench.toml"
+DEFAULT_CONFIG = DATA_DIR / "bench.toml"
 
 
 @dataclass(frozen=True)

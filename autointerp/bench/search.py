@@ -172,7 +172,7 @@ def time_calls(fn, items) -> list[float]:
 
 def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: Path) -> dict:
     path = folder / f"labels-{n}.duckdb"
-    store = Store(path)
+    store = Store(path, create=True)
     start = time.perf_counter()
     exact = write_labels(store, n, words, word_vectors, query_vectors, seed=n)
     write_activation_source(store, words, seed=1)

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     counter = TokenCounter()
     with tempfile.TemporaryDirectory(prefix="bench-tokens-") as tmp:
         base = Path(tmp) / "planted.duckdb"
-        source = ensure_planted_source(Store(base), PlantedConfig())
+        source = ensure_planted_source(Store(base, create=True), PlantedConfig())
         with BackgroundServer(latency_app(0.0, label_first=True)) as server:
             for i, name in enumerate(chosen):
                 db = Path(tmp) / f"c{i}.duckdb"

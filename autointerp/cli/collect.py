@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    report = collect(Store(args.db), cfg)
+    report = collect(Store(args.db, create=True), cfg)
     if report.already_complete:
         print(f"source {report.source!r} is already complete: {report.n_tokens:,} tokens in {args.db}")
         return 0

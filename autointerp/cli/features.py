@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 
+from autointerp.cli._types import non_negative_int
 from autointerp.store import Store
 from autointerp.store.activations import get_source, list_feature_stats
 
@@ -16,8 +17,8 @@ HELP = "List a source's features with their firing counts, density and activatio
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="store file")
     parser.add_argument("--source", required=True, help="source name")
-    parser.add_argument("--limit", type=int, default=None, help="show at most N features")
-    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--limit", type=non_negative_int, default=None, help="show at most N features")
+    parser.add_argument("--offset", type=non_negative_int, default=0)
     parser.add_argument(
         "--order-by", default="feature", help="feature, density, max_value, mean_value, n_active_tokens or n_active_contexts; prefix - for descending"
     )

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with Store(args.db) as store:
+    with Store(args.db, create=True) as store:
         report = import_parquet(store, args.source, args.contexts, args.activations)
     print(
         f"imported source {report.source!r}: {report.n_contexts} contexts, {report.n_tokens} tokens, "

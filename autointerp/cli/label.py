@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from autointerp.bench.report import fmt_ci, headline
 from autointerp.config import load_job_config
-from autointerp.errors import AutointerpError
-from autointerp.estimate import CostEstimate, estimate_job
-from autointerp.pipeline import JobSummary, run_label_job
 from autointerp.records import Score
 from autointerp.store import Store
+
+# The job's modules (and the scorers behind bench.report) load torch, sklearn and the models: imported when
+# a job runs, so that `autointerp label --help` answers at once.
+if TYPE_CHECKING:
+    from autointerp.estimate import CostEstimate
+    from autointerp.pipeline import JobSummary
 
 NAME = "label"
 HELP = "Label features with an LLM, score the labels on held-out contexts and store both (resumable)."
@@ -64,20 +66,16 @@ def run(args: argparse.Namespace) -> int:
         prices=args.prices,
         seed=args.seed,
     )
+    from autointerp.estimate import estimate_job
+    from autointerp.pipeline import run_label_job
+
     if args.dry_run:
         with Store(args.db, read_only=True) as store:
             print_estimate(estimate_job(store, job))
         return 0
-    summary = run_label_job(existing_store(args.db), job, progress=not args.quiet)
+    summary = run_label_job(Store(args.db), job, progress=not args.quiet)
     print_summary(summary, args.db)
     return 0
-
-
-def existing_store(path: str) -> Store:
-    """The store at `path` opened for writing; an error (not a new empty file) when there is none."""
-    if not Path(path).exists():
-        raise AutointerpError(f"no store at {path}: run `autointerp collect` or `autointerp import` first")
-    return Store(path)
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -87,12 +85,16 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def score_cell(score: Score | None) -> str:
+    from autointerp.bench.report import fmt_ci
+
     if score is None:
         return "-"
     return f"{score.metric} {fmt_ci(score.value, score.ci_low, score.ci_high, 2)} n={score.n}"
 
 
 def print_summary(summary: JobSummary, db: str) -> None:
+    from autointerp.bench.report import headline
+
     labeled = summary.with_status("done") + summary.with_status("already_done")
     scorers = list(dict.fromkeys(s.scorer for r in labeled for s in r.scores))
     if labeled:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import textwrap
 
 from autointerp.catalog import run_view
+from autointerp.cli._types import non_negative_int
 from autointerp.cli.label import print_table
 from autointerp.store import Store
 from autointerp.store.jobs import list_runs
@@ -17,7 +20,8 @@ HELP = "List labeling runs (status, counts, tokens, cost), or show one run's spe
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="the store file")
     parser.add_argument("--run", help="show this run: spend by model and stage, and its failures with raw output")
-    parser.add_argument("--limit", type=int, default=20, help="most recent runs to list (default 20)")
+    parser.add_argument("--limit", type=non_negative_int, default=20, help="most recent runs to list (default 20)")
+    parser.add_argument("--json", action="store_true", help="print JSON (a list of runs, or the one run's view)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
             view = run_view(store.con, args.run)
         else:
             runs = list_runs(store.con, args.limit)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(view) if args.run else [dataclasses.asdict(r) for r in runs], indent=2, default=str))
+        return 0
     if not args.run:
         if not runs:
             print(f"no runs in {args.db} yet: start one with `autointerp label`")

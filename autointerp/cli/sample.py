@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 
+from autointerp.cli._types import non_negative_int
 from autointerp.config import SamplingConfig
 from autointerp.records import Example
 from autointerp.render import display_tokens, one_line
@@ -19,8 +20,8 @@ HELP = "Show one feature's train / valid / test examples with their activations.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, help="store file")
     parser.add_argument("--source", required=True, help="source name")
-    parser.add_argument("--feature", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=SamplingConfig.seed)
+    parser.add_argument("--feature", type=non_negative_int, required=True)
+    parser.add_argument("--seed", type=non_negative_int, default=SamplingConfig.seed)
     parser.add_argument("--json", action="store_true", help="print the examples as JSON")
 
 

@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import json
 
-from autointerp.cli.label import existing_store, print_table, score_cell
+from autointerp.cli.label import print_table, score_cell
 from autointerp.config import load_job_config
 from autointerp.pipeline import score_label
 from autointerp.records import Score
+from autointerp.store import Store
 
 NAME = "score"
 HELP = "Score a label you propose for a feature on its held-out test contexts, and store it as a human label."
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         seed=args.seed,
     )
-    result = score_label(existing_store(args.db), job, args.feature, args.label)
+    result = score_label(Store(args.db), job, args.feature, args.label)
     if args.json:
         out = dataclasses.asdict(result)
         for score in out["scores"]:

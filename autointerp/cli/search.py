@@ -6,6 +6,7 @@ import argparse
 import json
 
 from autointerp.catalog import REVIEW_STATES
+from autointerp.cli._types import non_negative_int
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
 from autointerp.store import Store
 
@@ -26,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--density-min", type=float)
     parser.add_argument("--density-max", type=float)
     parser.add_argument("--review", choices=REVIEW_STATES, help="only labels in this review state")
-    parser.add_argument("--limit", type=int, default=20)
-    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--limit", type=non_negative_int, default=20)
+    parser.add_argument("--offset", type=non_negative_int, default=0)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 

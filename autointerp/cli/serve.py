@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from autointerp.errors import AutointerpError
 from autointerp.store import Store
 
 NAME = "serve"
@@ -23,8 +21,6 @@ def run(args: argparse.Namespace) -> int:
 
     from autointerp.web import create_app
 
-    if not Path(args.db).exists():
-        raise AutointerpError(f"no store at {args.db}: run `autointerp collect` and `autointerp label` first")
     Store(args.db).close()  # apply pending migrations before serving read-only
     print(f"autointerp catalog of {args.db} at http://{args.host}:{args.port}/  (API docs at /docs)")
     uvicorn.run(create_app(args.db), host=args.host, port=args.port, log_level="warning")

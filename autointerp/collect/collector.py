@@ -207,7 +207,7 @@ def collect(
     bos = prepends_bos(subject.tokenizer)
     documents = iter_documents(cfg.dataset, text_column=cfg.text_column)
     if next(iter_contexts(documents, subject.tokenizer, cfg.context_len, bos=bos), None) is None:
-        raise AutointerpError(f"no document of {cfg.dataset!r} has {cfg.context_len} tokens; use a shorter --context-len")
+        raise AutointerpError(f"no document of {cfg.dataset!r} has {cfg.context_len} tokens; use a shorter `context_len`")
     name = cfg.source or default_source_name(cfg.model, features)
     n_target = cfg.tokens // cfg.context_len
 
@@ -360,11 +360,11 @@ class _ChunkWriter:
 
 def _check(cfg: CollectConfig) -> None:
     if not 2 <= cfg.context_len <= MAX_CONTEXT_LEN:
-        raise AutointerpError(f"--context-len must be between 2 and {MAX_CONTEXT_LEN}")
+        raise AutointerpError(f"`context_len` must be between 2 and {MAX_CONTEXT_LEN}")
     if cfg.tokens < cfg.context_len:
-        raise AutointerpError(f"--tokens ({cfg.tokens}) must be at least --context-len ({cfg.context_len})")
+        raise AutointerpError(f"`tokens` ({cfg.tokens}) must be at least `context_len` ({cfg.context_len})")
     if cfg.batch_size < 1 or cfg.chunk_tokens < 1:
-        raise AutointerpError("--batch-size and --chunk-tokens must be positive")
+        raise AutointerpError("`batch_size` and `chunk_tokens` must be positive")
 
 
 def _identity(cfg: CollectConfig, features: FeatureSource, bos: bool) -> dict[str, Any]:

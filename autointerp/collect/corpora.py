@@ -108,7 +108,7 @@ def _hub_texts(name_split: str, text_column: str) -> Iterator[str]:
     name, _, split = name_split.partition(":")
     if not name:
         raise AutointerpError("hub dataset spec is hub:NAME[:split], e.g. hub:roneneldan/TinyStories:train")
-    require_hub(f"dataset {name!r}", f"Use --dataset {STDLIB_DOCS} or a local .txt/.jsonl/.parquet file")
+    require_hub(f"dataset {name!r}", f"Use `dataset` {STDLIB_DOCS} or a local .txt/.jsonl/.parquet file")
     import datasets
 
     try:
@@ -119,7 +119,7 @@ def _hub_texts(name_split: str, text_column: str) -> Iterator[str]:
     except Exception as exc:
         raise AutointerpError(
             f"cannot load dataset {name!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            f"Use --dataset {STDLIB_DOCS} or a local .txt/.jsonl/.parquet file"
+            f"Use `dataset` {STDLIB_DOCS} or a local .txt/.jsonl/.parquet file"
         ) from None
 
 
@@ -127,11 +127,11 @@ def _column(rows: Iterable[dict], column: str, where: str) -> Iterator[str]:
     for row in rows:
         if column not in row:
             raise AutointerpError(
-                f"{where} has no column {column!r}; its columns are {sorted(row)}: pass --text-column NAME"
+                f"{where} has no column {column!r}; its columns are {sorted(row)}: set `text_column`"
             )
         value = row[column]
         if value is not None and not isinstance(value, str):
             raise AutointerpError(
-                f"column {column!r} of {where} holds {type(value).__name__} values, not text: pass --text-column NAME"
+                f"column {column!r} of {where} holds {type(value).__name__} values, not text: set `text_column`"
             )
         yield value or ""

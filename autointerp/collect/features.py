@@ -128,18 +128,18 @@ FeatureSource = NeuronFeatures | SaeFeatures
 
 
 def load_feature_source(spec: str, *, d_model: int, d_mlp: int | None, layer: int | None, top_k: int = 32) -> FeatureSource:
-    """`neurons` or `sae:PATH`; the layer comes from --layer, or for SAEs from their config when it names one."""
+    """`neurons` or `sae:PATH`; the layer comes from `layer`, or for SAEs from their config when it names one."""
     if spec == NEURONS:
         if layer is None:
-            raise AutointerpError("--layer is required for --features neurons")
+            raise AutointerpError("`layer` is required when `features` is neurons")
         if d_mlp is None:
-            raise AutointerpError("this model has no MLP output projection to read neurons from; use --features sae:PATH")
+            raise AutointerpError("this model has no MLP output projection to read neurons from; use `features` sae:PATH")
         if top_k < 0:
-            raise AutointerpError("--top-k-per-token must be 0 (all positive values) or more")
+            raise AutointerpError("`top_k_per_token` must be 0 (all positive values) or more")
         return NeuronFeatures(layer=layer, width=d_mlp, top_k=top_k)
     if spec.startswith(SAE_PREFIX):
         return load_sae(spec[len(SAE_PREFIX):], d_model=d_model, layer=layer)
-    raise AutointerpError(f"unknown --features {spec!r}: use `neurons` or `sae:PATH` (a SAELens or sparsify folder)")
+    raise AutointerpError(f"unknown `features` {spec!r}: use `neurons` or `sae:PATH` (a SAELens or sparsify folder)")
 
 
 def load_sae(path: str | Path, *, d_model: int, layer: int | None = None) -> SaeFeatures:
@@ -290,11 +290,11 @@ def _unsupported_hook(folder: Path, hook_name: str) -> AutointerpError:
 
 
 def _resolve_layer(folder: Path, sae_layer: int | None, layer: int | None) -> int:
-    """The layer whose output the SAE reads, checked against --layer when both are known."""
+    """The layer whose output the SAE reads, checked against `layer` when both are known."""
     if sae_layer is not None and layer is not None and sae_layer != layer:
-        raise AutointerpError(f"{folder} was trained on the output of layer {sae_layer}, but --layer is {layer}")
+        raise AutointerpError(f"{folder} was trained on the output of layer {sae_layer}, but `layer` is {layer}")
     if sae_layer is None and layer is None:
-        raise AutointerpError(f"{folder} does not say which layer it reads: pass --layer L (the SAE reads its output)")
+        raise AutointerpError(f"{folder} does not say which layer it reads: give the `layer` L (the SAE reads its output)")
     return layer if layer is not None else sae_layer
 
 

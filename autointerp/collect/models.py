@@ -75,7 +75,7 @@ class SubjectModel:
                 return module
         raise AutointerpError(
             f"cannot find the MLP output projection of {self.name} (looked for {', '.join(_MLP_OUT_PROJS)}); "
-            "collect SAE features with --features sae:PATH instead"
+            "collect SAE features (`features` sae:PATH) instead"
         )
 
 
@@ -92,7 +92,7 @@ def load_subject_model(spec: str, device: str | None = None, dtype: str | torch.
     elif Path(spec).expanduser().exists():
         folder, local_only = Path(spec).expanduser(), True
     else:
-        require_hub(f"model {spec!r} is not a local folder, so it", "Pass a local model folder, or --model smollm2 (bundled)")
+        require_hub(f"model {spec!r} is not a local folder, so it", "Give a local model folder as `model`, or smollm2 (bundled)")
         folder, local_only = spec, False
     model, tokenizer = _load_pretrained(str(folder), spec, torch_dtype, local_only)
     model.to(torch_device)
@@ -124,7 +124,7 @@ def resolve_device(device: str | None) -> torch.device:
     except RuntimeError:
         raise AutointerpError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AutointerpError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+        raise AutointerpError(f"device {device!r} was asked for but CUDA is not available here; use `device` cpu")
     return resolved
 
 
@@ -191,11 +191,11 @@ def _load_pretrained(folder: str, spec: str, dtype: torch.dtype, local_only: boo
             if local_only:
                 raise AutointerpError(
                     f"cannot load a causal language model from {folder}: {exc}. "
-                    "Point --model at a Hugging Face model folder (config.json, weights, tokenizer) or use `smollm2`"
+                    "Point `model` at a Hugging Face model folder (config.json, weights, tokenizer) or use `smollm2`"
                 ) from None
             raise AutointerpError(
                 f"cannot load model {spec!r}: it is not a local folder and the Hugging Face hub did not provide it "
-                f"({type(exc).__name__}: {exc}). Pass a local model folder, or --model smollm2 (bundled)"
+                f"({type(exc).__name__}: {exc}). Give a local model folder as `model`, or smollm2 (bundled)"
             ) from None
     return model, tokenizer
 

@@ -20,6 +20,7 @@ from autointerp.errors import AutointerpError
 from autointerp.llm.base import Usage
 from autointerp.llm.prices import PriceTable
 from autointerp.store.db import Store
+from autointerp.store.jobs import require_run
 from autointerp.store.llm_calls import (
     LLMCall,
     answer_counts,
@@ -150,7 +151,10 @@ def _flush_all() -> None:
 def spend_summary(store: Store, run_id: str | None = None) -> list[dict[str, Any]]:
     """Spend by run, model and stage: calls, cached, errors, billed tokens, cost_usd, priced (False: no price known)."""
     with store.reading() as con:
-        return spend(con, run_id)
+        rows = spend(con, run_id)
+        if run_id and not rows:
+            require_run(con, run_id)
+        return rows
 
 
 def reprice(rows: list[dict[str, Any]], prices: PriceTable) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ def make_scorer(name: str, llm: LLM | None = None, **opts: Any) -> Scorer:
     if name not in SCORERS:
         raise AutointerpError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
     if name in NEEDS_LLM and llm is None:
-        raise AutointerpError(f"the {name} scorer needs an LLM: pass --simulator / a model spec")
+        raise AutointerpError(f"the {name} scorer needs an LLM: give a `simulator` model")
     try:
         return SCORERS[name](llm, **opts)
     except TypeError as exc:

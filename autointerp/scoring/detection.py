@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import NonNegativeInt, PositiveInt
+
 from autointerp import render
 from autointerp.llm.base import LLM
 from autointerp.records import Explanation, FeatureExamples, Score
@@ -23,12 +25,12 @@ class DetectionScorer:
         self,
         llm: LLM,
         *,
-        batch_size: int = 5,
-        before: int = 20,
-        after: int = 11,
-        concurrency: int = 4,
-        n_resamples: int = metrics.N_RESAMPLES,
-        seed: int = metrics.SEED,
+        batch_size: PositiveInt = 5,
+        before: NonNegativeInt = 20,
+        after: NonNegativeInt = 11,
+        concurrency: PositiveInt = 4,
+        n_resamples: PositiveInt = metrics.N_RESAMPLES,
+        seed: NonNegativeInt = metrics.SEED,
     ):
         self.llm = llm
         self.batch_size = batch_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from pydantic import NonNegativeInt, PositiveInt
 
 from autointerp import render
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
@@ -28,10 +29,10 @@ class EmbeddingScorer:
         self,
         llm: LLM | None = None,
         *,
-        before: int = 6,
-        after: int = 6,
-        n_resamples: int = metrics.N_RESAMPLES,
-        seed: int = metrics.SEED,
+        before: NonNegativeInt = 6,
+        after: NonNegativeInt = 6,
+        n_resamples: PositiveInt = metrics.N_RESAMPLES,
+        seed: NonNegativeInt = metrics.SEED,
     ):
         self.before, self.after = before, after
         self.n_resamples, self.seed = n_resamples, seed

@@ -12,6 +12,7 @@ Two ways to build the items (`decoys`, a scorer option):
 from __future__ import annotations
 
 import numpy as np
+from pydantic import NonNegativeInt, PositiveInt
 
 from autointerp import render
 from autointerp.errors import AutointerpError
@@ -34,13 +35,13 @@ class FuzzingScorer:
         llm: LLM,
         *,
         decoys: str = "misplaced",
-        batch_size: int = 5,
-        before: int = 20,
-        after: int = 11,
+        batch_size: PositiveInt = 5,
+        before: NonNegativeInt = 20,
+        after: NonNegativeInt = 11,
         highlight_fraction: float = 0.3,
-        concurrency: int = 4,
-        n_resamples: int = metrics.N_RESAMPLES,
-        seed: int = metrics.SEED,
+        concurrency: PositiveInt = 4,
+        n_resamples: PositiveInt = metrics.N_RESAMPLES,
+        seed: NonNegativeInt = metrics.SEED,
     ):
         if decoys not in DECOYS:
             raise AutointerpError(f"unknown fuzzing decoys {decoys!r}; choose one of {', '.join(DECOYS)}")

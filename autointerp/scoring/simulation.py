@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 import numpy as np
+from pydantic import NonNegativeInt, PositiveInt
 
 from autointerp import render
 from autointerp.errors import AutointerpError
@@ -79,13 +80,13 @@ class SimulationScorer:
         *,
         mode: str | None = None,
         whole_records: bool = False,
-        contexts_per_prompt: int = 4,
-        before: int = 16,
-        after: int = 7,
-        top_logprobs: int = 20,
-        concurrency: int = 4,
-        n_resamples: int = metrics.N_RESAMPLES,
-        seed: int = metrics.SEED,
+        contexts_per_prompt: PositiveInt = 4,
+        before: NonNegativeInt = 16,
+        after: NonNegativeInt = 7,
+        top_logprobs: NonNegativeInt = 20,
+        concurrency: PositiveInt = 4,
+        n_resamples: PositiveInt = metrics.N_RESAMPLES,
+        seed: NonNegativeInt = metrics.SEED,
     ):
         self.llm = llm
         self.mode = mode or simulation_mode(llm)

@@ -94,7 +94,7 @@ def create_source(
             raise AutointerpError(
                 f"a source named {name!r} already exists with different settings "
                 f"({have}, config {_canonical(existing.config)}); "
-                "choose another --source name, or rerun with the original settings to resume it"
+                "choose another `source` name, or rerun with the original settings to resume it"
             )
         return existing
     row = con.execute(
@@ -441,7 +441,7 @@ def _unknown_feature_message(con: duckdb.DuckDBPyConnection, source_id: int, fea
     width = f" (width {source.width})" if source.width else ""
     return (
         f"feature {feature} has no activations in source {source.name!r}{width}; "
-        f"{n} features fire, numbered {lo}..{hi}: see `autointerp features --source {source.name}`"
+        f"{n} features fire, numbered {lo}..{hi}: list them with `autointerp features`"
     )
 
 

@@ -21,6 +21,14 @@ from autointerp.store.migrations import MIGRATIONS
 LOCK_WAIT_SECONDS = 30.0
 
 
+class StoreNotFound(AutointerpError):
+    def __init__(self, path: Path):
+        super().__init__(
+            f"no store at {path}: check the path, or create a store by collecting activations (`autointerp collect`) "
+            "or importing them (`autointerp import`; in Python, Store(path, create=True))"
+        )
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "conflicting" in text or "being used by another process" in text
@@ -30,7 +38,7 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
     """Open the file, waiting up to `wait` seconds while another process holds a conflicting lock."""
     path = Path(path)
     if read_only and not path.exists():
-        raise AutointerpError(f"no store at {path}: run `autointerp collect` or `autointerp import` first")
+        raise StoreNotFound(path)
     deadline = time.monotonic() + wait
     delay = 0.02
     while True:
@@ -46,7 +54,7 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
                 raise AutointerpError(f"cannot open the store {path}: {exc}") from None
         except duckdb.Error as exc:
             raise AutointerpError(
-                f"{path} is not a readable DuckDB file ({exc}); point --db at an autointerp store or a new path"
+                f"{path} is not a readable DuckDB file ({exc}); give the path of an autointerp store, or of a new one"
             ) from None
         time.sleep(delay * (1 + random.random()))
         delay = min(delay * 2, 0.5)
@@ -81,25 +89,36 @@ def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
 class Store:
     """A handle on one store file. Cheap to create; connections are opened on demand.
 
-    `Store(path)` migrates the file on first write access. Readers use `Store(path, read_only=True)`.
+    `Store(path)` opens an existing store and applies pending migrations; a missing file is an error, so a
+    typo never leaves an empty store behind. `Store(path, create=True)` makes a new one, but only at the
+    first write, so a command that fails before writing leaves no file. Readers use `read_only=True`.
     """
 
-    def __init__(self, path: str | Path, read_only: bool = False):
+    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False):
         self.path = Path(path)
         self.read_only = read_only
         self._con: duckdb.DuckDBPyConnection | None = None
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = connect(self.path)
-            try:
-                migrate(con)
-            finally:
-                con.close()
+        self._created = self.path.exists()
+        if not self._created and (read_only or not create):
+            raise StoreNotFound(self.path)
+        if self._created and not read_only:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = connect(self.path)
+        try:
+            migrate(con)
+        finally:
+            con.close()
+        self._created = True
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         """A connection held open until `close()`: for readers and single-process jobs."""
         if self._con is None:
+            if not self._created:
+                self._migrate()
             self._con = connect(self.path, read_only=self.read_only)
         return self._con
 
@@ -116,7 +135,8 @@ class Store:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One transaction: commits on success, rolls back on any error, so a failure stores nothing.
+        """One transaction: commits on success, rolls back on any error, so a failure stores nothing (and a
+        store that this first write was to create is removed again).
 
         Uses the held connection when there is one; otherwise opens the file for this transaction only
         and closes it afterwards, leaving the file free for other processes between writes.
@@ -124,7 +144,11 @@ class Store:
         if self.read_only:
             raise AutointerpError(f"the store {self.path} was opened read-only; open it for writing to change it")
         own = self._con is None
+        fresh = own and not self._created
+        if fresh:
+            self._migrate()
         con = connect(self.path) if own else self._con
+        failed = False
         try:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -132,10 +156,15 @@ class Store:
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
+                failed = True
                 raise
         finally:
             if own:
                 con.close()
+            if fresh and failed:  # the store this write was to create holds nothing: leave no file
+                for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+                    path.unlink(missing_ok=True)
+                self._created = False
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -143,6 +172,8 @@ class Store:
         if self._con is not None:
             yield self._con
             return
+        if not self._created:
+            self._migrate()
         con = connect(self.path, read_only=True)
         try:
             yield con

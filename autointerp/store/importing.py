@@ -200,7 +200,7 @@ def import_parquet(store: Store, source: str, contexts_path: str | Path, activat
         _check_columns(ctx_cols, contexts, "contexts")
         _check_columns(_columns(con, activations, "activations"), activations, "activations")
         if con.execute("SELECT 1 FROM sources WHERE name = ?", [source]).fetchone():
-            raise AutointerpError(f"a source named {source!r} already exists in {store.path}; import under another --source name")
+            raise AutointerpError(f"a source named {source!r} already exists in {store.path}; import under another `source` name")
         _validate(con, contexts, activations, ctx_cols)
         (n_features, context_len, n_zero) = con.execute(
             """

@@ -9,6 +9,8 @@ from typing import Any
 
 import duckdb
 
+from autointerp.errors import NotFound
+
 # feature_jobs statuses a rerun under the same configuration does not repeat
 FINISHED_STATUSES = ("done", "skipped_sparse")
 
@@ -101,6 +103,18 @@ def update_run(
 def get_run(con: duckdb.DuckDBPyConnection, run_id: str) -> Run | None:
     row = con.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", [run_id]).fetchone()
     return None if row is None else _run(row)
+
+
+class RunNotFound(NotFound):
+    def __init__(self, run_id: str):
+        super().__init__(f"no run {run_id!r} in this store; `autointerp runs` lists the runs it holds")
+
+
+def require_run(con: duckdb.DuckDBPyConnection, run_id: str) -> Run:
+    run = get_run(con, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    return run
 
 
 def list_runs(con: duckdb.DuckDBPyConnection, limit: int = 20, kind: str | None = None) -> list[Run]:
