@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.config import JobConfig, from_dict, load_job_config
+from autointerp.errors import AutointerpError
 from autointerp.store.db import Store
 
 
@@ -23,13 +24,23 @@ def _store(store: Store | str | Path, read_only: bool = False) -> Store:
     return store if isinstance(store, Store) else Store(store, read_only=read_only)
 
 
-def collect_activations(store: Store | str | Path, *, progress: bool = False, **settings: Any):
+def collect_activations(
+    store: Store | str | Path, *, ray: str | None = None, workers: int | None = None, progress: bool = False,
+    **settings: Any,
+):
     """Record a subject model's activations into the store (created when missing; a rerun resumes).
-    Settings are CollectConfig fields: model, layer, features, dataset, tokens, context_len, ..."""
+    Settings are CollectConfig fields: model, layer, features, dataset, tokens, context_len, ...
+    `ray`: a Ray cluster's address, or "auto" for a local one, to spread the forward passes over `workers`."""
     from autointerp.collect.collector import CollectConfig, collect
+    from autointerp.collect.ray_collect import collect_on_ray
 
+    if ray is None and workers is not None:
+        raise AutointerpError("`workers` needs `ray`")
     target = store if isinstance(store, Store) else Store(store, create=True)
-    return collect(target, from_dict(CollectConfig, settings, "collect settings"), progress=progress)
+    cfg = from_dict(CollectConfig, settings, "collect settings")
+    if ray is None:
+        return collect(target, cfg, progress=progress)
+    return collect_on_ray(target, cfg, address=ray, workers=workers, progress=progress)
 
 
 def list_sources(store: Store | str | Path) -> list:

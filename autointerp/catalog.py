@@ -70,6 +70,7 @@ class Review:
     edited_label: str | None
     note: str | None
     created_at: Any
+    reviewer: str | None = None  # who: the web catalog's reviewer name for the token used, or the CLI user
 
 
 @dataclass
@@ -219,6 +220,7 @@ def review_label(
     note: str | None = None,
     edited_label: str | None = None,
     embedding: Sequence[float] | np.ndarray | None = None,
+    reviewer: str | None = None,
 ) -> Label:
     """Record a human verdict on a label; return the label the verdict leaves as current.
 
@@ -235,12 +237,12 @@ def review_label(
     if verdict != "edit":
         if edited_label:
             raise AutointerpError("an edited label goes with verdict 'edit', not with accept or reject")
-        q.insert_review(con, explanation_id, verdict, None, note)
+        q.insert_review(con, explanation_id, verdict, None, note, reviewer)
         return load_labels(con, [explanation_id])[0]
     text = (edited_label or "").strip()
     if not text:
         raise AutointerpError("an edit needs the new label text")
-    q.insert_review(con, explanation_id, "edit", text, note)
+    q.insert_review(con, explanation_id, "edit", text, note, reviewer)
     new_id = write_label(
         con,
         Explanation(
@@ -257,7 +259,7 @@ def review_label(
         seed=None,
         embedding=embedding,
     )
-    q.insert_review(con, new_id, "accept", None, note)
+    q.insert_review(con, new_id, "accept", None, note, reviewer)
     return load_labels(con, [new_id])[0]
 
 

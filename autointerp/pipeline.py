@@ -8,9 +8,13 @@ so the web catalog can read it while a job runs.
 
 Resume: a rerun under the same configuration hash skips features already done (or found too sparse), and the
 LLM ledger answers every request it has already seen, so a stopped job continues without paying twice.
-Ctrl-C writes what is finished and marks the run 'interrupted'. The ledger rows are flushed before the labels
-that used them are written; after a SIGKILL, only answers received since the last flush (about a second of
-them, plus the ledger's own interval) are asked again.
+Ctrl-C writes what is finished and marks the run 'interrupted'. Every answer is journaled the moment it
+arrives (see `autointerp.llm.ledger`): after a SIGKILL only the calls in flight are asked again. One job at a
+time per store: a second one refuses (`job_lock`).
+
+A feature whose LLM calls still fail for a transient cause after the client's retries (rate limits, 5xx,
+timeouts, dropped connections, unreadable bodies) is tried again after the other features, up to
+FEATURE_TRIES times in all, before it is recorded as failed.
 """
 
 from __future__ import annotations
@@ -37,16 +41,18 @@ from autointerp.errors import AutointerpError
 from autointerp.explain import STYLES, ExplanationParseError, best_of_k
 from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
 from autointerp.llm.base import LLMResponse
+from autointerp.llm.errors import TRANSIENT
 from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample, sample_many
 from autointerp.scoring import NEEDS_LLM, Scorer, make_scorer
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source, select_features
-from autointerp.store.db import Store
+from autointerp.store.db import Store, job_lock
 
 # LLM failures that every later call would hit too: the job stops instead of failing feature after feature.
 FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
+FEATURE_TRIES = 3  # per feature and job, for failures of a transient kind (TRANSIENT)
 
 
 @dataclass
@@ -358,6 +364,8 @@ class _Job:
         self.results: list[FeatureResult] = []
         self.sessions: _StoreSessions | None = None
         self._llms: dict[str, _MeteredLLM] = {}
+        self._tries: dict[int, int] = {}
+        self.later: list[tuple[int, FeatureExamples]] = []  # transient failures, to try again after the rest
         self.make_scorers()  # fail on unknown scorers or options before any feature starts
 
     def llm(self, spec: str) -> _MeteredLLM:
@@ -506,6 +514,8 @@ class _Job:
         except LLMCallError as exc:
             if exc.kind in FATAL_LLM_ERRORS:
                 raise
+            if exc.kind in TRANSIENT and self._try_later(feature, examples):
+                return
             self._failed(feature, stage, exc)
             return
         except Exception as exc:  # noqa: BLE001 - one feature's failure never stops the job
@@ -517,6 +527,25 @@ class _Job:
             result.explanation_id = self.write_label(con, explanation, examples, scores, vector)
 
         self._store_result(result, write)
+
+    def _try_later(self, feature: int, examples: FeatureExamples) -> bool:
+        self._tries[feature] = self._tries.get(feature, 1) + 1
+        if self._tries[feature] > FEATURE_TRIES:
+            return False
+        self.later.append((feature, examples))
+        return True
+
+    async def label_again(self, concurrency: int) -> None:
+        """Label the features put off by transient failures (`later`), `concurrency` at a time, until none is left
+        (bounded: each feature gets FEATURE_TRIES tries in all)."""
+        while self.later:
+            todo, self.later = iter(self.later), []
+
+            async def worker() -> None:
+                for feature, examples in todo:
+                    await self.label_feature(feature, examples)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     def write_label(self, con, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> int:
         return write_label(
@@ -566,6 +595,11 @@ def run_label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSum
 
 async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSummary:
     """The job as a coroutine (for callers that already run an event loop); see `run_label_job`."""
+    with job_lock(store.path, "label job"):
+        return await _label_job(store, job, progress)
+
+
+async def _label_job(store: Store, job: JobConfig, progress: bool) -> JobSummary:
     started = time.monotonic()
     check_job(job)
     chash = job_config_hash(job)
@@ -601,6 +635,7 @@ async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobS
         tasks = [asyncio.create_task(worker()) for _ in range(min(job.concurrency, len(todo)))]
         try:
             await asyncio.gather(*tasks)
+            await state.label_again(job.concurrency)
         finally:
             for task in tasks:
                 task.cancel()

@@ -17,6 +17,7 @@ import pytest
 from catalog_fixtures import HOSTILE_LABEL, IMG, SCRIPT, SOURCE_A, catalog_copy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ALICE_TOKEN = "alice-token-0123456789abcdef"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -34,10 +35,23 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     db = catalog_copy(tmp_path_factory.mktemp("browser"))
+    yield from _serve(db)
+
+
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory):
+    """Bound to every address, with reviewer tokens."""
+    folder = tmp_path_factory.mktemp("team")
+    tokens = folder / "tokens.toml"
+    tokens.write_text(f'alice = "{ALICE_TOKEN}"\n')
+    yield from _serve(catalog_copy(folder), "--host", "0.0.0.0", "--tokens", str(tokens))
+
+
+def _serve(db, *extra):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from autointerp.cli import main; sys.exit(main())",
-         "serve", "--db", str(db), "--port", str(port)],
+         "serve", "--db", str(db), "--port", str(port), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -138,3 +152,31 @@ def test_hostile_strings_stay_text_and_fire_nothing(server, page):
     assert IMG in page.inner_text("body")
     assert page.locator("img").count() == 0
     assert page.dialogs == []
+
+
+def test_a_team_catalog_asks_for_a_reviewer_token_and_records_who_reviewed(team_server, page):
+    page.goto(f"{team_server}/features/{SOURCE_A}/0")
+    entry = page.locator(".label-entry").first
+    entry.locator("form.review input[name=note]").first.fill("no token")
+    entry.locator("form.review input[name=token]").first.fill("a-wrong-token-0123456789")
+    entry.locator("button.accept").click()
+    page.wait_for_load_state()
+    assert "valid reviewer token" in page.inner_text("body")
+    page.goto(f"{team_server}/features/{SOURCE_A}/0")
+    assert page.inner_text("#best-state") == "unreviewed"
+    entry = page.locator(".label-entry").first
+    entry.locator("form.review input[name=note]").first.fill("checked by alice")
+    entry.locator("form.review input[name=token]").first.fill(ALICE_TOKEN)
+    entry.locator("button.accept").click()
+    page.wait_for_load_state()
+    page.reload()
+    assert page.inner_text("#best-state") == "accepted"
+    assert "accept: checked by alice by alice" in page.inner_text("#history")
+    # the browser keeps the token: the next review asks for none
+    assert page.locator("input[name=token]").count() == 0
+    entry = page.locator(".label-entry").first
+    entry.locator("button.reject").click()
+    page.wait_for_load_state()
+    page.reload()
+    assert page.inner_text("#best-state") == "rejected"
+    assert ALICE_TOKEN not in page.content() and page.dialogs == []

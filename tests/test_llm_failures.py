@@ -4,13 +4,16 @@ Anthropic HTTP APIs (tests/doubles/paid_api.py), not the real services."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 from doubles.paid_api import Reply
 
 from autointerp.errors import AutointerpError
+from autointerp.bench.latency_server import fake_chat_body
 from autointerp.llm import LLMCallError, Retries, make_llm
+from autointerp.llm.errors import TRANSIENT
 from autointerp.llm.local import free_port
 from autointerp.store.db import Store
 from autointerp.store.llm_calls import list_calls
@@ -99,9 +102,9 @@ def test_auth_errors_name_the_variable_and_are_not_retried(paid_api, tmp_path, m
     assert calls_ledger(store)[0]["error"] == str(failed.value)
 
 
-@pytest.mark.parametrize("raw", ["<html>oops</html>", '{"choices": []}', '{"content": "not a list of blocks"}'])
+@pytest.mark.parametrize("raw", ['{"choices": []}', '{"content": "not a list of blocks"}'])
 @pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
-def test_malformed_body_is_recorded_and_raised(paid_api, tmp_path, make, raw):
+def test_json_of_the_wrong_shape_is_recorded_and_raised_without_retry(paid_api, tmp_path, make, raw):
     store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(Reply(raw=raw))
     with pytest.raises(LLMCallError, match="not a valid chat answer") as failed:
@@ -109,16 +112,92 @@ def test_malformed_body_is_recorded_and_raised(paid_api, tmp_path, make, raw):
     assert failed.value.kind == "malformed" and len(paid_api.received) == 1
     (row,) = calls_ledger(store)
     assert row["error"] == str(failed.value)
-    assert row["response"] is not None and (raw in str(row["response"]) or row["response"] == __import__("json").loads(raw))
+    assert row["response"] == json.loads(raw)
 
 
-def test_unreachable_endpoint_says_what_to_do():
+UNREADABLE = {
+    "html": Reply(raw="<html>oops</html>"),
+    "truncated": Reply(raw='{"choices": [{"index": 0, "message": {"role": "assis'),
+    "not_utf8": Reply(raw=b'{"choices": "\xff\xfe"}'),
+    "502_html": Reply(502, raw="<html><body>Bad Gateway</body></html>", media_type="text/html"),
+    "504_html": Reply(504, raw="<html><body>Gateway Timeout</body></html>", media_type="text/html"),
+}
+
+
+@pytest.mark.parametrize("fault", list(UNREADABLE))
+@pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
+def test_unreadable_bodies_are_retried_like_server_errors(paid_api, tmp_path, make, fault):
+    store = Store(tmp_path / "x.duckdb", create=True)
+    paid_api.script(UNREADABLE[fault], UNREADABLE[fault])
+    assert call(make(paid_api, store)).text
+    assert len(paid_api.received) == 3
+    (row,) = calls_ledger(store)
+    assert row["error"] is None and row["attempts"] == 3
+
+
+def test_a_body_that_stays_unreadable_fails_as_transient_with_the_body_kept(paid_api, tmp_path):
+    store = Store(tmp_path / "x.duckdb", create=True)
+    paid_api.script(*[Reply(raw="<html>oops</html>")] * 4)
+    with pytest.raises(LLMCallError, match="not JSON after 4 attempts") as failed:
+        call(openai_llm(paid_api, store))
+    assert failed.value.kind == "bad_body" and failed.value.kind in TRANSIENT
+    (row,) = calls_ledger(store)
+    assert row["response"] == {"unparsed_body": "<html>oops</html>"} and row["error"] == str(failed.value)
+
+
+class DroppingServer:
+    """A bare TCP server: the first `drops` connections are closed right after the request arrives (a reset
+    mid-call); later ones get one well-formed chat answer."""
+
+    def __init__(self, drops: int):
+        self.drops = drops
+        self.connections = 0
+
+    async def handle(self, reader, writer):
+        self.connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        if self.connections <= self.drops:
+            writer.transport.abort()
+            return
+        body = json.dumps(fake_chat_body({"messages": HI, "max_tokens": 3})).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode() + body
+        )
+        await writer.drain()
+        writer.close()
+
+
+def test_a_connection_dropped_mid_call_is_retried():
+    dropping = DroppingServer(drops=2)
+
+    async def go():
+        server = await asyncio.start_server(dropping.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        llm = make_llm("openai:m", base_url=f"http://127.0.0.1:{port}/v1", retries=FAST)
+        try:
+            return await llm.chat(HI, max_tokens=3)
+        finally:
+            await llm.aclose()
+            server.close()
+
+    assert asyncio.run(go()).text
+    assert dropping.connections == 3
+
+
+def test_unreachable_endpoint_fails_at_once_and_says_what_to_do(tmp_path):
+    store = Store(tmp_path / "x.duckdb", create=True)
     base_url = f"http://127.0.0.1:{free_port()}/v1"
-    llm = make_llm("openai:some-model", base_url=base_url, retries=Retries(max_attempts=2, min_wait_s=0.01, max_wait_s=0.02))
+    llm = make_llm("openai:some-model", base_url=base_url, store=store, retries=Retries(max_attempts=6, min_wait_s=1, max_wait_s=60))
     with pytest.raises(LLMCallError) as failed:
         call(llm)
+    assert calls_ledger(store)[0]["attempts"] == 1  # not six, with backoff between them
     assert failed.value.kind == "connection"
-    assert str(failed.value) == f"cannot reach {base_url} (after 2 attempts): is the server running? set --base-url"
+    assert str(failed.value) == (
+        f"cannot reach {base_url} (connection refused or unknown host): is the server running? set --base-url"
+    )
 
 
 def test_missing_keys_fail_before_any_request(paid_api, monkeypatch):

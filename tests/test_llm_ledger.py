@@ -6,15 +6,19 @@ Paid APIs are reached through `paid_api`, an in-process test double of their HTT
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 from doubles.paid_api import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, Reply
 
 from autointerp.llm import LLMCallError, PriceTable, Retries, make_llm
 from autointerp.store.db import Store
-from autointerp.store.llm_calls import list_calls
+from autointerp.store.journal import CallJournal
+from autointerp.store.llm_calls import LLMCall, insert_calls, list_calls
 
 HI = [{"role": "user", "content": "hi"}]
 FAST = Retries(max_attempts=3, min_wait_s=0.01, max_wait_s=0.05, timeout_s=5)
@@ -215,3 +219,67 @@ def _chat_body(text: str) -> dict:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
+
+
+KILLED_AFTER_ANSWERS = """
+import asyncio, os, signal, sys
+from autointerp.llm import make_llm
+from autointerp.store.db import Store
+
+async def main():
+    llm = make_llm("openai:gpt-4o-mini", base_url=sys.argv[2], store=Store(sys.argv[1]), retries=None)
+    for i in range(5):
+        await llm.chat([{"role": "user", "content": f"question {i}"}], max_tokens=3)
+    os.kill(os.getpid(), signal.SIGKILL)  # before any flush into llm_calls
+
+asyncio.run(main())
+"""
+
+
+def test_answers_survive_a_sigkill_and_are_not_paid_again(paid_api, tmp_path):
+    db = tmp_path / "x.duckdb"
+    with Store(db, create=True).writing():
+        pass
+    child = subprocess.run([sys.executable, "-c", KILLED_AFTER_ANSWERS, str(db), paid_api.openai_base_url])
+    assert child.returncode == -9 and len(paid_api.received) == 5
+    store = Store(db)  # opening for writing folds the dead process's journal into llm_calls
+    assert len(rows(store)) == 5 and not list((tmp_path / "x.duckdb.jobs").glob("*.jsonl"))
+
+    async def again():
+        async with openai_llm(paid_api, store) as llm:
+            return [await llm.chat([{"role": "user", "content": f"question {i}"}], max_tokens=3) for i in range(5)]
+
+    assert all(r.cached for r in asyncio.run(again()))
+    assert len(paid_api.received) == 5
+    Store(db).close()
+    assert len(rows(store)) == 10  # five answers and five cache hits; folding twice added nothing
+
+
+def test_a_journal_folded_after_its_rows_were_stored_adds_no_duplicates(tmp_path):
+    """A kill between the ledger's insert and the emptying of its journal: the journal's rows are already in
+    llm_calls; folding skips them by call_uid. A last line cut off mid-write is ignored."""
+    store = Store(tmp_path / "x.duckdb", create=True)
+    calls = [LLMCall(f"key{i}", "openai", "m", "explain", None, {"n": i}, {"ok": i}, 1, 1, 0.0, 1.0) for i in range(3)]
+    journal = CallJournal(store.path)
+    for call in calls:
+        journal.append(call)
+    with store.writing() as con:
+        insert_calls(con, calls[:2])
+    extra = LLMCall("key9", "openai", "m", "explain", None, {"n": 9}, {"ok": 9}, 1, 1, 0.0, 1.0)
+    os.write(journal._fd, json.dumps(asdict(extra)).encode()[:40])  # the process died mid-write
+    os.close(journal._fd)  # ... and its lock went with it
+    Store(store.path).close()
+    assert sorted(r["cache_key"] for r in rows(store)) == ["key0", "key1", "key2"]
+
+
+def test_a_live_processs_journal_is_left_alone(tmp_path):
+    store = Store(tmp_path / "x.duckdb", create=True)
+    with store.writing():  # the file exists from the first write on
+        pass
+    journal = CallJournal(store.path)
+    journal.append(LLMCall("k", "openai", "m", None, None, {}, {"ok": 1}, 1, 1, 0.0, 1.0))
+    Store(store.path).close()
+    assert rows(store) == [] and journal.path.exists()
+    journal.clear()
+    journal.close()
+    assert not journal.path.exists()

@@ -17,6 +17,7 @@ from autointerp.errors import AutointerpError, NotFound
 from autointerp.records import Explanation, Score
 from autointerp.store import Store
 from autointerp.web import create_app
+from autointerp.web.reviewers import ReviewAccess
 from catalog_fixtures import HOSTILE_LABEL, IMG, RUN_ID, SCRIPT, SOURCE_A, SOURCE_B, catalog_copy
 
 HOSTILE = (SCRIPT, IMG)
@@ -285,3 +286,14 @@ def test_api_docs_page_loads_its_scripts_from_this_server(tmp_path):
         assert asset in page.text
         assert client.get(asset).status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "autointerp catalog"
+
+
+def test_deletes_need_a_reviewer_token_and_never_happen_read_only(db):
+    with TestClient(create_app(db, reviewers=ReviewAccess(tokens={"s3cret": "ada"}))) as c:
+        assert c.delete(f"/api/sources/{SOURCE_B}").status_code == 403
+        assert c.delete(f"/api/sources/{SOURCE_B}", headers={"Authorization": "Bearer wrong"}).status_code == 403
+        ok = c.delete(f"/api/sources/{SOURCE_B}", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["deleted"]["sources"] == 1
+    with TestClient(create_app(db, reviewers=ReviewAccess(read_only=True))) as c:
+        assert c.delete("/api/explanations/1").status_code == 403
+        assert c.get("/api/explanations/1").status_code == 200

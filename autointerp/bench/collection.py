@@ -24,19 +24,17 @@ from autointerp.collect.collector import (
     LayerReader,
     collect,
     iter_contexts,
+    load_features,
     prepends_bos,
 )
 from autointerp.collect.corpora import iter_documents
-from autointerp.collect.features import load_feature_source
 from autointerp.collect.models import SubjectModel, load_subject_model
 from autointerp.store import Store
 
 
 def bare_forward_seconds(subject: SubjectModel, cfg: CollectConfig) -> tuple[float, float]:
     """(wall, process CPU) seconds to run the batches `collect` would run, up to the hooked layer, keeping nothing."""
-    features = load_feature_source(
-        cfg.features, d_model=subject.d_model, d_mlp=subject.d_mlp, layer=cfg.layer, top_k=cfg.top_k_per_token
-    )
+    features = load_features(cfg, subject)
     documents = iter_documents(cfg.dataset, text_column=cfg.text_column)
     contexts = iter_contexts(documents, subject.tokenizer, cfg.context_len, bos=prepends_bos(subject.tokenizer))
     ids = torch.tensor([c.token_ids for c in itertools.islice(contexts, cfg.tokens // cfg.context_len)])

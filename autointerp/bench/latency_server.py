@@ -1,5 +1,6 @@
-"""An OpenAI-compatible server that answers after a fixed latency: a stand-in for a remote LLM in throughput
-benchmarks (no model behind it; answers are deterministic filler with plausible logprobs).
+"""An OpenAI-compatible (and Anthropic-shaped) server that answers after a fixed latency: a stand-in for a
+remote LLM in throughput benchmarks (no model behind it; answers are deterministic filler with plausible
+logprobs), and with `Faults` the misbehaving provider of the chaos benchmark.
 
 In-process:   with LatencyServer(latency_s=1.0) as server: make_llm("openai:fake", base_url=server.base_url)
 Subprocess:   with latency_server_process(latency_s=1.0) as base_url: ...   (keeps the GIL out of the measurement)
@@ -19,13 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from autointerp.errors import AutointerpError
@@ -110,17 +112,80 @@ def fake_completion_body(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def latency_app(latency_s: float = 1.0, label_first: bool = False) -> Starlette:
-    """Chat and completions after `latency_s` seconds; `app.state.requests` counts the requests answered."""
+def anthropic_body(request: dict[str, Any], label_first: bool = False) -> dict[str, Any]:
+    """A Messages API answer with the chat filler's text."""
+    chat = fake_chat_body({"messages": request.get("messages"), "max_tokens": request.get("max_tokens")}, label_first)
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": request.get("model"),
+        "content": [{"type": "text", "text": chat["choices"][0]["message"]["content"]}],
+        "stop_reason": "max_tokens",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 11, "output_tokens": int(request.get("max_tokens") or 1)},
+    }
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Per-request fault rates (each drawn independently, in this order): 429 with Retry-After, HTTP 500, a 200
+    whose body is not JSON, and a slow answer (`slow_s` more). Only well-formed answers count as paid."""
+
+    rate_limit: float = 0.0
+    server_error: float = 0.0
+    bad_body: float = 0.0
+    slow: float = 0.0
+    slow_s: float = 2.0
+    retry_after_s: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def total(cls, rate: float, **kwargs: Any) -> Faults:
+        """`rate` of requests fail, split evenly over 429 / 500 / non-JSON; `slow` is drawn apart."""
+        each = 1 - (1 - rate) ** (1 / 3)
+        return cls(rate_limit=each, server_error=each, bad_body=each, **kwargs)
+
+
+def _fault_response(faults: Faults, rng: random.Random) -> Response | None:
+    if rng.random() < faults.rate_limit:
+        return JSONResponse(
+            {"error": {"type": "rate_limit_error", "message": "rate limited (injected)"}},
+            status_code=429,
+            headers={"retry-after": f"{faults.retry_after_s:g}"},
+        )
+    if rng.random() < faults.server_error:
+        return JSONResponse({"error": {"type": "server_error", "message": "internal error (injected)"}}, status_code=500)
+    if rng.random() < faults.bad_body:
+        return Response('{"choices": [{"index": 0, "message": {"role": "assis', media_type="application/json")
+    return None
+
+
+def latency_app(latency_s: float = 1.0, label_first: bool = False, faults: Faults | None = None) -> Starlette:
+    """Chat and completions (OpenAI) and messages (Anthropic) after `latency_s` seconds, with `faults` injected.
+    `app.state.requests` counts requests answered, `app.state.paid` well-formed answers; GET /stats shows both."""
+    faults = faults or Faults()
+    rng = random.Random(faults.seed)
 
     async def models(request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
+    async def stats(request: Request) -> JSONResponse:
+        return JSONResponse({"requests": request.app.state.requests, "paid": request.app.state.paid})
+
     def endpoint(build):
-        async def handler(request: Request) -> JSONResponse:
-            body = await request.json()
-            await asyncio.sleep(latency_s)
+        async def handler(request: Request) -> Response:
+            try:
+                body = await request.json()
+            except ClientDisconnect:  # the client was killed mid-request
+                return Response(status_code=499)
+            slow = faults.slow_s if rng.random() < faults.slow else 0.0
+            await asyncio.sleep(latency_s + slow)
             request.app.state.requests += 1
+            fault = _fault_response(faults, rng)
+            if fault is not None:
+                return fault
+            request.app.state.paid += 1
             return JSONResponse(build(body))
 
         return handler
@@ -128,11 +193,14 @@ def latency_app(latency_s: float = 1.0, label_first: bool = False) -> Starlette:
     app = Starlette(
         routes=[
             Route("/v1/models", models),
+            Route("/stats", stats),
             Route("/v1/chat/completions", endpoint(lambda body: fake_chat_body(body, label_first)), methods=["POST"]),
             Route("/v1/completions", endpoint(fake_completion_body), methods=["POST"]),
+            Route("/v1/messages", endpoint(lambda body: anthropic_body(body, label_first)), methods=["POST"]),
         ]
     )
     app.state.requests = 0
+    app.state.paid = 0
     return app
 
 
@@ -197,13 +265,20 @@ class LatencyServer(BackgroundServer):
         return self.app.state.requests
 
 
+def fault_arguments(faults: Faults) -> list[str]:
+    return [f"--{name.replace('_', '-')}={value:g}" for name, value in asdict(faults).items()]
+
+
 @contextlib.contextmanager
-def latency_server_process(latency_s: float = 1.0, lifetime_s: float = 600.0, label_first: bool = False) -> Iterator[str]:
+def latency_server_process(
+    latency_s: float = 1.0, lifetime_s: float = 600.0, label_first: bool = False, faults: Faults | None = None
+) -> Iterator[str]:
     """The server in a child process (its own GIL); yields the base URL, stops the child on exit."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "autointerp.bench.latency_server", "--latency", str(latency_s), "--port", str(port),
-         "--lifetime", str(lifetime_s), *(["--label-first"] if label_first else [])],
+         "--lifetime", str(lifetime_s), *(["--label-first"] if label_first else []),
+         *fault_arguments(faults or Faults())],
         stdin=subprocess.DEVNULL,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -232,9 +307,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--lifetime", type=float, default=600.0, help="stop after this many seconds (default 600)")
     parser.add_argument("--label-first", action="store_true", help="chat answers open with a `Label:` line")
+    for name, default in asdict(Faults()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help="see Faults")
     args = parser.parse_args(argv)
-    server = BackgroundServer(latency_app(args.latency, args.label_first), port=args.port, max_lifetime_s=args.lifetime)
-    print(f"OpenAI-compatible latency server on {server.url}/v1 ({args.latency:g} s per answer)", flush=True)
+    faults = Faults(**{name: getattr(args, name) for name in asdict(Faults())})
+    app = latency_app(args.latency, args.label_first, faults)
+    server = BackgroundServer(app, port=args.port, max_lifetime_s=args.lifetime)
+    print(f"OpenAI-compatible latency server on {server.url}/v1 ({args.latency:g} s per answer; {faults})", flush=True)
     server.start()
     try:
         server._thread.join()

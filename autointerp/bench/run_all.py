@@ -34,6 +34,7 @@ PERFORMANCE: dict[str, list[str]] = {
     "tokens": ["--features", "4"],
     "prompt_tokens": ["--rules", "file_words,digits,negation,inside_parentheses"],
     "search": ["--sizes", "10000,100000", "--queries", "30"],
+    "chaos": ["--features", "1000", "--kills", "20", "--fault-rate", "0.3"],
 }
 QUALITY = ("planted", "quality")
 TIME_LIMIT_S = 1200

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     only = argv[0] if argv and argv[0] in commands() else ""
     parser = build_parser(only=only)
     args = parser.parse_args(argv)
+    args.argv = argv  # for commands that print how to run them again
     try:
         return args._run(args) or 0
     except AutointerpError as exc:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from autointerp.collect.collector import CollectConfig, collect
+from autointerp.collect.ray_collect import collect_on_ray
+from autointerp.errors import AutointerpError
+from autointerp.ray_cluster import AUTO
 from autointerp.store import Store
 
 NAME = "collect"
@@ -61,6 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=None, help="model dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
     )
+    parser.add_argument(
+        "--ray",
+        dest="address",
+        nargs="?",
+        const=AUTO,
+        metavar="ADDRESS",
+        help="record on the workers of a Ray cluster (needs `pip install 'autointerp[ray]'`): a running cluster's "
+        f"HOST:PORT or ray://HOST:PORT, or `{AUTO}` (the default when ADDRESS is left out) for a local cluster; "
+        "the store is written by this process only",
+    )
+    parser.add_argument(
+        "--ray-workers", dest="workers", type=int, help="Ray workers, one model each (default: one per GPU of the cluster, else one per CPU)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    report = collect(Store(args.db, create=True), cfg)
+    if args.address is None:
+        if args.workers is not None:
+            raise AutointerpError("`workers` needs `address`")
+        report = collect(Store(args.db, create=True), cfg)
+    else:
+        report = collect_on_ray(Store(args.db, create=True), cfg, address=args.address, workers=args.workers)
     if report.already_complete:
         print(f"source {report.source!r} is already complete: {report.n_tokens:,} tokens in {args.db}")
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -75,7 +76,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = run_label_job(Store(args.db), job, progress=not args.quiet)
     print_summary(summary, args.db)
-    return 0
+    return rerun_hint(summary, getattr(args, "argv", None) or ["label", "--db", args.db])
+
+
+def rerun_hint(summary: JobSummary, argv: list[str]) -> int:
+    """The exit status of a finished job: 1 when features failed, with the command that tries them again."""
+    failed = summary.with_status("failed")
+    if not failed:
+        return 0
+    print(
+        f"\n{len(failed)} feature(s) failed (exit status 1). The same command tries them again and keeps every "
+        f"label already stored:\n  autointerp {shlex.join(argv)}"
+    )
+    return 1
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -9,6 +9,7 @@ from autointerp.collect.collector import (
 from autointerp.collect.corpora import iter_documents
 from autointerp.collect.features import load_feature_source, load_sae
 from autointerp.collect.models import SubjectModel, load_subject_model
+from autointerp.collect.ray_collect import collect_on_ray
 
 __all__ = [
     "CollectConfig",
@@ -16,6 +17,7 @@ __all__ = [
     "LayerReader",
     "SubjectModel",
     "collect",
+    "collect_on_ray",
     "iter_documents",
     "load_feature_source",
     "load_sae",

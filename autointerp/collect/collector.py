@@ -182,6 +182,129 @@ def default_source_name(model: str, features: FeatureSource) -> str:
     return f"{model_short_name(model)}-L{features.layer}-{NEURONS}"
 
 
+@dataclass(frozen=True)
+class SourceSpec:
+    """What the store records about a collected source, known once the model and feature source are loaded."""
+
+    name: str
+    model: str
+    hookpoint: str
+    layer: int
+    feature_kind: str
+    width: int
+    bos: bool
+    config: dict
+
+
+def load_features(cfg: CollectConfig, subject: SubjectModel) -> FeatureSource:
+    """The configured feature source, on the subject model's device."""
+    features = load_feature_source(
+        cfg.features, d_model=subject.d_model, d_mlp=subject.d_mlp, layer=cfg.layer, top_k=cfg.top_k_per_token
+    )
+    if isinstance(features, SaeFeatures):
+        features.to(subject.device)
+    return features
+
+
+def source_spec(cfg: CollectConfig, features: FeatureSource, hookpoint: str, bos: bool) -> SourceSpec:
+    return SourceSpec(
+        name=cfg.source or default_source_name(cfg.model, features),
+        model=cfg.model,
+        hookpoint=hookpoint,
+        layer=features.layer,
+        feature_kind=features.kind,
+        width=features.width,
+        bos=bos,
+        config=_identity(cfg, features, bos),
+    )
+
+
+@dataclass
+class CollectionPlan:
+    """Where a collection stands in the store and the chunks still to record, in order."""
+
+    source_id: int
+    already_complete: bool
+    n_target: int  # contexts wanted
+    chunk_index: int  # of the first chunk still to record
+    context_id: int  # of the first context still to record
+    chunks: Iterator[tuple[list[Context], dict[str, Any]]]
+
+
+def plan_collection(store: Store, cfg: CollectConfig, spec: SourceSpec, tokenizer: Any) -> CollectionPlan:
+    """Create the source (or find the one to resume) and cut the corpus into the chunks still missing.
+
+    Chunk boundaries, context ids and resume states depend only on the corpus, the tokenizer and `cfg`, so
+    every way of running the chunks (in process, on Ray workers) stores the same rows.
+    """
+    check_config(cfg)
+    documents = iter_documents(cfg.dataset, text_column=cfg.text_column)
+    if next(iter_contexts(documents, tokenizer, cfg.context_len, bos=spec.bos), None) is None:
+        raise AutointerpError(f"no document of {cfg.dataset!r} has {cfg.context_len} tokens; use a shorter `context_len`")
+    n_target = cfg.tokens // cfg.context_len
+    with store.writing() as con:
+        info = create_source(
+            con,
+            spec.name,
+            model=spec.model,
+            hookpoint=spec.hookpoint,
+            layer=spec.layer,
+            feature_kind=spec.feature_kind,
+            width=spec.width,
+            context_len=cfg.context_len,
+            config=spec.config,
+        )
+        chunk_index, context_id, state = collection_progress(con, info.source_id)
+    done = context_id >= n_target or bool(state and state.get("exhausted"))
+    start = (state["document"], state["offset"]) if state else None
+    documents = iter_documents(cfg.dataset, text_column=cfg.text_column, start=start[0] if start else 0)
+    contexts = iter_contexts(documents, tokenizer, cfg.context_len, bos=spec.bos, start=start)
+    chunks = _chunks(
+        contexts,
+        per_chunk=max(1, cfg.chunk_tokens // cfg.context_len),
+        n_wanted=0 if done else n_target - context_id,
+        step=cfg.context_len - (1 if spec.bos else 0),
+    )
+    return CollectionPlan(info.source_id, done and info.status == "ready", n_target, chunk_index, context_id, chunks)
+
+
+def finish_collection(
+    store: Store, spec: SourceSpec, cfg: CollectConfig, plan: CollectionPlan, *, n_contexts: int,
+    new_activations: int, seconds: float, cpu_seconds: float,
+) -> CollectReport:
+    """Finalize the source (sorted activations, statistics) and report this run."""
+    t0 = time.perf_counter()
+    with store.writing() as con:
+        finalize_source(con, plan.source_id)
+    return CollectReport(
+        source=spec.name,
+        source_id=plan.source_id,
+        already_complete=False,
+        n_contexts=n_contexts,
+        n_tokens=n_contexts * cfg.context_len,
+        new_tokens=(n_contexts - plan.context_id) * cfg.context_len,
+        new_activations=new_activations,
+        seconds=seconds,
+        finalize_seconds=time.perf_counter() - t0,
+        cpu_seconds=cpu_seconds,
+    )
+
+
+def complete_report(spec: SourceSpec, cfg: CollectConfig, plan: CollectionPlan) -> CollectReport:
+    return CollectReport(spec.name, plan.source_id, True, plan.context_id, plan.context_id * cfg.context_len, 0, 0, 0.0, 0.0)
+
+
+def progress_bar(spec: SourceSpec, cfg: CollectConfig, plan: CollectionPlan, progress: bool) -> tqdm:
+    return tqdm(
+        total=plan.n_target * cfg.context_len,
+        initial=plan.context_id * cfg.context_len,
+        unit="tok",
+        unit_scale=True,
+        desc=spec.name,
+        disable=not progress,
+    )
+
+
 def collect(
     store: Store,
     cfg: CollectConfig,
@@ -195,62 +318,23 @@ def collect(
     `subject`: an already loaded model (skips loading cfg.model; its name must match). `on_chunk(index)`
     runs after each chunk is committed (on the writer thread; an exception there stops the collection).
     """
-    _check(cfg)
+    check_config(cfg)
     if subject is not None and subject.name != model_short_name(cfg.model):
         raise ValueError(f"the loaded model {subject.name!r} is not the configured {cfg.model!r}")
     subject = subject or load_subject_model(cfg.model, cfg.device, cfg.dtype)
-    features = load_feature_source(
-        cfg.features, d_model=subject.d_model, d_mlp=subject.d_mlp, layer=cfg.layer, top_k=cfg.top_k_per_token
-    )
-    if isinstance(features, SaeFeatures):
-        features.to(subject.device)
+    features = load_features(cfg, subject)
     bos = prepends_bos(subject.tokenizer)
-    documents = iter_documents(cfg.dataset, text_column=cfg.text_column)
-    if next(iter_contexts(documents, subject.tokenizer, cfg.context_len, bos=bos), None) is None:
-        raise AutointerpError(f"no document of {cfg.dataset!r} has {cfg.context_len} tokens; use a shorter `context_len`")
-    name = cfg.source or default_source_name(cfg.model, features)
-    n_target = cfg.tokens // cfg.context_len
 
     with LayerReader(subject, features) as reader:
-        with store.writing() as con:
-            info = create_source(
-                con,
-                name,
-                model=cfg.model,
-                hookpoint=reader.hookpoint,
-                layer=features.layer,
-                feature_kind=features.kind,
-                width=features.width,
-                context_len=cfg.context_len,
-                config=_identity(cfg, features, bos),
-            )
-            chunk_index, context_id, state = collection_progress(con, info.source_id)
-        done = context_id >= n_target or bool(state and state.get("exhausted"))
-        if done and info.status == "ready":
-            return CollectReport(name, info.source_id, True, context_id, context_id * cfg.context_len, 0, 0, 0.0, 0.0)
-
-        start = (state["document"], state["offset"]) if state else None
-        documents = iter_documents(cfg.dataset, text_column=cfg.text_column, start=start[0] if start else 0)
-        contexts = iter_contexts(documents, subject.tokenizer, cfg.context_len, bos=bos, start=start)
-        chunks = _chunks(
-            contexts,
-            per_chunk=max(1, cfg.chunk_tokens // cfg.context_len),
-            n_wanted=0 if done else n_target - context_id,
-            step=cfg.context_len - (1 if bos else 0),
-        )
-        writer = _ChunkWriter(store, info.source_id, cfg.context_len, bos, TokenPieces(subject.tokenizer), on_chunk)
-        first_new = context_id
+        spec = source_spec(cfg, features, reader.hookpoint, bos)
+        plan = plan_collection(store, cfg, spec, subject.tokenizer)
+        if plan.already_complete:
+            return complete_report(spec, cfg, plan)
+        writer = _ChunkWriter(store, plan.source_id, cfg.context_len, bos, TokenPieces(subject.tokenizer), on_chunk)
+        chunk_index, context_id = plan.chunk_index, plan.context_id
         t0, c0 = time.perf_counter(), time.process_time()
-        bar = tqdm(
-            total=n_target * cfg.context_len,
-            initial=context_id * cfg.context_len,
-            unit="tok",
-            unit_scale=True,
-            desc=name,
-            disable=not progress,
-        )
-        with bar, writer:
-            for chunk, resume in chunks:
+        with progress_bar(spec, cfg, plan, progress) as bar, writer:
+            for chunk, resume in plan.chunks:
                 batches = _run_batches(reader, features, chunk, cfg.batch_size, cfg.context_len)
                 writer.submit(chunk_index, context_id, chunk, batches, resume)
                 chunk_index += 1
@@ -258,20 +342,9 @@ def collect(
                 bar.update(len(chunk) * cfg.context_len)
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
 
-    t0 = time.perf_counter()
-    with store.writing() as con:
-        finalize_source(con, info.source_id)
-    return CollectReport(
-        source=name,
-        source_id=info.source_id,
-        already_complete=False,
-        n_contexts=context_id,
-        n_tokens=context_id * cfg.context_len,
-        new_tokens=(context_id - first_new) * cfg.context_len,
-        new_activations=writer.n_activations,
-        seconds=seconds,
-        finalize_seconds=time.perf_counter() - t0,
-        cpu_seconds=cpu_seconds,
+    return finish_collection(
+        store, spec, cfg, plan, n_contexts=context_id, new_activations=writer.n_activations,
+        seconds=seconds, cpu_seconds=cpu_seconds,
     )
 
 
@@ -306,6 +379,15 @@ def _run_batches(
         sparse = features.encode(captured.reshape(-1, captured.shape[-1]))
         out.append((sparse.rows.cpu().numpy() + b * context_len, sparse.features.cpu().numpy(), sparse.values.cpu().numpy()))
     return out
+
+
+def chunk_tables(
+    reader: LayerReader, features: FeatureSource, pieces: TokenPieces, chunk: list[Context], first_context_id: int,
+    cfg: CollectConfig, bos: bool,
+) -> tuple[pa.Table, pa.Table]:
+    """The contexts and activations tables of one chunk, computed in one go: what a shard worker returns."""
+    batches = _run_batches(reader, features, chunk, cfg.batch_size, cfg.context_len)
+    return _tables(chunk, first_context_id, batches, cfg.context_len, bos, pieces)
 
 
 class _ChunkWriter:
@@ -358,7 +440,7 @@ class _ChunkWriter:
             self.on_chunk(chunk_index)
 
 
-def _check(cfg: CollectConfig) -> None:
+def check_config(cfg: CollectConfig) -> None:
     if not 2 <= cfg.context_len <= MAX_CONTEXT_LEN:
         raise AutointerpError(f"`context_len` must be between 2 and {MAX_CONTEXT_LEN}")
     if cfg.tokens < cfg.context_len:

@@ -87,14 +87,7 @@ def load_subject_model(spec: str, device: str | None = None, dtype: str | torch.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    if spec == BUNDLED:
-        folder, local_only = bundled_model_dir(), True
-    elif Path(spec).expanduser().exists():
-        folder, local_only = Path(spec).expanduser(), True
-    else:
-        require_hub(f"model {spec!r} is not a local folder, so it", "Give a local model folder as `model`, or smollm2 (bundled)")
-        folder, local_only = spec, False
-    model, tokenizer = _load_pretrained(str(folder), spec, torch_dtype, local_only)
+    model, tokenizer = _load_pretrained(*_model_folder(spec), spec, torch_dtype)
     model.to(torch_device)
     model.eval()
     layers = _layer_list(model)
@@ -109,6 +102,21 @@ def load_subject_model(spec: str, device: str | None = None, dtype: str | torch.
     with contextlib.suppress(AutointerpError):
         subject.d_mlp = _in_features(subject.mlp_out_proj(0))
     return subject
+
+
+def load_tokenizer(spec: str) -> Any:
+    """Only the tokenizer of a subject model (`smollm2`, a local folder or a hub name): enough to cut contexts."""
+    return _load_pretrained(*_model_folder(spec), spec, None)[1]
+
+
+def _model_folder(spec: str) -> tuple[str, bool]:
+    """(folder or hub name, whether it is local) of a model spec."""
+    if spec == BUNDLED:
+        return str(bundled_model_dir()), True
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser()), True
+    require_hub(f"model {spec!r} is not a local folder, so it", "Give a local model folder as `model`, or smollm2 (bundled)")
+    return spec, False
 
 
 def model_short_name(spec: str) -> str:
@@ -180,13 +188,16 @@ def _make_readable(folder: Path) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
-def _load_pretrained(folder: str, spec: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any]:
+def _load_pretrained(folder: str, local_only: bool, spec: str, dtype: torch.dtype | None) -> tuple[Any, Any]:
+    """(model, tokenizer); the model is None when `dtype` is None (the tokenizer alone is wanted)."""
     with _offline() if local_only else contextlib.nullcontext(), _quiet_transformers():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=local_only)
+            model = None
+            if dtype is not None:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=local_only)
         except (OSError, ValueError) as exc:
             if local_only:
                 raise AutointerpError(

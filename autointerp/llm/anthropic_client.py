@@ -8,8 +8,7 @@ import anthropic
 
 from autointerp.llm.base import LLMResponse, Usage
 from autointerp.llm.client import ProviderLLM, sdk_arguments
-from autointerp.llm.errors import MalformedResponse, SendError
-from autointerp.llm.openai_client import json_body
+from autointerp.llm.errors import MalformedResponse, SendError, connection_error, json_object
 
 
 class AnthropicLLM(ProviderLLM):
@@ -51,8 +50,8 @@ class AnthropicLLM(ProviderLLM):
         except anthropic.APITimeoutError:
             raise SendError("timeout") from None
         except anthropic.APIConnectionError as exc:
-            raise SendError("connection", detail=str(exc)) from None
-        return json_body(await raw.text())  # this SDK's raw response reads its body asynchronously
+            raise connection_error(exc) from None
+        return json_object(await raw.read())  # this SDK's raw response reads its body asynchronously
 
     def _parse(self, endpoint: str, body: dict[str, Any]) -> LLMResponse:
         try:

@@ -138,7 +138,7 @@ class ProviderLLM:
 
     async def aclose(self) -> None:
         """Write the ledger's pending rows and close the HTTP client."""
-        self.ledger.flush()
+        self.ledger.close()
         client, self._client = self._client, None
         if client is not None and self._client_loop is asyncio.get_running_loop():
             await client.close()
@@ -209,7 +209,8 @@ class ProviderLLM:
             response = self._parse(endpoint, body)
         except SendError as exc:
             message = self._failure_message(exc, attempts)
-            self._record(key, stage, request, started=started, error=message, attempts=attempts)
+            kept = {"unparsed_body": exc.detail} if exc.kind == "bad_body" else None
+            self._record(key, stage, request, body=kept, started=started, error=message, attempts=attempts)
             raise LLMCallError(message, exc.kind) from None
         except MalformedResponse as exc:
             body = exc.body if isinstance(exc.body, dict) else {"unparsed_body": str(exc.body)[:20000]}
@@ -287,7 +288,14 @@ class ProviderLLM:
                 )
             return f"{where} refused the request (HTTP {exc.status}): the server needs credentials"
         if exc.kind == "connection":
-            return f"cannot reach {where} ({tries}): is the server running? set --base-url"
+            return f"cannot reach {where} (connection refused or unknown host): is the server running? set --base-url"
+        if exc.kind == "dropped":
+            return f"{where} kept dropping the connection {tries}: {detail}"
+        if exc.kind == "bad_body":
+            return (
+                f"{where} kept answering {self.name} with a body that is not JSON {tries} (truncated, not UTF-8, or "
+                "an error page); the last body is kept in llm_calls"
+            )
         if exc.kind == "timeout":
             return (
                 f"{self.name} at {where} did not answer within {self.retries.timeout_s:g} s ({tries}): "

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 
 from autointerp.errors import AutointerpError
 
-RETRYABLE = frozenset({"rate_limit", "server", "timeout", "connection"})
+# Kinds worth another attempt: the same request may well succeed. A refused connection ("connection") is not:
+# nothing listens there, and waiting will not change that; a connection dropped mid-call ("dropped") is.
+RETRYABLE = frozenset({"rate_limit", "server", "timeout", "dropped", "bad_body"})
+# Kinds for which a feature that still failed is worth trying again later in the same job.
+TRANSIENT = RETRYABLE
 
 
 class LLMCallError(AutointerpError):
     """A call that failed after retries, or could not be made.
 
-    kind: auth | rate_limit | server | timeout | connection | bad_request | malformed | unsupported.
-    `auth` means every later call fails too; the others concern this call.
+    kind: auth | rate_limit | server | timeout | connection | dropped | bad_body | bad_request | malformed |
+    unsupported. `auth` and `connection` (nothing listens at the address) mean every later call fails too;
+    the others concern this call. `bad_body`: a 2xx answer that is not JSON (truncated, invalid UTF-8, an
+    HTML page), transient like a 5xx; `malformed`: JSON of the wrong shape, which asking again will not fix.
     """
 
     def __init__(self, message: str, kind: str):
@@ -48,6 +56,33 @@ class SendError(Exception):
         else:
             kind = "bad_request"
         return cls(kind, status, detail, retry_after_seconds(headers))
+
+
+def unreadable_body(content: bytes) -> SendError:
+    """A 2xx body that cannot be read as a JSON object: retried like a 5xx, the text kept for the ledger."""
+    return SendError("bad_body", 200, content[:20000].decode("utf-8", errors="replace"))
+
+
+def json_object(content: bytes) -> dict:
+    """The body as a JSON object, or SendError("bad_body") when it is not UTF-8 JSON (truncated, an HTML page)."""
+    try:
+        body = json.loads(content.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        raise unreadable_body(content) from None
+    if not isinstance(body, dict):
+        raise unreadable_body(content)
+    return body
+
+
+def connection_error(exc: BaseException) -> SendError:
+    """An SDK's connection error: "connection" when no connection was made (refused, unknown host: fail fast),
+    "dropped" when one was reset or closed mid-call (retried)."""
+    cause: BaseException | None = exc
+    while cause is not None:  # by class name: SDKs may bundle their own copy of httpx
+        if type(cause).__name__ == "ConnectError" or isinstance(cause, (ConnectionRefusedError, socket.gaierror)):
+            return SendError("connection", detail=str(cause) or type(cause).__name__)
+        cause = cause.__cause__ or cause.__context__
+    return SendError("dropped", detail=str(exc))
 
 
 class MalformedResponse(Exception):

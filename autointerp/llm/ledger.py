@@ -1,8 +1,10 @@
 """The call ledger: every call lands in `llm_calls`, and identical requests are answered from it.
 
-Writes are batched and flushed in short `store.writing()` transactions (every `flush_rows` calls or
-`flush_seconds`, and on close), so that no write connection is held for the whole job. Cache reads that
-arrive in the same event-loop tick are fetched in one query.
+A row is durable the moment its call ends: it is appended to this process's call journal beside the store
+(`autointerp.store.journal`) before the answer is handed back, so a SIGKILL costs only the calls in flight.
+Inserts into `llm_calls` are batched in short `store.writing()` transactions (every `flush_rows` calls or
+`flush_seconds`, and on close), so that no write connection is held for the whole job; the journal is
+emptied after each. Cache reads that arrive in the same event-loop tick are fetched in one query.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from autointerp.llm.base import Usage
 from autointerp.llm.prices import PriceTable
 from autointerp.store.db import Store
 from autointerp.store.jobs import require_run
+from autointerp.store.journal import CallJournal
 from autointerp.store.llm_calls import (
     LLMCall,
     answer_counts,
@@ -70,6 +73,7 @@ class Ledger:
         self._stored: dict[str, int] | None = None  # cache key -> answers in the file
         self._wanted: list[tuple[tuple[str, int], asyncio.Future]] = []
         self._last_flush = time.monotonic()
+        self._journal: CallJournal | None = None
         _LIVE.add(self)
 
     def key(self, endpoint: str, request: dict[str, Any]) -> str:
@@ -116,6 +120,9 @@ class Ledger:
     def record(self, call: LLMCall) -> None:
         if self.store is None:
             return
+        if self._journal is None:
+            self._journal = CallJournal(self.store.path)
+        self._journal.append(call)
         self._pending.append(call)
         if call.error is None and not call.cached and call.response is not None:
             self._fresh.setdefault(call.cache_key, []).append(call.response)
@@ -134,18 +141,27 @@ class Ledger:
         with self.store.writing() as con:
             insert_calls(con, self._pending)
         self._pending = []
+        if self._journal is not None:
+            self._journal.clear()
         for key, answers in self._fresh.items():
             stored[key] = stored.get(key, 0) + len(answers)
         self._fresh = {}
+
+    def close(self) -> None:
+        """Flush, then remove this process's journal file (kept, to be folded later, if the flush fails)."""
+        self.flush()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
 
 @atexit.register
 def _flush_all() -> None:
     for ledger in list(_LIVE):
         try:
-            ledger.flush()
-        except Exception as exc:  # at exit there is nobody left to raise to
-            log.warning("LLM ledger rows lost at exit: %s", exc)
+            ledger.close()
+        except Exception as exc:  # at exit there is nobody left to raise to; the journal keeps the rows
+            log.warning("LLM ledger rows left in the call journal at exit: %s", exc)
 
 
 def spend_summary(store: Store, run_id: str | None = None) -> list[dict[str, Any]]:

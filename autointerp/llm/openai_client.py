@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import openai
 
 from autointerp.llm.base import LLMResponse, TokenLogprob, Usage
 from autointerp.llm.client import ProviderLLM, sdk_arguments
-from autointerp.llm.errors import MalformedResponse, SendError
+from autointerp.llm.errors import MalformedResponse, SendError, connection_error, json_object
 
 
 class OpenAICompatibleLLM(ProviderLLM):
@@ -58,24 +57,14 @@ class OpenAICompatibleLLM(ProviderLLM):
         except openai.APITimeoutError:
             raise SendError("timeout") from None
         except openai.APIConnectionError as exc:
-            raise SendError("connection", detail=str(exc)) from None
-        return json_body(raw.text)
+            raise connection_error(exc) from None
+        return json_object(raw.content)
 
     def _parse(self, endpoint: str, body: dict[str, Any]) -> LLMResponse:
         try:
             return parse_chat(body) if endpoint == "chat" else parse_completion(body)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedResponse(f"{type(exc).__name__}: {exc}", body) from None
-
-
-def json_body(text: str) -> dict[str, Any]:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        raise MalformedResponse("the body is not JSON", text) from None
-    if not isinstance(body, dict):
-        raise MalformedResponse("the body is not a JSON object", text)
-    return body
 
 
 def _usage(body: dict[str, Any]) -> Usage:

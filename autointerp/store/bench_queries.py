@@ -43,3 +43,29 @@ def run_usage(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, StageUsa
         [run_id],
     ).fetchall()
     return {r[0]: StageUsage(*r[:4], int(r[4]), int(r[5]), float(r[6]), float(r[7])) for r in rows}
+
+
+@dataclass
+class LabelCounts:
+    """For the chaos benchmark: labels stored per feature (features without one absent), features found too
+    sparse to label, and answers kept in the ledger (successful calls that were not cache hits)."""
+
+    labels: dict[int, int]
+    sparse: set[int]
+    answers_kept: int
+
+
+def label_counts(con: duckdb.DuckDBPyConnection, source: str, features: list[int]) -> LabelCounts:
+    wanted = [source, features]
+    labels = con.execute(
+        "SELECT e.feature, count(*) FROM explanations e JOIN sources s USING (source_id) "
+        "WHERE s.name = ? AND e.feature IN (SELECT unnest(?::INTEGER[])) GROUP BY e.feature",
+        wanted,
+    ).fetchall()
+    sparse = con.execute(
+        "SELECT DISTINCT j.feature FROM feature_jobs j JOIN sources s USING (source_id) "
+        "WHERE s.name = ? AND j.feature IN (SELECT unnest(?::INTEGER[])) AND j.status = 'skipped_sparse'",
+        wanted,
+    ).fetchall()
+    (kept,) = con.execute("SELECT count(*) FROM llm_calls WHERE error IS NULL AND NOT coalesce(cached, false)").fetchone()
+    return LabelCounts({int(f): int(n) for f, n in labels}, {int(f) for (f,) in sparse}, int(kept))

@@ -117,24 +117,29 @@ _REVIEW_STATE = """
 
 
 def insert_review(
-    con: duckdb.DuckDBPyConnection, explanation_id: int, verdict: str, edited_label: str | None, note: str | None
+    con: duckdb.DuckDBPyConnection,
+    explanation_id: int,
+    verdict: str,
+    edited_label: str | None,
+    note: str | None,
+    reviewer: str | None = None,
 ) -> tuple[int, Any]:
     row = con.execute(
         """
-        INSERT INTO reviews (explanation_id, verdict, edited_label, note) VALUES (?, ?, ?, ?)
+        INSERT INTO reviews (explanation_id, verdict, edited_label, note, reviewer) VALUES (?, ?, ?, ?, ?)
         RETURNING review_id, created_at
         """,
-        [explanation_id, verdict, edited_label, note],
+        [explanation_id, verdict, edited_label, note, reviewer],
     ).fetchone()
     return int(row[0]), row[1]
 
 
 def reviews_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
-    """(review_id, explanation_id, verdict, edited_label, note, created_at), oldest first."""
+    """(review_id, explanation_id, verdict, edited_label, note, created_at, reviewer), oldest first."""
     id_list, params = _id_list(explanation_ids, "e")
     return con.execute(
         f"""
-        SELECT review_id, explanation_id, verdict, edited_label, note, created_at FROM reviews
+        SELECT review_id, explanation_id, verdict, edited_label, note, created_at, reviewer FROM reviews
         WHERE explanation_id IN ({id_list}) ORDER BY review_id
         """,
         params,

@@ -8,6 +8,8 @@ holds the lock, so that the catalog can be browsed while a job runs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import random
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Iterator
 import duckdb
 
 from autointerp.errors import AutointerpError
+from autointerp.store.journal import fold_journals, jobs_dir
 from autointerp.store.migrations import MIGRATIONS
 
 LOCK_WAIT_SECONDS = 30.0
@@ -82,6 +85,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     return applied
 
 
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back if a transaction is still open (a failed COMMIT has already ended it)."""
+    with contextlib.suppress(duckdb.TransactionException):
+        con.execute("ROLLBACK")
+
+
 def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY applied_at, name").fetchall()]
 
@@ -109,6 +118,7 @@ class Store:
         con = connect(self.path)
         try:
             migrate(con)
+            fold_journals(con, self.path)  # LLM answers a killed process had journaled, not yet stored
         finally:
             con.close()
         self._created = True
@@ -153,11 +163,20 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
-                con.execute("COMMIT")
+            except duckdb.IOException as exc:
+                _rollback(con)
+                failed = True
+                raise self._write_error(exc) from None
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 failed = True
                 raise
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:  # a full disk, a file made read-only: this transaction is lost, no more
+                _rollback(con)
+                failed = True
+                raise self._write_error(exc) from None
         finally:
             if own:
                 con.close()
@@ -165,6 +184,12 @@ class Store:
                 for path in (self.path, self.path.with_name(self.path.name + ".wal")):
                     path.unlink(missing_ok=True)
                 self._created = False
+
+    def _write_error(self, exc: Exception) -> AutointerpError:
+        return AutointerpError(
+            f"cannot write to the store {self.path} ({exc}): free disk space or make the file writable, then run "
+            "the command again; everything written before this transaction is kept"
+        )
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -179,3 +204,33 @@ class Store:
             yield con
         finally:
             con.close()
+
+
+@contextlib.contextmanager
+def job_lock(store_path: str | Path, what: str) -> Iterator[None]:
+    """Held while a labeling job runs on the store, so that a second one refuses at once instead of labeling
+    the same features. An flock: the kernel releases it when the holder dies, so a killed job leaves no
+    stale lock."""
+    folder = jobs_dir(store_path)
+    try:
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / "job.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise AutointerpError(f"cannot write {folder} ({exc.strerror}): the store's folder must be writable") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise AutointerpError(
+                f"{holder} is already running on the store {store_path}: wait for it to finish (or stop it), "
+                "then run again; a rerun continues where it stopped"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"a {what} (pid {os.getpid()})".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)

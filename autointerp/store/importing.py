@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from autointerp.errors import AutointerpError
 from autointerp.store.activations import (
+    append_chunk,
     create_source,
     finalize_source,
     source_token_count,
@@ -191,17 +193,49 @@ def _validate(con: duckdb.DuckDBPyConnection, contexts: Path, activations: Path,
         )
 
 
+def validate_files(con: duckdb.DuckDBPyConnection, contexts: Path, activations: Path) -> dict[str, str]:
+    """Check both files against every rule above; return the contexts file's columns and their types."""
+    ctx_cols = _columns(con, contexts, "contexts")
+    _check_columns(ctx_cols, contexts, "contexts")
+    _check_columns(_columns(con, activations, "activations"), activations, "activations")
+    _validate(con, contexts, activations, ctx_cols)
+    return ctx_cols
+
+
+def import_chunk(
+    store: Store,
+    source_id: int,
+    chunk_index: int,
+    contexts_path: str | Path,
+    activations_path: str | Path,
+    n_tokens: int,
+    resume_state: dict,
+) -> int:
+    """Validate one shard's two files (the rules above) and append them as the next chunk of a source being
+    collected, in one transaction with its resume state; `finalize_source` makes it readable. Returns the
+    number of activation rows. A chunk index already stored is an error, so a shard can never land twice.
+    """
+    contexts, activations = Path(contexts_path), Path(activations_path)
+    with store.writing() as con:
+        validate_files(con, contexts, activations)
+        if con.execute(
+            "SELECT 1 FROM collection_chunks WHERE source_id = ? AND chunk_index = ?", [source_id, chunk_index]
+        ).fetchone():
+            raise AutointerpError(f"chunk {chunk_index} of source {source_id} is already stored; nothing was added")
+        contexts_table = pq.read_table(contexts, columns=["context_id", "token_ids", "tokens", "document_id", "doc_offset"])
+        activations_table = pq.read_table(activations, columns=["feature", "context_id", "pos", "value"])
+        append_chunk(con, source_id, chunk_index, contexts_table, activations_table, n_tokens, resume_state)
+    return activations_table.num_rows
+
+
 def import_parquet(store: Store, source: str, contexts_path: str | Path, activations_path: str | Path) -> ImportReport:
     """Validate both files, then store them as a new, finalized source named `source` in one transaction."""
     started = time.monotonic()
     contexts, activations = Path(contexts_path), Path(activations_path)
     with store.writing() as con:
-        ctx_cols = _columns(con, contexts, "contexts")
-        _check_columns(ctx_cols, contexts, "contexts")
-        _check_columns(_columns(con, activations, "activations"), activations, "activations")
         if con.execute("SELECT 1 FROM sources WHERE name = ?", [source]).fetchone():
             raise AutointerpError(f"a source named {source!r} already exists in {store.path}; import under another `source` name")
-        _validate(con, contexts, activations, ctx_cols)
+        ctx_cols = validate_files(con, contexts, activations)
         (n_features, context_len, n_zero) = con.execute(
             """
             SELECT (SELECT max(feature) + 1 FROM read_parquet($1)),

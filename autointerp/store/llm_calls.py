@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -30,16 +31,18 @@ class LLMCall:
     attempts: int = 1
     endpoint_host: str | None = None
     priced: bool = True
+    call_uid: str = field(default_factory=lambda: secrets.token_hex(16))  # tells a row folded twice from two calls
 
 
 _COLUMNS = (
     "cache_key, provider, model, stage, run_id, request, response, prompt_tokens, completion_tokens, "
-    "cost_usd, latency_ms, error, cached, attempts, endpoint_host, priced"
+    "cost_usd, latency_ms, error, cached, attempts, endpoint_host, priced, call_uid"
 )
 
 
-def insert_calls(con: duckdb.DuckDBPyConnection, calls: list[LLMCall]) -> None:
-    """One INSERT from an Arrow table: a few ms for hundreds of rows, where executemany takes ms per row."""
+def insert_calls(con: duckdb.DuckDBPyConnection, calls: list[LLMCall], skip_known: bool = False) -> None:
+    """One INSERT from an Arrow table: a few ms for hundreds of rows, where executemany takes ms per row.
+    skip_known: leave out rows whose call_uid is already stored (folding a journal that may hold them)."""
     if not calls:
         return
     names = [name.strip() for name in _COLUMNS.split(",")]
@@ -53,7 +56,12 @@ def insert_calls(con: duckdb.DuckDBPyConnection, calls: list[LLMCall]) -> None:
     pending = pa.table(columns)
     con.register("_pending_llm_calls", pending)
     try:
-        con.execute(f"INSERT INTO llm_calls ({_COLUMNS}) SELECT {_COLUMNS} FROM _pending_llm_calls")
+        where = (
+            " WHERE call_uid NOT IN (SELECT call_uid FROM llm_calls WHERE call_uid IN (SELECT call_uid FROM _pending_llm_calls))"
+            if skip_known
+            else ""
+        )
+        con.execute(f"INSERT INTO llm_calls ({_COLUMNS}) SELECT {_COLUMNS} FROM _pending_llm_calls{where}")
     finally:
         con.unregister("_pending_llm_calls")
 

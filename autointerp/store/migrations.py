@@ -327,6 +327,18 @@ def m010_score_items(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
+def m050_llm_call_uid(con: duckdb.DuckDBPyConnection) -> None:
+    """Each ledger row's own id, so that folding a call journal after a crash never stores a row twice."""
+    con.execute("ALTER TABLE llm_calls ADD COLUMN call_uid VARCHAR")
+
+
+@migration
+def m051_review_reviewer(con: duckdb.DuckDBPyConnection) -> None:
+    """Who made a review: the reviewer named by the web catalog's token, or the CLI user."""
+    con.execute("ALTER TABLE reviews ADD COLUMN reviewer VARCHAR")
+
+
+@migration
 def m020_imported_scores(con: duckdb.DuckDBPyConnection) -> None:
     """Scores copied from a label file are its claims, kept apart from scores measured here: never ranked."""
     con.execute("ALTER TABLE scores ADD COLUMN imported BOOLEAN DEFAULT false")

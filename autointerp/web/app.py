@@ -30,6 +30,7 @@ from autointerp.errors import AutointerpError, NotFound
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
 from autointerp.store import Store, connect
 from autointerp.store.jobs import list_runs
+from autointerp.web.reviewers import COOKIE, ReviewAccess, ReviewRefused
 
 HERE = Path(__file__).parent
 REFRESH_FACTOR = 10.0  # rebuild the search index at most once per 10x its last build time
@@ -120,8 +121,22 @@ def _same_origin(request: Request) -> None:
         raise HTTPException(status_code=403, detail="cross-site request refused")
 
 
-def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -> FastAPI:
+def _token(request: Request, form: dict[str, str] | None = None) -> str | None:
+    """The reviewer token a request carries: the form's field, `Authorization: Bearer`, or the cookie."""
+    if form and form.get("token"):
+        return form["token"]
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(COOKIE)
+
+
+def create_app(
+    db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR, reviewers: ReviewAccess | None = None
+) -> FastAPI:
+    """The catalog app; `reviewers` says who may write reviews (default: anyone, recorded as "local")."""
     access = CatalogAccess(db_path, refresh_factor)
+    reviewers = reviewers or ReviewAccess()
     env = _templates()
     app = FastAPI(
         title="autointerp catalog",
@@ -149,8 +164,10 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
         return HTMLResponse(env.get_template(template).render(**context), status_code=status)
 
     def delete(request: Request, deleting, key) -> dict:
-        """A same-origin delete in one write transaction; the rows deleted per table."""
+        """A same-origin delete by a reviewer (token, when the catalog has them; never when read-only), in one
+        write transaction; the rows deleted per table."""
         _same_origin(request)
+        reviewers.reviewer(_token(request))
         with access.writing() as con:
             return {"deleted": deleting(con, key)}
 
@@ -161,7 +178,7 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
 
     @app.exception_handler(AutointerpError)
     async def user_error(request: Request, exc: AutointerpError):
-        status = 404 if isinstance(exc, NotFound) else 400
+        status = 403 if isinstance(exc, ReviewRefused) else 404 if isinstance(exc, NotFound) else 400
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(exc)}, status_code=status)
         return page("error.html", status=status, message=str(exc))
@@ -193,15 +210,30 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
         )
 
     @app.get("/features/{source}/{feature}", response_class=HTMLResponse, include_in_schema=False)
-    def feature_page(source: str, feature: int) -> HTMLResponse:
+    def feature_page(source: str, feature: int, request: Request) -> HTMLResponse:
         with access.reading() as con:
             view = feature_view(con, source, feature)
-        return page("feature.html", view=view, bars=_histogram(view), shade_max=_shade_max(view), verdicts=VERDICTS)
+        return page(
+            "feature.html", view=view, bars=_histogram(view), shade_max=_shade_max(view), verdicts=VERDICTS,
+            review_mode=review_mode(request),
+        )
+
+    def review_mode(request: Request) -> str:
+        """closed: no review forms; token: forms ask for the reviewer token; open: forms as they are."""
+        if reviewers.read_only:
+            return "closed"
+        if reviewers.needs_token:
+            try:
+                reviewers.reviewer(request.cookies.get(COOKIE))
+            except ReviewRefused:
+                return "token"
+        return "open"
 
     @app.post("/features/{source}/{feature}/reviews", include_in_schema=False)
     async def review_form(source: str, feature: int, request: Request) -> RedirectResponse:
         _same_origin(request)
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8"), keep_blank_values=True).items()}
+        reviewer = reviewers.reviewer(_token(request, form))
         try:
             explanation_id = int(form.get("explanation_id", ""))
         except ValueError:
@@ -209,9 +241,12 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
         with access.writing() as con:
             review_label(
                 con, explanation_id, form.get("verdict", ""), note=form.get("note") or None,
-                edited_label=form.get("label") or None,
+                edited_label=form.get("label") or None, reviewer=reviewer,
             )
-        return RedirectResponse(f"/features/{quote(source, safe='')}/{feature}", status_code=303)
+        response = RedirectResponse(f"/features/{quote(source, safe='')}/{feature}", status_code=303)
+        if form.get("token"):  # remembered by this browser, so the next review needs no typing
+            response.set_cookie(COOKIE, form["token"], httponly=True, samesite="strict")
+        return response
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
     def runs_page() -> HTMLResponse:
@@ -254,7 +289,11 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
             raise NotFound(f"no label with explanation id {explanation_id} in this store")
         return jsonable_encoder(dataclasses.asdict(found[0]))
 
-    @app.post("/api/explanations/{explanation_id}/reviews", summary="Accept, reject or edit a label", tags=["reviews"])
+    @app.post(
+        "/api/explanations/{explanation_id}/reviews",
+        summary="Accept, reject or edit a label (with `Authorization: Bearer TOKEN` when the catalog has reviewer tokens)",
+        tags=["reviews"],
+    )
     def api_review(
         explanation_id: int,
         request: Request,
@@ -263,8 +302,9 @@ def create_app(db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR) -
         note: str | None = Body(None),
     ) -> dict:
         _same_origin(request)
+        reviewer = reviewers.reviewer(_token(request))
         with access.writing() as con:
-            current = review_label(con, explanation_id, verdict, note=note, edited_label=label)
+            current = review_label(con, explanation_id, verdict, note=note, edited_label=label, reviewer=reviewer)
         return jsonable_encoder(dataclasses.asdict(current))
 
     @app.delete("/api/explanations/{explanation_id}", summary="Delete a label with its scores and reviews", tags=["explanations"])

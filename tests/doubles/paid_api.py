@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from autointerp.bench.latency_server import (
     BackgroundServer,
+    anthropic_body,
     fake_chat_body,
     fake_completion_body,
 )
@@ -36,7 +37,8 @@ class Reply:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
-    raw: str | None = None
+    raw: str | bytes | None = None
+    media_type: str = "application/json"
 
 
 @dataclass
@@ -44,20 +46,6 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
-
-
-def anthropic_body(request: dict[str, Any]) -> dict[str, Any]:
-    text = fake_chat_body({"messages": request.get("messages"), "max_tokens": request.get("max_tokens")})["choices"][0]
-    return {
-        "id": "msg_double",
-        "type": "message",
-        "role": "assistant",
-        "model": request.get("model"),
-        "content": [{"type": "text", "text": text["message"]["content"]}],
-        "stop_reason": "max_tokens",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 11, "output_tokens": int(request.get("max_tokens") or 1)},
-    }
 
 
 SUCCESS = {
@@ -96,6 +84,6 @@ class PaidAPIDouble(BackgroundServer):
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.raw is not None:
-            return Response(reply.raw, status_code=reply.status, headers=reply.headers, media_type="application/json")
+            return Response(reply.raw, status_code=reply.status, headers=reply.headers, media_type=reply.media_type)
         content = reply.body if reply.body is not None else SUCCESS[request.url.path](body)
         return JSONResponse(content, status_code=reply.status, headers=reply.headers)
