@@ -6,11 +6,9 @@ note) and a new explanation written by `author="human"` whose details hold `edit
 which is itself accepted. The edited label therefore has its own history entry, embedding and search
 hit, and the old label keeps its scores and provenance.
 
-Best label of a feature: the most recently accepted label when a human accepted one; otherwise the
-unreviewed label with the highest test score under the chosen scorer and metric (subset "all"; by
-default the preferred one present, see `resolve_metric`), the newest one among labels without that score.
-Labels whose latest review is a rejection or an edit come last: a feature whose only label was rejected
-still shows it, marked rejected.
+Best label of a feature: the rule lives in `autointerp.ranking` (accepted first; otherwise labels compared
+on a reliable score they share; rejected or edited labels only when nothing else is left). A best label
+carries `why_best`, the reason in words and numbers.
 """
 
 from __future__ import annotations
@@ -22,9 +20,11 @@ from typing import Any, Sequence
 import duckdb
 import numpy as np
 
+from autointerp import ranking
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError, NotFound
 from autointerp.judgements import write_judgements
+from autointerp.ranking import BestReason
 from autointerp.records import Explanation, Score
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import FeatureStats, SourceInfo, feature_stats, get_source
@@ -33,9 +33,6 @@ from autointerp.store.llm_calls import spend
 
 VERDICTS = ("accept", "reject", "edit")
 REVIEW_STATES = ("accepted", "rejected", "edited", "unreviewed")
-# Scorers and metrics preferred for "the" score of a label, when the caller names none.
-PREFERRED_SCORERS = ("detection", "fuzzing", "simulation", "embedding")
-PREFERRED_METRICS = ("auroc", "balanced_accuracy", "ev_correlation")  # as autointerp.bench.report ranks them
 
 
 def write_label(
@@ -97,31 +94,27 @@ class Label:
     review_state: str  # accepted | rejected | edited | unreviewed
     scores: list[Score] = field(default_factory=list)
     reviews: list[Review] = field(default_factory=list)
+    why_best: BestReason | None = None  # set on the labels best_label(s) return
 
     def score(self, scorer: str, metric: str, subset: str = "all", split: str = "test") -> Score | None:
         matches = [s for s in self.scores if (s.scorer, s.metric, s.subset, s.split) == (scorer, metric, subset, split)]
         return matches[-1] if matches else None
 
 
-def _by_preference(names: set[str], preferred: tuple[str, ...]) -> list[str]:
-    return sorted(names, key=lambda n: (preferred.index(n) if n in preferred else len(preferred), n))
-
-
-def resolve_metric(con: duckdb.DuckDBPyConnection, scorer: str | None = None, metric: str | None = None) -> tuple[str, str] | None:
-    """The (scorer, metric) to rank by: as given, or the preferred one present in the store; None if no scores."""
-    if scorer and metric:
-        return scorer, metric
+def resolve_metric(con: duckdb.DuckDBPyConnection, scorer: str, metric: str | None = None) -> tuple[str, str]:
+    """A (scorer, metric) a user named, checked against the test scores in the store; the scorer's headline
+    metric (see `autointerp.ranking`) when the metric is not named."""
     present = q.scorer_metrics(con)
-    scorers = _by_preference({s for s, _ in present}, PREFERRED_SCORERS)
-    if scorer is None:
-        if not scorers:
-            return None
-        scorer = scorers[0]
-    metrics = _by_preference({m for s, m in present if s == scorer}, PREFERRED_METRICS)
+    scorers = sorted({s for s, _ in present})
+    metrics = sorted({m for s, m in present if s == scorer}, key=lambda m: ranking.preference(scorer, m))
     if not metrics:
         known = ", ".join(scorers) or "none yet"
         raise AutointerpError(f"no test scores from scorer {scorer!r} in this store; scorers with scores: {known}")
-    return scorer, metrics[0]
+    if metric is None:
+        return scorer, metrics[0]
+    if metric not in metrics:
+        raise AutointerpError(f"scorer {scorer!r} has no {metric!r} scores in this store; its metrics: {', '.join(metrics)}")
+    return scorer, metric
 
 
 def _loads(text: str | None) -> Any:
@@ -147,7 +140,7 @@ def _labels_from_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple], order: 
             Score(
                 scorer=d["scorer"], metric=d["metric"], value=d["value"], ci_low=d["ci_low"], ci_high=d["ci_high"],
                 n=d["n"], subset=d["subset"], split=d["split"], scorer_model=d["scorer_model"],
-                details=_loads(d["details"]) or {},
+                details=_loads(d["details"]) or {}, imported=bool(d["imported"]),
             )
         )
     for row in q.reviews_of(con, list(labels)):
@@ -162,19 +155,45 @@ def label_history(con: duckdb.DuckDBPyConnection, source: str, feature: int) -> 
     return _labels_from_rows(con, q.feature_explanation_rows(con, sid, feature))
 
 
-def _best_of(con: duckdb.DuckDBPyConnection, labels: list[Label], ranked_by: tuple[str, str] | None) -> Label | None:
-    """The best of one feature's labels, by the rule in the module docstring."""
+def _ranked(con: duckdb.DuckDBPyConnection, scorer: str | None, metric: str | None) -> tuple[str | None, str | None]:
+    if scorer is None:
+        if metric is not None:
+            raise AutointerpError("a metric to rank by needs its scorer too (e.g. detection.auroc)")
+        return None, None
+    return resolve_metric(con, scorer, metric)
+
+
+def _with_reasons(labels: list[Label], rows: list[tuple]) -> list[Label]:
+    by_id = {l.explanation_id: l for l in labels}
+    out = []
+    for row in rows:
+        d = dict(zip(q.BEST_FIELDS, row))
+        label = by_id[d["explanation_id"]]
+        label.why_best = ranking.best_reason(
+            d["tier"], d["scorer"], d["metric"], d["value"], d["n"], d["n_ranked"], d["n_competing"]
+        )
+        out.append(label)
+    return out
+
+
+def _best_of(
+    con: duckdb.DuckDBPyConnection, labels: list[Label], scorer: str | None = None, metric: str | None = None
+) -> Label | None:
+    """The best of one feature's labels, by the rule of `autointerp.ranking`."""
     if not labels:
         return None
-    rows = q.best_explanation_ids(con, *(ranked_by or (None, None)), explanation_ids=[l.explanation_id for l in labels])
-    return next(l for l in labels if l.explanation_id == rows[0][2])
+    rows = q.best_explanation_rows(
+        con, ranking.sql_parameters(), scorer, metric, explanation_ids=[l.explanation_id for l in labels]
+    )
+    return _with_reasons(labels, rows)[0]
 
 
 def best_label(
     con: duckdb.DuckDBPyConnection, source: str, feature: int, scorer: str | None = None, metric: str | None = None
 ) -> Label | None:
-    """The feature's best label (see the module docstring), or None when it has no label."""
-    return _best_of(con, label_history(con, source, feature), resolve_metric(con, scorer, metric))
+    """The feature's best label (see `autointerp.ranking`), or None when it has no label. With a scorer (and
+    metric), labels are compared on that score only."""
+    return _best_of(con, label_history(con, source, feature), *_ranked(con, scorer, metric))
 
 
 def best_labels(
@@ -187,9 +206,10 @@ def best_labels(
 ) -> list[Label]:
     """The best label of every labeled feature (of one source, or all), ordered by source and feature."""
     sid = get_source(con, source).source_id if source else None
-    ranked = resolve_metric(con, scorer, metric) or (None, None)
-    rows = q.best_explanation_ids(con, *ranked, source_id=sid, limit=limit, offset=offset)
-    return load_labels(con, [r[2] for r in rows])
+    rows = q.best_explanation_rows(
+        con, ranking.sql_parameters(), *_ranked(con, scorer, metric), source_id=sid, limit=limit, offset=offset
+    )
+    return _with_reasons(load_labels(con, [r[2] for r in rows]), rows)
 
 
 def review_label(
@@ -263,7 +283,7 @@ class FeatureView:
     best: Label | None
     history: list[Label]
     contexts: list[ContextView]
-    ranked_by: tuple[str, str] | None
+    ranked_by: tuple[str, str] | None  # the score the best label won on; None when accepted or unranked
 
 
 def feature_view(
@@ -288,8 +308,8 @@ def feature_view(
         if not history:
             raise
         stats = None  # labels imported for a feature this store has no activations for
-    ranked_by = resolve_metric(con, scorer, metric)
-    best = _best_of(con, history, ranked_by)
+    best = _best_of(con, history, *_ranked(con, scorer, metric))
+    ranked_by = best.why_best.ranked_by if best and best.why_best.rule == "score" else None
     picks = q.feature_context_picks(con, info.source_id, feature, n_top, n_bands, per_band, n_random, seed)
     found = q.contexts_with_activations(con, info.source_id, feature, sorted({p[1] for p in picks}))
     contexts = []

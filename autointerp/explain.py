@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autointerp import render
+from autointerp import ranking, render
 from autointerp.errors import AutointerpError
 from autointerp.llm.base import LLM, LLMResponse
 from autointerp.prompts import PromptTemplate, load_prompt
@@ -299,7 +299,7 @@ async def best_of_k(
     values: list[float | None] = []
     for cand in candidates:
         scores = await selector.score(cand, examples, split="valid")
-        headline = next((s for s in scores if s.subset == "all"), scores[0])
+        headline = ranking.headline(scores, selector.name, reliable_only=False, split="valid") or scores[0]
         values.append(headline.value)
         metric = headline.metric
     best = max(range(len(candidates)), key=lambda i: -math.inf if values[i] is None else values[i])

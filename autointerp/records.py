@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from autointerp.ranking import unreliable_reason
+
 
 @dataclass
 class Example:
@@ -107,6 +109,8 @@ class Score:
 
     `items` are the scorer's per-item judgements (the same list on every row of one scorer's result); they
     are stored in their own table beside the scores and are not loaded back with a label.
+    `imported`: the value is a label file's claim, not measured here. `unreliable` (derived, never stored):
+    why the score may not rank labels (see `autointerp.ranking`), None when it may.
     """
 
     scorer: str
@@ -120,3 +124,10 @@ class Score:
     scorer_model: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     items: list[ItemJudgement] | None = field(default=None, repr=False, compare=False)
+    imported: bool = False
+    unreliable: str | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.unreliable = unreliable_reason(
+            self.value, self.n, int((self.details or {}).get("n_unparsed") or 0), self.imported
+        )

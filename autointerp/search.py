@@ -18,7 +18,9 @@ labels, count of embeddings) changed. One hit per feature: its best-ranked label
 and layer run on the ranked ids in memory; filters on scores, density and review state run in SQL on the
 ranked candidates (an IN list of bound ids, answered from the primary-key index), before paging. The
 candidate pool grows until the page is full or every match was considered, so a page is never short
-because of a filter.
+because of a filter. An empty query lists features, each by its best label (`autointerp.ranking`) when
+that passes the filters. A score filter counts only reliable scores; a filter that cannot match by
+mistake (unknown source, scorer or metric; inverted density range) is an error, not an empty page.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from typing import Callable
 import duckdb
 import numpy as np
 
+from autointerp import ranking
 from autointerp.catalog import REVIEW_STATES, resolve_metric
 from autointerp.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.store import catalog_queries as q
+from autointerp.store.activations import get_source, list_sources
 
 MODES = ("hybrid", "keyword", "semantic")
 RRF_K = 60
@@ -104,7 +108,7 @@ def parse_min_score(con: duckdb.DuckDBPyConnection, text: str | None) -> tuple[s
     if not sep or not name or threshold is None:
         raise AutointerpError(f"--min-score wants scorer:value or scorer.metric:value (e.g. detection:0.7), not {text!r}")
     scorer, _, metric = name.partition(".")
-    resolved = resolve_metric(con, scorer, metric or None)
+    resolved = resolve_metric(con, scorer, metric or None)  # an unknown scorer or metric is an error
     return resolved[0], resolved[1], threshold
 
 
@@ -346,6 +350,30 @@ class SearchIndex:
         return np.sort(first)
 
 
+def _check_density(low: float | None, high: float | None) -> None:
+    for value in (low, high):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise AutointerpError(f"a density bound is a fraction of tokens, between 0 and 1, not {value}")
+    if low is not None and high is not None and low > high:
+        raise AutointerpError(f"the density range is inverted: from {low} to {high}; give the lower bound first")
+
+
+def _matching_sources(con: duckdb.DuckDBPyConnection, filters: SearchFilters) -> list[int] | None:
+    """Source ids the source, model and layer filters allow (None: no such filter); a filter no source
+    matches is an error, not an empty page."""
+    if filters.source is None and filters.model is None and filters.layer is None:
+        return None
+    if filters.source is not None:
+        get_source(con, filters.source)  # unknown source: the error lists the known ones
+    found = q.source_ids_matching(con, filters.source, filters.model, filters.layer)
+    if not found:
+        known = "; ".join(f"{s.name} (model {s.model}, layer {s.layer})" for s in list_sources(con)) or "none"
+        asked = ", ".join(f"{k} {v!r}" for k, v in (("source", filters.source), ("model", filters.model),
+                                                   ("layer", filters.layer)) if v is not None)
+        raise AutointerpError(f"no source matches {asked}; sources in this store: {known}")
+    return found
+
+
 def search(
     con: duckdb.DuckDBPyConnection,
     index: SearchIndex,
@@ -367,20 +395,16 @@ def search(
     if not 1 <= limit <= MAX_LIMIT or offset < 0:
         raise AutointerpError(f"limit must be 1..{MAX_LIMIT} and offset >= 0 (got limit {limit}, offset {offset})")
     min_score = parse_min_score(con, filters.min_score)
-    by_source = filters.source is not None or filters.model is not None or filters.layer is not None
-    source_ids = q.source_ids_matching(con, filters.source, filters.model, filters.layer) if by_source else None
+    _check_density(filters.density_min, filters.density_max)
+    source_ids = _matching_sources(con, filters)
     # Filters on scores, density or review state need the store; source, model and layer do not.
-    in_sql = dict(min_score=min_score, density_min=filters.density_min, density_max=filters.density_max,
-                  review_state=filters.review)
-    needs_sql = any(v is not None for v in in_sql.values())
-    no_filters = dict(source=None, model=None, layer=None, min_score=None, density_min=None, density_max=None,
-                      review_state=None)
+    in_sql = {"density_min": filters.density_min, "density_max": filters.density_max, "review": filters.review}
+    needs_sql = min_score is not None or any(v is not None for v in in_sql.values())
+    rule = ranking.sql_parameters()
     query = query.strip()
     if not query:
-        rows = q.filter_candidates(
-            con, None, None, source=filters.source, model=filters.model, layer=filters.layer,
-            **in_sql, limit=limit, offset=offset,
-        )
+        every = {"source": filters.source, "model": filters.model, "layer": filters.layer, **in_sql}
+        rows = q.list_feature_hits(con, rule=rule, filters=every, min_score=min_score, limit=limit, offset=offset)
     else:
         if index.version is None:
             index.build(con)
@@ -391,14 +415,18 @@ def search(
             keep = index.narrow(ids, source_ids)
             ids, scores = ids[keep], scores[keep]
             if needs_sql:
-                rows = q.filter_candidates(con, ids, scores, **{**no_filters, **in_sql}, limit=limit, offset=offset)
+                rows = q.filter_candidates(
+                    con, ids, scores, rule=rule, filters=in_sql, min_score=min_score, limit=limit, offset=offset
+                )
                 if len(rows) == limit or complete:
                     break
             else:
                 first = index.first_per_feature(ids)
                 if len(first) >= offset + limit or complete:
                     page = first[offset : offset + limit]
-                    rows = q.filter_candidates(con, ids[page], scores[page], **no_filters, limit=limit, offset=0)
+                    rows = q.filter_candidates(
+                        con, ids[page], scores[page], rule=rule, filters={}, min_score=None, limit=limit, offset=0
+                    )
                     break
             k *= 4
     hits = [SearchHit(*row) for row in rows]

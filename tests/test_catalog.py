@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from autointerp import catalog
+from autointerp import catalog, ranking
 from autointerp.cli import main as cli
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.exchange import export_labels, import_labels
 from autointerp.records import Explanation, Score
-from autointerp.store import Store
+from autointerp.store import Store, migrations
+from autointerp.store.db import migrate
 from catalog_fixtures import FEATURES_A, HOSTILE_LABEL, RUN_ID, SCRIPT, SOURCE_A, SOURCE_B, catalog_copy
 
 
@@ -175,7 +179,9 @@ def test_export_then_import_keeps_labels_scores_and_provenance(tmp_path, store, 
                 assert label.scores == [] and origin["authorId"] == "autointerp:llm" and origin["layer"] == label.source
                 assert json.loads(origin["notes"])["scores"][0]["value"] == src.scores[0].value
             else:
-                assert label.scores == src.scores and origin["run_id"] == RUN_ID
+                # the file's scores are kept as its claims: marked imported, never ranked
+                assert label.scores == [dataclasses.replace(s, imported=True) for s in src.scores]
+                assert all(s.unreliable.startswith("imported") for s in label.scores) and origin["run_id"] == RUN_ID
                 assert (label.explainer_model, label.prompt_hash, label.seed) == (src.explainer_model, src.prompt_hash, src.seed)
             assert label.explainer_model == src.explainer_model
         assert catalog.run_view(target.con, report.run_id).run.kind == "import"
@@ -201,6 +207,7 @@ def test_parquet_export_has_typed_headline_scores(tmp_path, store):
         (0, "cats and kittens", "balanced_accuracy", 0.88, 40, True),
         (1, "banks and money deposits", "balanced_accuracy", 0.69, 40, True),
     ]
+    assert table[0]["best_reason"] == "the only label; detection balanced_accuracy 0.88 (n=40)"
 
 
 def test_import_errors_say_what_to_do(tmp_path, store):
@@ -214,10 +221,10 @@ def test_import_errors_say_what_to_do(tmp_path, store):
     with pytest.raises(AutointerpError, match="cannot tell the format"):
         import_labels(store, tmp_path / "bad.jsonl.txt") if (tmp_path / "bad.jsonl.txt").write_text("x") else None
     good = tmp_path / "np.jsonl"
-    good.write_text('{"modelId": "gpt2-small", "layer": "6-res-jb", "index": "3", "description": "kittens"}\n')
+    good.write_text('{"modelId": "gpt2-small", "layer": "6-res-jb", "index": "1", "description": "kittens"}\n')
     report = import_labels(store, good, source=SOURCE_B)
     assert report.n_imported == 1
-    assert catalog.best_label(store.con, SOURCE_B, 3).label == "kittens"
+    assert catalog.label_history(store.con, SOURCE_B, 1)[0].label == "kittens"
 
 
 def test_cli_review_export_and_import(tmp_path, capsys):
@@ -234,3 +241,121 @@ def test_cli_review_export_and_import(tmp_path, capsys):
     assert "imported 12 of 12 labels" in capsys.readouterr().out
     with Store(target, read_only=True) as s:
         assert catalog.best_label(s.con, SOURCE_A, 0).label == "dog nouns"
+
+
+# ---- the ranking rule (autointerp.ranking) ---------------------------------------------------------------
+
+UNIT = np.ones(384) / np.sqrt(384)
+
+
+def _add(con, feature: int, text: str, scores: list[Score], source: str = SOURCE_A) -> int:
+    return catalog.write_label(con, Explanation(source, feature, text), scores, run_id=None, config_hash=None,
+                               sampling_config=None, seed=None, embedding=UNIT)
+
+
+def _emb(value: float, n: int = 40) -> Score:
+    return Score("embedding", "auroc", value, value - 0.1, value + 0.1, n)
+
+
+def test_a_newer_label_with_a_lower_shared_score_does_not_become_best(store):
+    """The issue's example: no label of the feature has a detection score, so they are compared on the
+    embedding score they share, not handed to the newest."""
+    with store.writing() as con:
+        old = _add(con, 9, "string instruments", [_emb(0.575)], source=SOURCE_B)
+        _add(con, 9, "recipes for chocolate cake and baking", [_emb(0.51)], source=SOURCE_B)
+    best = catalog.best_label(store.con, SOURCE_B, 9)
+    assert best.explanation_id == old
+    assert best.why_best.rule == "score" and best.why_best.ranked_by == ("embedding", "auroc")
+    assert best.why_best.text == "highest embedding auroc: 0.575 (n=40) among 2 of 2 unreviewed labels holding it"
+    assert catalog.feature_view(store.con, SOURCE_A, 2).ranked_by == ("detection", "balanced_accuracy")
+    assert [b.explanation_id for b in catalog.best_labels(store.con, SOURCE_B) if b.feature == 9] == [old]
+
+
+def test_an_unreliable_score_is_flagged_and_never_ranks(store):
+    """A detection score with n=2 and 18 of 20 answers unparsed must not rank, however high."""
+    shaky = Score("detection", "auroc", 0.99, 0.5, 1.0, 2, details={"n_unparsed": 18})
+    assert shaky.unreliable == "n=2 is below the minimum of 10"
+    assert Score("detection", "auroc", 0.9, 0.8, 1.0, 12, details={"n_unparsed": 15}).unreliable == "15 of 27 answers unparsed"
+    with store.writing() as con:
+        steady = _add(con, 1, "loans and bank accounts", [_emb(0.6)], source=SOURCE_B)
+        _add(con, 1, "everything financial", [shaky, _emb(0.55)], source=SOURCE_B)
+    best = catalog.best_label(store.con, SOURCE_B, 1)
+    # three labels hold a reliable embedding score: the fixture's (0.655), steady (0.6) and the shaky one's
+    assert best.why_best.ranked_by == ("embedding", "auroc") and best.why_best.n_ranked == 3
+    assert best.label == "banks and money deposits"
+    assert steady != best.explanation_id
+    with store.writing() as con:
+        only_shaky = _add(con, 3, "the shaky one", [shaky], source=SOURCE_B)
+        _add(con, 3, "no scores at all", [], source=SOURCE_B)
+    best = catalog.best_label(store.con, SOURCE_B, 3)
+    assert best.label == "no scores at all" and best.why_best.rule == "unranked"  # newest; nothing to compare on
+    assert "no reliable score" in best.why_best.text
+    flagged = catalog.load_labels(store.con, [only_shaky])[0].scores[0]
+    assert flagged.unreliable == "n=2 is below the minimum of 10"
+
+
+@pytest.mark.parametrize(
+    "n, n_unparsed, value, imported",
+    [(40, 0, 0.9, False), (10, 10, 0.9, False), (9, 0, 0.9, False), (10, 11, 0.9, False), (2, 18, 0.9, False),
+     (40, 0, None, False), (40, 0, math.nan, False), (40, 0, 0.9, True)],
+)
+def test_sql_and_python_agree_on_which_scores_rank(store, n, n_unparsed, value, imported):
+    """The older label's detection score ranks (and wins, 0.9 over 0.6) exactly when Python calls it reliable."""
+    score = Score("detection", "auroc", value, None, None, n, details={"n_unparsed": n_unparsed}, imported=imported)
+    with store.writing() as con:
+        older = _add(con, 9, "older", [score], source=SOURCE_B)
+        _add(con, 9, "newer", [Score("detection", "auroc", 0.6, 0.5, 0.7, 40)], source=SOURCE_B)
+    assert (catalog.best_label(store.con, SOURCE_B, 9).explanation_id == older) == (score.unreliable is None)
+
+
+def test_labels_are_compared_on_the_score_most_of_them_share(store):
+    with store.writing() as con:
+        a = _add(con, 9, "a", [Score("detection", "auroc", 0.95, 0.9, 1.0, 40), _emb(0.6)], source=SOURCE_B)
+        b = _add(con, 9, "b", [_emb(0.7)], source=SOURCE_B)
+    best = catalog.best_label(store.con, SOURCE_B, 9)
+    assert best.explanation_id == b and best.why_best.ranked_by == ("embedding", "auroc")
+    # with detection named, only detection is compared: b has none, so a wins
+    assert catalog.best_label(store.con, SOURCE_B, 9, "detection", "auroc").explanation_id == a
+    with pytest.raises(AutointerpError, match="has no 'auroc_typo' scores in this store; its metrics: auroc"):
+        catalog.best_label(store.con, SOURCE_B, 9, "detection", "auroc_typo")
+
+
+def test_headline_skips_unreliable_scores():
+    scores = [Score("detection", "auroc", 0.99, None, None, 2), Score("embedding", "auroc", 0.6, 0.5, 0.7, 40)]
+    assert ranking.headline(scores).scorer == "embedding"
+    assert ranking.headline(scores, reliable_only=False).scorer == "detection"
+
+
+def test_export_headline_is_the_score_the_feature_is_ranked_by(tmp_path, store):
+    with store.writing() as con:
+        old = _add(con, 9, "string instruments", [_emb(0.575)], source=SOURCE_B)
+        _add(con, 9, "recipes for chocolate cake and baking", [_emb(0.51), Score("detection", "auroc", 0.9, None, None, 2)],
+             source=SOURCE_B)
+    out = tmp_path / "labels.parquet"
+    export_labels(store.con, out, source=SOURCE_B)
+    rows = {r["label"]: r for r in pq.read_table(out).to_pylist() if r["feature"] == 9}
+    assert {k: (r["headline_scorer"], r["headline_metric"], r["headline_value"], r["is_best"]) for k, r in rows.items()} == {
+        "string instruments": ("embedding", "auroc", 0.575, True),
+        "recipes for chocolate cake and baking": ("embedding", "auroc", 0.51, False),  # detection n=2 is no headline
+    }
+    assert rows["string instruments"]["explanation_id"] == old
+    assert rows["string instruments"]["best_reason"].startswith("highest embedding auroc: 0.575")
+    assert rows["recipes for chocolate cake and baking"]["best_reason"] is None
+
+
+def test_a_store_scored_before_m020_upgrades_and_its_scores_still_rank(tmp_path, monkeypatch):
+    path = tmp_path / "old.duckdb"
+    before = [m for m in migrations.MIGRATIONS if m[0] < "m020"]
+    monkeypatch.setattr(migrations, "MIGRATIONS", before)
+    monkeypatch.setattr("autointerp.store.db.MIGRATIONS", before)
+    con = duckdb.connect(str(path))
+    migrate(con)
+    con.execute("INSERT INTO sources (name, feature_kind, width, config) VALUES ('old', 'neurons', 4, '{}')")
+    con.execute("INSERT INTO explanations (source_id, feature, label, author) VALUES (1, 0, 'a', 'llm'), (1, 0, 'b', 'llm')")
+    con.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n) VALUES (1, 'embedding', 'auroc', 0.7, 40), "
+                "(2, 'embedding', 'auroc', 0.6, 40)")
+    con.close()
+    monkeypatch.undo()
+    with Store(path) as store:
+        best = catalog.best_label(store.con, "old", 0)
+        assert best.label == "a" and best.scores[0].imported is False and best.scores[0].unreliable is None

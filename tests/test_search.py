@@ -11,7 +11,7 @@ import pytest
 from autointerp import catalog, search as search_module
 from autointerp.cli import main as cli
 from autointerp.errors import AutointerpError
-from autointerp.records import Explanation
+from autointerp.records import Explanation, Score
 from autointerp.search import SearchFilters, SearchIndex, search
 from autointerp.store import Store
 from autointerp.store import catalog_queries as q
@@ -89,7 +89,6 @@ def test_one_hit_per_feature_with_its_best_matching_label(con, index):
     [
         (SearchFilters(source=SOURCE_B), {(SOURCE_B, 0), (SOURCE_B, 1)}),
         (SearchFilters(layer=1), {(SOURCE_B, 0), (SOURCE_B, 1)}),
-        (SearchFilters(model="toy", layer=0, source=SOURCE_B), set()),
         (SearchFilters(min_score="detection:0.8"), {(SOURCE_A, 0), (SOURCE_A, 1), (SOURCE_A, 5), (SOURCE_B, 0)}),
         (SearchFilters(min_score="embedding.auroc:0.78"), {(SOURCE_A, 8)}),  # 1 - 0.40/2
     ],
@@ -165,7 +164,10 @@ def test_hostile_queries_are_only_text(db, con, index, mode, query):
 
 
 def test_hostile_filters_are_only_values(con, index):
-    assert search(con, index, "dogs", filters=SearchFilters(source=INJECTION, model=INJECTION)).hits == []
+    with pytest.raises(AutointerpError, match="unknown source"):
+        search(con, index, "dogs", filters=SearchFilters(source=INJECTION, model=INJECTION))
+    with pytest.raises(AutointerpError, match="no source matches model"):
+        search(con, index, "dogs", filters=SearchFilters(model=INJECTION))
     with pytest.raises(AutointerpError, match="min-score wants"):
         search(con, index, "dogs", filters=SearchFilters(min_score=INJECTION))
     with pytest.raises(AutointerpError, match="no test scores from scorer"):
@@ -181,6 +183,45 @@ def test_bad_arguments_say_what_to_do(con, index):
         search(con, index, "x", filters=SearchFilters(review="pending"))
     with pytest.raises(AutointerpError, match="limit must be"):
         search(con, index, "x", limit=0)
+
+
+@pytest.mark.parametrize("query", ["", "dogs"])
+@pytest.mark.parametrize(
+    "filters, message",
+    [
+        (SearchFilters(source="toy-L9"), "unknown source 'toy-L9'; known sources: toy-L0, toy-L1"),
+        (SearchFilters(model="toy", layer=0, source=SOURCE_B), "no source matches source 'toy-L1', model 'toy', layer 0"),
+        (SearchFilters(min_score="detecton:0.5"), "no test scores from scorer 'detecton'"),
+        (SearchFilters(min_score="detection.auroc:0.5"), "scorer 'detection' has no 'auroc' scores in this store"),
+        (SearchFilters(density_min=0.5, density_max=0.1), "density range is inverted"),
+        (SearchFilters(density_max=5.0), "a density bound is a fraction of tokens, between 0 and 1, not 5.0"),
+    ],
+)
+def test_filters_that_match_nothing_by_mistake_are_errors(con, index, query, filters, message):
+    with pytest.raises(AutointerpError, match=message.replace("(", r"\(")):
+        search(con, index, query, filters=filters)
+
+
+def test_min_score_counts_only_reliable_scores(tmp_path):
+    with Store(catalog_copy(tmp_path)) as store:
+        shaky = Score("detection", "balanced_accuracy", 0.99, 0.5, 1.0, 2, details={"n_unparsed": 18})
+        with store.writing() as w:
+            catalog.write_label(w, Explanation(SOURCE_B, 1, "money words"), [shaky], run_id=None, config_hash=None,
+                                sampling_config=None, seed=None)
+        for query in ("", "money"):
+            hits = search(store.con, SearchIndex(), query, filters=SearchFilters(min_score="detection:0.95")).hits
+            assert hits == []
+
+
+def test_empty_query_lists_each_features_best_label(tmp_path):
+    with Store(catalog_copy(tmp_path)) as store:
+        with store.writing() as w:  # newer, but lower on the score both labels hold
+            catalog.write_label(w, Explanation(SOURCE_B, 1, "newer and worse"),
+                                [Score("detection", "balanced_accuracy", 0.5, 0.4, 0.6, 40)],
+                                run_id=None, config_hash=None, sampling_config=None, seed=None)
+        hits = search(store.con, SearchIndex(), "", filters=SearchFilters(source=SOURCE_B)).hits
+        assert [h.label for h in hits] == ["cats and kittens", "banks and money deposits"]
+        assert [h.label for h in hits] == [catalog.best_label(store.con, SOURCE_B, f).label for f in (0, 1)]
 
 
 def test_empty_query_lists_labeled_features(con):
@@ -221,10 +262,18 @@ def test_compact_semantic_path_ranks_like_the_exact_one(con, monkeypatch):
         assert np.allclose(c_sims, e_sims, atol=0.02)
 
 
-def test_cli_search(db, capsys):
+def test_cli_search(db, con, capsys):
     assert cli(["search", "--db", str(db), "canine", "--limit", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "toy-L0/0  dogs and puppies" in out.splitlines()[0]
+    head, first, *_ = capsys.readouterr().out.splitlines()
+    assert head.split() == ["rank", "rrf", "label", "id", "feature", "·", "label"]
+    dog = catalog.best_label(con, SOURCE_A, 0)
+    assert first.split()[2:] == [str(dog.explanation_id), "toy-L0/0", "·", "dogs", "and", "puppies"]
+    assert cli(["search", "--db", str(db), "", "--limit", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["rank", "label", "id", "feature", "·", "label"]
+    assert cli(["search", "--db", str(db), "dogs", "--source", "toy-l0"]) == 2
+    assert "unknown source 'toy-l0'" in capsys.readouterr().err
+    assert cli(["search", "--db", str(db), "dogs", "--density-min", "0.3", "--density-max", "0.1"]) == 2
+    assert "inverted" in capsys.readouterr().err
     assert cli(["search", "--db", str(db), "kettle", "--json", "--mode", "keyword", "--source", SOURCE_A]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["mode"] == "keyword" and [h["label"] for h in data["hits"]] == ["kitchen kettle"]

@@ -12,8 +12,12 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from autointerp import catalog
 from autointerp.errors import AutointerpError, NotFound
+from autointerp.records import Explanation, Score
+from autointerp.store import Store
 from autointerp.web import create_app
+from autointerp.web.reviewers import ReviewAccess
 from catalog_fixtures import HOSTILE_LABEL, IMG, RUN_ID, SCRIPT, SOURCE_A, SOURCE_B, catalog_copy
 
 HOSTILE = (SCRIPT, IMG)
@@ -61,6 +65,44 @@ def test_feature_page_shows_scores_histogram_contexts_and_history(client):
     assert 'class="tok on" title="' in page and "rgba(255, 120, 0," in page
     assert "Top activating" in page and "Across the activation range" in page and "Random" in page
     assert f'href="/runs/{RUN_ID}"' in page and "highlight.v1" in page
+
+
+def test_feature_page_and_api_say_why_a_label_is_best_and_flag_unreliable_scores(client, db):
+    shaky = Score("detection", "auroc", 0.5, 0.5, 0.5, 2, details={"n_unparsed": 18})
+    with Store(db) as store, store.writing() as con:
+        catalog.write_label(con, Explanation(SOURCE_B, 1, "recipes for chocolate cake and baking"),
+                            [shaky, Score("embedding", "auroc", 0.51, 0.4, 0.6, 40)],
+                            run_id=None, config_hash=None, sampling_config=None, seed=None)
+    feature = client.get(f"/api/features/{SOURCE_B}/1").json()
+    assert feature["best"]["label"] == "banks and money deposits"  # 0.655 embedding beats the newer 0.51
+    assert feature["ranked_by"] == ["embedding", "auroc"]
+    assert feature["best"]["why_best"]["text"].startswith("highest embedding auroc: 0.655 (n=40) among 2 of 2")
+    newest = feature["history"][0]
+    assert newest["scores"][0]["unreliable"] == "n=2 is below the minimum of 10"
+    page = client.get(f"/features/{SOURCE_B}/1").text
+    assert 'id="why-best">why best: highest embedding auroc: 0.655' in page
+    assert "unreliable: n=2 is below the minimum of 10" in page
+
+
+def test_sources_and_labels_are_listed_and_deleted_through_the_api(client):
+    sources = client.get("/api/sources").json()
+    assert [(s["source"]["name"], s["n_labels"], s["n_features_labeled"]) for s in sources] == [
+        (SOURCE_A, 12, 10), (SOURCE_B, 2, 2)]
+    assert client.get(f"/api/sources/{SOURCE_B}").json()["n_contexts"] == 80
+    labels = client.get(f"/api/sources/{SOURCE_A}/labels", params={"feature": 2}).json()
+    assert [l["label"] for l in labels] == ["loop keywords in code", "python for loops over a range"]
+    refused = client.delete(f"/api/explanations/{labels[0]['explanation_id']}", headers={"origin": "http://evil.example"})
+    assert refused.status_code == 403
+    gone = client.delete(f"/api/explanations/{labels[0]['explanation_id']}").json()["deleted"]
+    assert gone["explanations"] == 1 and gone["scores"] == 3 and gone["label_embeddings"] == 1
+    assert client.get(f"/api/features/{SOURCE_A}/2").json()["best"]["label"] == "python for loops over a range"
+    assert client.delete(f"/api/explanations/{labels[0]['explanation_id']}").status_code == 404
+    assert client.delete(f"/api/sources/{SOURCE_B}").json()["deleted"]["sources"] == 1
+    assert [s["source"]["name"] for s in client.get("/api/sources").json()] == [SOURCE_A]
+    assert client.get(f"/api/sources/{SOURCE_B}").status_code == 404
+    assert client.get(f"/features/{SOURCE_B}/0").status_code == 404
+    hits = client.get("/api/search", params={"q": "cats", "limit": 50}).json()["hits"]
+    assert hits and all(h["source"] == SOURCE_A for h in hits)
 
 
 def test_feature_page_shows_scores_per_activation_quantile(client, db):
@@ -124,7 +166,8 @@ def test_json_api_and_openapi(client):
     assert run["run"]["status"] == "done" and run["n_labels"] == 14
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/features/{source}/{feature}", "/api/explanations/{explanation_id}",
-            "/api/explanations/{explanation_id}/reviews", "/api/runs/{run_id}"} <= set(paths)
+            "/api/explanations/{explanation_id}/reviews", "/api/runs/{run_id}", "/api/sources",
+            "/api/sources/{source}", "/api/sources/{source}/labels"} <= set(paths)
 
 
 def test_reviews_persist_through_form_and_api(client, db):
@@ -260,3 +303,14 @@ def test_feature_page_says_why_a_score_is_undefined(db):
     with TestClient(create_app(db, refresh_factor=0.0)) as c:
         page = c.get(f"/features/{SOURCE_A}/3").text
     assert f"({why})" in page
+
+
+def test_deletes_need_a_reviewer_token_and_never_happen_read_only(db):
+    with TestClient(create_app(db, reviewers=ReviewAccess(tokens={"s3cret": "ada"}))) as c:
+        assert c.delete(f"/api/sources/{SOURCE_B}").status_code == 403
+        assert c.delete(f"/api/sources/{SOURCE_B}", headers={"Authorization": "Bearer wrong"}).status_code == 403
+        ok = c.delete(f"/api/sources/{SOURCE_B}", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["deleted"]["sources"] == 1
+    with TestClient(create_app(db, reviewers=ReviewAccess(read_only=True))) as c:
+        assert c.delete("/api/explanations/1").status_code == 403
+        assert c.get("/api/explanations/1").status_code == 200

@@ -13,17 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from autointerp import ranking
 from autointerp.records import Score
 from autointerp.scoring import metrics
 
 Z95 = 1.959963984540054
-# The metric each scorer is ranked by (first one present), on all test contexts.
-HEADLINE_METRICS = {
-    "embedding": ("auroc",),
-    "detection": ("auroc", "balanced_accuracy"),
-    "fuzzing": ("auroc", "balanced_accuracy"),
-    "simulation": ("ev_correlation",),
-}
 N_BOOTSTRAP = metrics.N_RESAMPLES
 
 
@@ -110,12 +104,9 @@ def spearman_with_ci(
 
 
 def headline(scorer: str, scores: list[Score]) -> Score | None:
-    """The score a scorer is ranked by: its preferred metric on all test contexts."""
-    for metric in HEADLINE_METRICS.get(scorer, ()):
-        for s in scores:
-            if s.metric == metric and s.subset == "all":
-                return s
-    return next((s for s in scores if s.subset == "all"), None)
+    """The score a scorer is ranked by: its headline metric on all test contexts (`autointerp.ranking`);
+    unreliable ones included, since a benchmark reports every label's score with its n."""
+    return ranking.headline(scores, scorer, reliable_only=False)
 
 
 def _finite(value: Any) -> bool:

@@ -17,10 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS)
     parser.add_argument("--source", help="only this source")
     parser.add_argument("--best-only", action="store_true", help="only each feature's best label")
+    parser.add_argument("--neuronpedia-model", metavar="ID", help="Neuronpedia's id of the subject model (e.g. gpt2-small)")
+    parser.add_argument(
+        "--neuronpedia-source", metavar="ID", help="Neuronpedia's id of the source (e.g. 6-res-jb); needs --source"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     with Store(args.db, read_only=True) as store:
-        n = export_labels(store.con, args.out, args.format, source=args.source, best_only=args.best_only)
+        n = export_labels(
+            store.con, args.out, args.format, source=args.source, best_only=args.best_only,
+            neuronpedia_model=args.neuronpedia_model, neuronpedia_source=args.neuronpedia_source,
+        )
     print(f"wrote {n} labels to {args.out}")
     return 0

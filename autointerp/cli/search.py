@@ -10,6 +10,8 @@ from autointerp.cli._types import non_negative_int
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
 from autointerp.store import Store
 
+# What the score column holds in each mode (an empty query lists features unscored).
+SCORE_NAMES = {"hybrid": "rrf", "keyword": "bm25", "semantic": "cosine"}
 NAME = "search"
 HELP = "Search feature labels: keyword (BM25), semantic (embeddings) or hybrid (both, the default)."
 
@@ -50,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     if not results.hits:
         print(f"no labels match {args.query!r} ({results.n_labels} labels searched)")
         return 0
+    scored = results.query.strip() != ""
+    score_head = f" {SCORE_NAMES[results.mode]:>8}" if scored else ""
+    print(f"{'rank':>5}{score_head} {'label id':>9}  feature · label")
     for rank, hit in enumerate(results.hits, start=args.offset + 1):
-        score = "" if hit.score is None else f"{hit.score:8.3f}"
+        score = f" {hit.score:8.3f}" if scored else ""
         review = "" if hit.review_state == "unreviewed" else f"  [{hit.review_state}]"
-        print(f"{rank:>4}. {score} {hit.source}/{hit.feature}  {hit.label}{review}")
+        print(f"{rank:>4}.{score} {hit.explanation_id:>9}  {hit.source}/{hit.feature} · {hit.label}{review}")
     return 0

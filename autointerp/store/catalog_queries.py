@@ -70,8 +70,8 @@ def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: S
     con.executemany(
         """
         INSERT INTO scores (explanation_id, scorer, metric, subset, split, value, ci_low, ci_high, n,
-                            scorer_model, details, run_id)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            scorer_model, details, run_id, imported)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """,
         [
             [
@@ -87,6 +87,7 @@ def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: S
                 s.scorer_model,
                 _json(s.details or None),
                 run_id,
+                s.imported,
             ]
             for s in scores
         ],
@@ -176,7 +177,7 @@ def feature_explanation_rows(con: duckdb.DuckDBPyConnection, source_id: int, fea
 
 
 SCORE_FIELDS = ("explanation_id", "scorer", "metric", "subset", "split", "value", "ci_low", "ci_high", "n",
-                "scorer_model", "details", "run_id")
+                "scorer_model", "details", "run_id", "imported")
 
 
 def scores_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
@@ -198,45 +199,93 @@ def scorer_metrics(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     ).fetchall()
 
 
-def best_explanation_ids(
+# A score row that may rank labels: the SQL side of `autointerp.ranking.unreliable_reason`.
+_N_UNPARSED = "coalesce(TRY_CAST(details->>'$.n_unparsed' AS BIGINT), 0)"
+_RELIABLE = f"""
+    NOT coalesce(imported, false) AND value IS NOT NULL AND NOT isnan(value) AND n >= $min_n
+    AND {_N_UNPARSED} <= $max_unparsed * (n + {_N_UNPARSED})
+"""
+
+
+def _best_ctes(labels: str, scores_only: str, named: str) -> str:
+    """CTEs ending in `best`: one row per feature with its best label, by the rule of `autointerp.ranking`
+    (bound parameters: $min_n, $max_unparsed, $preferred, and $scorer/$metric when `named`).
+    `labels`: a SELECT of (explanation_id, source_id, feature), the labels that compete; `scores_only`: a
+    condition (ending in AND) narrowing the scores read to theirs. Tiers: 0 accepted, 1 unreviewed,
+    2 rejected or edited; only a feature's lowest tier competes."""
+    return f"""
+        lab AS (
+            SELECT e.explanation_id, e.source_id, e.feature,
+                   CASE WHEN r.verdict = 'accept' THEN 0 WHEN r.verdict IN ('reject', 'edit') THEN 2 ELSE 1 END AS tier,
+                   CASE WHEN r.verdict = 'accept' THEN r.accept_id END AS accept_id
+            FROM ({labels}) e
+            LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
+        ),
+        competing AS (SELECT * FROM lab QUALIFY tier = min(tier) OVER (PARTITION BY source_id, feature)),
+        reliable AS (
+            SELECT explanation_id, scorer, metric, value, n FROM (
+                SELECT * FROM scores WHERE {scores_only} subset = 'all' AND split = 'test' {named}
+                QUALIFY row_number() OVER (PARTITION BY explanation_id, scorer, metric ORDER BY score_id DESC) = 1
+            ) WHERE {_RELIABLE}
+        ),
+        shared AS (
+            SELECT c.source_id, c.feature, s.scorer, s.metric, count(*) AS n_ranked
+            FROM competing c JOIN reliable s USING (explanation_id)
+            GROUP BY c.source_id, c.feature, s.scorer, s.metric
+            QUALIFY row_number() OVER (
+                PARTITION BY c.source_id, c.feature
+                ORDER BY count(*) DESC, coalesce(list_position($preferred, s.scorer || '.' || s.metric), 1000000),
+                         s.scorer, s.metric
+            ) = 1
+        ),
+        best AS (
+            SELECT c.source_id, c.feature, c.explanation_id, c.tier, h.scorer, h.metric, s.value, s.n,
+                   coalesce(h.n_ranked, 0) AS n_ranked,
+                   count(*) OVER (PARTITION BY c.source_id, c.feature) AS n_competing
+            FROM competing c
+            LEFT JOIN shared h USING (source_id, feature)
+            LEFT JOIN reliable s ON s.explanation_id = c.explanation_id AND s.scorer = h.scorer AND s.metric = h.metric
+            QUALIFY row_number() OVER (
+                PARTITION BY c.source_id, c.feature
+                ORDER BY c.accept_id DESC NULLS LAST, s.value DESC NULLS LAST, c.explanation_id DESC
+            ) = 1
+        )"""
+
+
+BEST_FIELDS = ("source_id", "feature", "explanation_id", "tier", "scorer", "metric", "value", "n", "n_ranked", "n_competing")
+
+
+def best_explanation_rows(
     con: duckdb.DuckDBPyConnection,
-    scorer: str | None,
-    metric: str | None,
+    rule: dict[str, Any],
+    scorer: str | None = None,
+    metric: str | None = None,
     *,
     explanation_ids: Sequence[int] | None = None,
     source_id: int | None = None,
     limit: int | None = None,
     offset: int = 0,
-) -> list[tuple[int, int, int]]:
-    """(source_id, feature, explanation_id) of each feature's best label, among the given labels or all of
-    them (of one source); see `autointerp.catalog` for the rule."""
+) -> list[tuple]:
+    """Each feature's best label among the given labels or all of them (of one source), in BEST_FIELDS order,
+    by source and feature. `rule`: `autointerp.ranking.sql_parameters()`; scorer and metric, when given,
+    are the only score compared."""
     if explanation_ids is None:
         only, params = "", {}
     else:
         id_list, params = _id_list(explanation_ids, "e")
         only = f"explanation_id IN ({id_list}) AND"
+    named = "" if scorer is None else "AND scorer = $scorer AND metric = $metric"
+    if scorer is not None:
+        params.update(scorer=scorer, metric=metric)
+    labels = f"SELECT explanation_id, source_id, feature FROM explanations WHERE {only} ($source_id IS NULL OR source_id = $source_id)"
     return con.execute(
         f"""
-        WITH sc AS (
-            SELECT explanation_id, arg_max(value, score_id) AS value FROM scores
-            WHERE {only} scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
-            GROUP BY explanation_id
-        )
-        SELECT e.source_id, e.feature, e.explanation_id
-        FROM (SELECT * FROM explanations WHERE {only} ($source IS NULL OR source_id = $source)) e
-        LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
-        LEFT JOIN sc USING (explanation_id)
-        QUALIFY row_number() OVER (
-            PARTITION BY e.source_id, e.feature
-            ORDER BY coalesce(r.verdict = 'accept', false) DESC,
-                     CASE WHEN r.verdict = 'accept' THEN r.accept_id END DESC NULLS LAST,
-                     coalesce(r.verdict IN ('reject', 'edit'), false) ASC,
-                     sc.value DESC NULLS LAST, e.explanation_id DESC
-        ) = 1
-        ORDER BY e.source_id, e.feature
+        WITH {_best_ctes(labels, only, named)}
+        SELECT {', '.join(BEST_FIELDS)} FROM best
+        ORDER BY source_id, feature
         LIMIT $limit OFFSET $offset
         """,
-        {**params, "scorer": scorer, "metric": metric, "source": source_id, "limit": limit, "offset": offset},
+        {**params, **rule, "source_id": source_id, "limit": limit, "offset": offset},
     ).fetchall()
 
 
@@ -357,80 +406,131 @@ def label_vector_batches(con: duckdb.DuckDBPyConnection, model: str, batch_rows:
     ).to_arrow_reader(batch_rows)
 
 
-def filter_candidates(
-    con: duckdb.DuckDBPyConnection,
-    explanation_ids: Sequence[int] | None,
-    scores: Sequence[float] | None,
-    *,
-    source: str | None,
-    model: str | None,
-    layer: int | None,
-    min_score: tuple[str, str, float] | None,
-    density_min: float | None,
-    density_max: float | None,
-    review_state: str | None,
-    limit: int,
-    offset: int,
-) -> list[tuple]:
-    """Rank candidates by score, keep those passing every filter, one per feature (its best-ranked label), then
-    page: filtering happens before LIMIT/OFFSET, so a page is short only when candidates run out.
-
-    With `explanation_ids=None` every label is a candidate (score NULL), listed by source and feature.
-    Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
-    scorer, metric, threshold = min_score if min_score else (None, None, None)
-    if explanation_ids is None:
-        ctes = "cand AS (SELECT explanation_id, NULL::DOUBLE AS score FROM explanations), picked AS (FROM explanations)"
-        only_candidates = ""
-        order = "s.name, e.feature, e.explanation_id DESC"
-        params: dict[str, Any] = {}
-    else:
-        id_list, params = _id_list(explanation_ids, "c")
-        # MATERIALIZED: otherwise DuckDB may join `sources` first and scan every label instead of the index
-        ctes = (
-            "cand AS (SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score), "
-            f"picked AS MATERIALIZED (SELECT * FROM explanations WHERE explanation_id IN ({id_list}))"
-        )
-        only_candidates = f"explanation_id IN ({id_list}) AND"
-        order = "c.score DESC, c.explanation_id"
-        params.update(ids=[int(i) for i in explanation_ids], scores=[float(x) for x in scores])
-    # Only when asked: DuckDB runs the scores lookup even when a `$scorer IS NULL OR ...` guard is true.
-    score_filter = "" if scorer is None else f"""
-          AND c.explanation_id IN (
-                SELECT explanation_id FROM scores
-                WHERE {only_candidates} scorer = $scorer AND metric = $metric
-                  AND subset = 'all' AND split = 'test' AND value >= $threshold)"""
-    return con.execute(
-        f"""
-        WITH {ctes}
-        SELECT c.explanation_id, c.score, s.name, e.feature, e.label, e.author, {_REVIEW_STATE} AS review_state,
-               fs.density, s.model, s.layer
-        FROM picked e
-        JOIN cand c ON c.explanation_id = e.explanation_id
+_HIT_JOINS = f"""
         JOIN sources s ON s.source_id = e.source_id
         LEFT JOIN feature_stats fs ON fs.source_id = e.source_id AND fs.feature = e.feature
-        LEFT JOIN ({_LATEST_REVIEW}) r ON r.explanation_id = c.explanation_id
-        WHERE ($source IS NULL OR s.name = $source)
+        LEFT JOIN ({_LATEST_REVIEW}) r ON r.explanation_id = e.explanation_id
+"""
+_HIT_FILTERS = f"""
+          ($source IS NULL OR s.name = $source)
           AND ($model IS NULL OR s.model = $model)
           AND ($layer IS NULL OR s.layer = $layer)
           AND ($density_min IS NULL OR fs.density >= $density_min)
           AND ($density_max IS NULL OR fs.density <= $density_max)
           AND ($review IS NULL OR {_REVIEW_STATE} = $review)
-          {score_filter}
+"""
+_HIT_COLUMNS = f"s.name, e.feature, e.label, e.author, {_REVIEW_STATE} AS review_state, fs.density, s.model, s.layer"
+
+
+def _score_filter(min_score: tuple[str, str, float] | None, only: str, rule: dict[str, Any]) -> tuple[str, dict]:
+    """The condition that a label's latest reliable score passes `min_score` (empty when none), and its
+    parameters. Only when asked: DuckDB runs the lookup even when a `$scorer IS NULL OR ...` guard is true."""
+    if min_score is None:
+        return "", {}
+    scorer, metric, threshold = min_score
+    sql = f"""
+          AND e.explanation_id IN (
+                SELECT explanation_id FROM scores
+                WHERE {only} scorer = $scorer AND metric = $metric AND subset = 'all' AND split = 'test'
+                QUALIFY row_number() OVER (PARTITION BY explanation_id ORDER BY score_id DESC) = 1
+                    AND value >= $threshold AND {_RELIABLE})"""
+    params = {"scorer": scorer, "metric": metric, "threshold": threshold, "min_n": rule["min_n"],
+              "max_unparsed": rule["max_unparsed"]}
+    return sql, params
+
+
+HIT_FILTERS = ("source", "model", "layer", "density_min", "density_max", "review")
+
+
+def _filter_params(filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
+    """Bound values of _HIT_FILTERS: `filters` holds HIT_FILTERS names (absent or None: no filter)."""
+    return {**{k: filters.get(k) for k in HIT_FILTERS}, "limit": limit, "offset": offset}
+
+
+def filter_candidates(
+    con: duckdb.DuckDBPyConnection,
+    explanation_ids: Sequence[int],
+    scores: Sequence[float],
+    *,
+    rule: dict[str, Any],
+    filters: dict[str, Any],
+    min_score: tuple[str, str, float] | None,
+    limit: int,
+    offset: int,
+) -> list[tuple]:
+    """Rank candidates by score, keep those passing every filter, one per feature (its best-ranked label), then
+    page: filtering happens before LIMIT/OFFSET, so a page is short only when candidates run out.
+    `filters`: values by HIT_FILTERS name; `min_score` counts only reliable scores (`rule`:
+    `autointerp.ranking.sql_parameters()`).
+    Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
+    id_list, params = _id_list(explanation_ids, "c")
+    score_filter, score_params = _score_filter(min_score, f"explanation_id IN ({id_list}) AND", rule)
+    order = "c.score DESC, c.explanation_id"
+    # MATERIALIZED: otherwise DuckDB may join `sources` first and scan every label instead of the index
+    return con.execute(
+        f"""
+        WITH cand AS (SELECT unnest($ids::BIGINT[]) AS explanation_id, unnest($scores::DOUBLE[]) AS score),
+             picked AS MATERIALIZED (SELECT * FROM explanations WHERE explanation_id IN ({id_list}))
+        SELECT c.explanation_id, c.score, {_HIT_COLUMNS}
+        FROM picked e
+        JOIN cand c ON c.explanation_id = e.explanation_id
+        {_HIT_JOINS}
+        WHERE {_HIT_FILTERS} {score_filter}
         QUALIFY row_number() OVER (PARTITION BY e.source_id, e.feature ORDER BY {order}) = 1
         ORDER BY {order}
         LIMIT $limit OFFSET $offset
         """,
         {
-            **params,
-            "source": source,
-            "model": model,
-            "layer": layer,
-            "density_min": density_min,
-            "density_max": density_max,
-            "review": review_state,
-            **({} if scorer is None else {"scorer": scorer, "metric": metric, "threshold": threshold}),
-            "limit": limit,
-            "offset": offset,
+            **params, **score_params,
+            "ids": [int(i) for i in explanation_ids], "scores": [float(x) for x in scores],
+            **_filter_params(filters, limit, offset),
+        },
+    ).fetchall()
+
+
+def list_feature_hits(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    rule: dict[str, Any],
+    filters: dict[str, Any],
+    min_score: tuple[str, str, float] | None,
+    limit: int,
+    offset: int,
+) -> list[tuple]:
+    """One page of labeled features with a label passing every filter, by source name and feature; each
+    shown by its best label (`rule`) when that passes the filters, else by its newest passing label. Only
+    the page's features are ranked. Rows as `filter_candidates` gives them, score NULL."""
+    score_filter, score_params = _score_filter(min_score, "", rule)
+    page_labels = "SELECT e.explanation_id, e.source_id, e.feature FROM explanations e JOIN page USING (source_id, feature)"
+    return con.execute(
+        f"""
+        WITH passing AS (
+            SELECT e.explanation_id, e.source_id, e.feature FROM explanations e
+            {_HIT_JOINS}
+            WHERE {_HIT_FILTERS} {score_filter}
+        ),
+        page AS (
+            SELECT p.source_id, p.feature FROM (SELECT DISTINCT source_id, feature FROM passing) p
+            JOIN sources s USING (source_id)
+            ORDER BY s.name, p.feature LIMIT $limit OFFSET $offset
+        ),
+        {_best_ctes(page_labels, "explanation_id IN (SELECT explanation_id FROM lab) AND", "")},
+        chosen AS (
+            SELECT p.explanation_id FROM passing p JOIN page USING (source_id, feature)
+            LEFT JOIN best b USING (source_id, feature)
+            QUALIFY row_number() OVER (
+                PARTITION BY p.source_id, p.feature
+                ORDER BY coalesce(b.explanation_id = p.explanation_id, false) DESC, p.explanation_id DESC
+            ) = 1
+        )
+        SELECT e.explanation_id, NULL::DOUBLE AS score, {_HIT_COLUMNS}
+        FROM chosen JOIN explanations e USING (explanation_id)
+        {_HIT_JOINS}
+        ORDER BY s.name, e.feature
+        """,
+        {
+            **rule, **score_params,
+            **_filter_params(filters, limit, offset),
         },
     ).fetchall()
 

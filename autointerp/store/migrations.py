@@ -327,6 +327,12 @@ def m010_score_items(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
+def m020_imported_scores(con: duckdb.DuckDBPyConnection) -> None:
+    """Scores copied from a label file are its claims, kept apart from scores measured here: never ranked."""
+    con.execute("ALTER TABLE scores ADD COLUMN imported BOOLEAN DEFAULT false")
+
+
+@migration
 def m050_llm_call_uid(con: duckdb.DuckDBPyConnection) -> None:
     """Each ledger row's own id, so that folding a call journal after a crash never stores a row twice."""
     con.execute("ALTER TABLE llm_calls ADD COLUMN call_uid VARCHAR")

@@ -24,6 +24,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from autointerp import inventory
 from autointerp.catalog import REVIEW_STATES, VERDICTS, FeatureView, feature_view, load_labels, review_label, run_view
 from autointerp.errors import AutointerpError, NotFound
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
@@ -162,6 +163,14 @@ def create_app(
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(template).render(**context), status_code=status)
 
+    def delete(request: Request, deleting, key) -> dict:
+        """A same-origin delete by a reviewer (token, when the catalog has them; never when read-only), in one
+        write transaction; the rows deleted per table."""
+        _same_origin(request)
+        reviewers.reviewer(_token(request))
+        with access.writing() as con:
+            return {"deleted": deleting(con, key)}
+
     def run_search(con, q: str, mode: str, filters: SearchFilters, limit: int, offset: int):
         if q.strip():
             access.index.refresh(con, access.refresh_factor)
@@ -297,6 +306,29 @@ def create_app(
         with access.writing() as con:
             current = review_label(con, explanation_id, verdict, note=note, edited_label=label, reviewer=reviewer)
         return jsonable_encoder(dataclasses.asdict(current))
+
+    @app.delete("/api/explanations/{explanation_id}", summary="Delete a label with its scores and reviews", tags=["explanations"])
+    def api_delete_explanation(explanation_id: int, request: Request) -> dict:
+        return delete(request, inventory.delete_label, explanation_id)
+
+    @app.get("/api/sources", summary="Every source with its contexts and labels", tags=["sources"])
+    def api_sources() -> list:
+        with access.reading() as con:
+            return jsonable_encoder([dataclasses.asdict(s) for s in inventory.sources(con)])
+
+    @app.get("/api/sources/{source}", summary="One source with its contexts and labels", tags=["sources"])
+    def api_source(source: str) -> dict:
+        with access.reading() as con:
+            return jsonable_encoder(dataclasses.asdict(inventory.source(con, source)))
+
+    @app.get("/api/sources/{source}/labels", summary="A source's labels (of one feature, with ?feature=)", tags=["sources"])
+    def api_source_labels(source: str, feature: int | None = None) -> list:
+        with access.reading() as con:
+            return jsonable_encoder([dataclasses.asdict(l) for l in inventory.labels(con, source, feature)])
+
+    @app.delete("/api/sources/{source}", summary="Delete a source with its activations and labels", tags=["sources"])
+    def api_delete_source(source: str, request: Request) -> dict:
+        return delete(request, inventory.delete_source, source)
 
     @app.get("/api/runs/{run_id}", summary="A job's progress, tokens and cost", tags=["runs"])
     def api_run(run_id: str) -> dict:
