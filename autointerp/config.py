@@ -75,6 +75,7 @@ class JobConfig:
     scorers: tuple[str, ...] = ("detection", "embedding")
     prompt: str = "highlight"  # highlight | pairs | contrastive
     k: int = 1  # candidate labels per feature; the best on the valid split is kept
+    evidence: bool = False  # add the train split's token counts (autointerp.evidence) to the explainer prompt
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     concurrency: int = 8  # features in flight, and LLM requests in flight for remote models
@@ -86,7 +87,7 @@ class JobConfig:
 
 _JOB_TYPES = {
     "source": str, "features": str, "explainer": str, "simulator": str, "prompt": str, "base_url": str, "prices": str,
-    "k": int, "concurrency": int, "rpm": (int, float), "tpm": (int, float), "scorers": (list, tuple), "scorer_options": dict,
+    "k": int, "concurrency": int, "evidence": bool, "rpm": (int, float), "tpm": (int, float), "scorers": (list, tuple), "scorer_options": dict,
 }
 
 
@@ -94,7 +95,7 @@ def job_config_from_dict(data: dict[str, Any], where: str = "job config") -> Job
     data = dict(data)
     for key, kinds in _JOB_TYPES.items():
         value = data.get(key)
-        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool)):
             raise AutointerpError(f"{key} in {where} has the wrong type ({value!r}); see `autointerp label --help`")
     if "sampling" in data:
         data["sampling"] = from_dict(SamplingConfig, data["sampling"], f"{where} [sampling]")

@@ -30,11 +30,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from autointerp import __version__
+from autointerp.baseline import BaselineLabel, llm_vs_baseline, score_baseline
 from autointerp.catalog import load_labels, write_label
 from autointerp.config import JobConfig, SamplingConfig, config_hash
 from autointerp.embeddings import embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.explain import STYLES, ExplanationParseError, best_of_k
+from autointerp.label_checks import NearDuplicate, near_duplicate_labels
 from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
 from autointerp.llm.base import LLMResponse
 from autointerp.prompts import available_prompts, load_prompt
@@ -58,6 +60,7 @@ class FeatureResult:
     scores: list[Score] = field(default_factory=list)
     stage: str | None = None  # where a failure happened: sample | explain | score:<scorer> | write
     error: str | None = None
+    baseline: BaselineLabel | None = None  # the non-LLM label and its embedding score, beside the LLM's
 
 
 @dataclass
@@ -98,6 +101,22 @@ class JobSummary:
         for r in self.results:
             out[r.status] += 1
         return out
+
+    def labeled(self) -> list[FeatureResult]:
+        return [r for r in self.results if r.status in ("done", "already_done")]
+
+    def near_duplicates(self) -> list[NearDuplicate]:
+        """Pairs of features given (nearly) the same label in this run's results."""
+        return near_duplicate_labels({r.feature: r.label for r in self.labeled() if r.label})
+
+    def versus_baseline(self) -> dict[str, Any]:
+        """How often the LLM label beats the non-LLM baseline on the embedding score (paired over features)."""
+        from autointerp.bench.report import headline
+
+        return llm_vs_baseline(
+            [(headline("embedding", [s for s in r.scores if s.scorer == "embedding"]), r.baseline.score)
+             for r in self.labeled() if r.baseline]
+        )
 
 
 class _MeteredLLM:
@@ -151,7 +170,9 @@ def scoring_config_hash(job: JobConfig) -> str:
 def job_config_hash(job: JobConfig) -> str:
     """A hash of everything that changes a job's results: the scoring configuration plus explainer, prompt
     and k. Not: which features, concurrency, endpoint, rate limits or prices."""
-    return config_hash(scoring_config_hash(job), {"explainer": job.explainer, "prompt": job.prompt, "k": job.k})
+    return config_hash(
+        scoring_config_hash(job), {"explainer": job.explainer, "prompt": job.prompt, "k": job.k, "evidence": job.evidence}
+    )
 
 
 def check_job(job: JobConfig) -> None:
@@ -444,7 +465,9 @@ class _Job:
 
         self.sessions.write(transaction)
 
-    def _failed(self, feature: int, stage: str, exc: BaseException, raw: str | None = None) -> None:
+    def _failed(
+        self, feature: int, stage: str, exc: BaseException, raw: str | None = None, baseline: BaselineLabel | None = None
+    ) -> None:
         error = str(exc) if isinstance(exc, AutointerpError) else f"{type(exc).__name__}: {exc}"
 
         def write(con) -> None:
@@ -458,7 +481,7 @@ class _Job:
                 raw_output=raw,
             )
 
-        self._store_result(FeatureResult(feature, "failed", stage=stage, error=error), write)
+        self._store_result(FeatureResult(feature, "failed", stage=stage, error=error, baseline=baseline), write)
 
     def sample(self, feature: int) -> FeatureExamples:
         try:
@@ -497,30 +520,35 @@ class _Job:
             return
         examples = sampled
         stage = "explain"
+        baseline = None
 
         def entering(name: str) -> None:
             nonlocal stage
             stage = name
 
         try:
-            explanation = await best_of_k(examples, self.llm(self.job.explainer), prompt=self.job.prompt, k=self.job.k)
+            baseline = await score_baseline(examples, self.job.scorer_options.get("embedding"))
+            explanation = await best_of_k(
+                examples, self.llm(self.job.explainer), prompt=self.job.prompt, k=self.job.k, evidence=self.job.evidence
+            )
             explanation.details["sampling_notes"] = examples.notes
+            explanation.details["baseline"] = baseline.to_details()
             scores = await self.score(explanation, examples, entering)
             stage = "write"
             vector = (await asyncio.to_thread(embed_texts, [explanation.label]))[0]
         except ExplanationParseError as exc:
             raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
-            self._failed(feature, stage, exc, raw)
+            self._failed(feature, stage, exc, raw, baseline)
             return
         except LLMCallError as exc:
             if exc.kind in FATAL_LLM_ERRORS:
                 raise
-            self._failed(feature, stage, exc)
+            self._failed(feature, stage, exc, baseline=baseline)
             return
         except Exception as exc:  # noqa: BLE001 - one feature's failure never stops the job
-            self._failed(feature, stage, exc)
+            self._failed(feature, stage, exc, baseline=baseline)
             return
-        result = FeatureResult(feature, "done", label=explanation.label, scores=scores)
+        result = FeatureResult(feature, "done", label=explanation.label, scores=scores, baseline=baseline)
 
         def write(con) -> None:
             result.explanation_id = self.write_label(con, explanation, examples, scores, vector)
@@ -557,7 +585,10 @@ def _already_done(
         elif f in labels:
             lab = labels[f]
             out.append(
-                FeatureResult(f, "already_done", label=lab.label, explanation_id=lab.explanation_id, scores=lab.scores)
+                FeatureResult(
+                    f, "already_done", label=lab.label, explanation_id=lab.explanation_id, scores=lab.scores,
+                    baseline=BaselineLabel.from_details(lab.details.get("baseline")),
+                )
             )
     return out
 

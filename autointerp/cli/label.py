@@ -6,6 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from autointerp.baseline import BaselineLabel
 from autointerp.bench.report import fmt_ci, headline
 from autointerp.config import load_job_config
 from autointerp.errors import AutointerpError
@@ -17,6 +18,7 @@ from autointerp.store import Store
 NAME = "label"
 HELP = "Label features with an LLM, score the labels on held-out contexts and store both (resumable)."
 LABEL_WIDTH = 48
+BASELINE_WIDTH = 28
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="explainer prompt: highlight | pairs | contrastive (default highlight)")
     parser.add_argument(
         "--k", type=int, help="candidate labels per feature; the best on the valid split is kept (default 1)"
+    )
+    parser.add_argument(
+        "--evidence",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show the explainer the train split's token counts (most frequent activating tokens, tokens before them)",
     )
     parser.add_argument("--concurrency", type=int, help="features (and remote requests) in flight (default 8)")
     parser.add_argument(
@@ -59,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         scorers=[s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else None,
         prompt=args.prompt,
         k=args.k,
+        evidence=args.evidence,
         concurrency=args.concurrency,
         base_url=args.base_url,
         prices=args.prices,
@@ -92,8 +101,19 @@ def score_cell(score: Score | None) -> str:
     return f"{score.metric} {fmt_ci(score.value, score.ci_low, score.ci_high, 2)} n={score.n}"
 
 
+def baseline_cell(baseline: BaselineLabel | None) -> str:
+    """The non-LLM label and its embedding score, as the summary shows it beside the LLM's."""
+    if baseline is None:
+        return "-"
+    if baseline.label is None:
+        return textwrap.shorten(f"(none: {baseline.error})", BASELINE_WIDTH)
+    score = baseline.score
+    value = "-" if score is None else fmt_ci(score.value, None, None, 2)
+    return f"{textwrap.shorten(baseline.label, BASELINE_WIDTH)} ({value})"
+
+
 def print_summary(summary: JobSummary, db: str) -> None:
-    labeled = summary.with_status("done") + summary.with_status("already_done")
+    labeled = summary.labeled()
     scorers = list(dict.fromkeys(s.scorer for r in labeled for s in r.scores))
     if labeled:
         rows = [
@@ -101,17 +121,26 @@ def print_summary(summary: JobSummary, db: str) -> None:
                 str(r.feature),
                 textwrap.shorten(r.label or "", LABEL_WIDTH),
                 *(score_cell(headline(name, [s for s in r.scores if s.scorer == name])) for name in scorers),
+                baseline_cell(r.baseline),
             ]
             + (["(earlier run)"] if r.status == "already_done" else [""])
             for r in sorted(labeled, key=lambda r: r.feature)
         ]
         print()
-        print_table(["feature", "label", *scorers, ""], rows)
+        print_table(["feature", "label", *scorers, "baseline label (embedding auroc)", ""], rows)
+        print_versus_baseline(summary)
+        duplicates = summary.near_duplicates()
+        if duplicates:
+            print(f"\nnear-duplicate labels across features ({len(duplicates)} pairs; the explainer may be repeating itself):")
+            for d in duplicates:
+                print(f"  {d.feature_a} ~ {d.feature_b} (cosine {d.similarity:.2f}): {textwrap.shorten(d.label_a, 60)!r}")
     failed = summary.with_status("failed")
     if failed:
         print(f"\nfailed ({len(failed)}; no label stored, details in the failures table):")
         for r in failed:
             print(f"  feature {r.feature} at {r.stage}: {textwrap.shorten(r.error or '', 100)}")
+            if r.baseline is not None and r.baseline.label:
+                print(f"    baseline label: {baseline_cell(r.baseline)}")
     sparse = summary.with_status("skipped_sparse")
     if sparse:
         print(f"\nskipped as too sparse to label ({len(sparse)}): features {', '.join(str(r.feature) for r in sparse)}")
@@ -125,6 +154,18 @@ def print_summary(summary: JobSummary, db: str) -> None:
         f"{usage.completion_tokens:,} completion tokens, ${usage.cost_usd:.4f}"
     )
     print(f'browse: autointerp serve --db {db}    search: autointerp search --db {db} "words"')
+
+
+def print_versus_baseline(summary: JobSummary) -> None:
+    compared = summary.versus_baseline()
+    wins, diff = compared["wins"], compared["mean_difference"]
+    if not wins["n"]:
+        return
+    print(
+        f"\nLLM label vs baseline on embedding AUROC, {wins['n']} features: LLM higher in "
+        f"{fmt_ci(wins['rate'], wins['ci_low'], wins['ci_high'], 2)} of them (ties half, 95% CI); "
+        f"mean difference {fmt_ci(diff['mean'], diff['ci_low'], diff['ci_high'], 3)}"
+    )
 
 
 def print_estimate(est: CostEstimate) -> None:
