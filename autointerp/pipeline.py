@@ -31,6 +31,7 @@ from typing import Any
 
 from autointerp import __version__
 from autointerp.baseline import BaselineLabel, llm_vs_baseline, score_baseline
+from autointerp.bench.report import headline
 from autointerp.catalog import load_labels, write_label
 from autointerp.config import JobConfig, SamplingConfig, config_hash
 from autointerp.embeddings import embed_texts
@@ -111,8 +112,6 @@ class JobSummary:
 
     def versus_baseline(self) -> dict[str, Any]:
         """How often the LLM label beats the non-LLM baseline on the embedding score (paired over features)."""
-        from autointerp.bench.report import headline
-
         return llm_vs_baseline(
             [(headline("embedding", [s for s in r.scores if s.scorer == "embedding"]), r.baseline.score)
              for r in self.labeled() if r.baseline]
@@ -168,8 +167,8 @@ def scoring_config_hash(job: JobConfig) -> str:
 
 
 def job_config_hash(job: JobConfig) -> str:
-    """A hash of everything that changes a job's results: the scoring configuration plus explainer, prompt
-    and k. Not: which features, concurrency, endpoint, rate limits or prices."""
+    """A hash of everything that changes a job's results: the scoring configuration plus explainer, prompt,
+    k and evidence. Not: which features, concurrency, endpoint, rate limits or prices."""
     return config_hash(
         scoring_config_hash(job), {"explainer": job.explainer, "prompt": job.prompt, "k": job.k, "evidence": job.evidence}
     )

@@ -124,3 +124,27 @@ def test_without_evidence_the_prompt_is_the_previous_version_word_for_word():
         messages, _ = explainer_messages(examples, prompt)
         fields = {"examples": messages[-1]["content"].split("\n", 1)[1].rsplit("\n\n", 1)[0]}
         assert load_prompt(f"{style}.v1").render_messages(**fields) == messages
+
+
+def test_the_label_summary_shows_baselines_the_comparison_and_near_duplicates(capsys):
+    from autointerp.cli.label import print_summary
+    from autointerp.pipeline import FeatureResult, JobSummary, Meter
+
+    def emb(v):
+        return Score("embedding", "auroc", v, v - 0.1, v + 0.1, 20)
+
+    def base(label, v):
+        return BaselineLabel(label, "token log-odds, train split", emb(v))
+
+    results = [
+        FeatureResult(1, "done", "they are the result of a function call", scores=[emb(0.41)], baseline=base("parent, parents", 0.83)),
+        FeatureResult(2, "done", "They are the result of a function call.", scores=[emb(0.72)], baseline=base("def, class", 0.55)),
+        FeatureResult(3, "done", "years in dates", scores=[emb(0.66)], baseline=base("19, 20", 0.61)),
+        FeatureResult(4, "failed", stage="explain", error="no usable label", baseline=base("import, from", 0.7)),
+    ]
+    print_summary(JobSummary("run-x", "done", "h", "src", results, Meter(), 1.0), "x.duckdb")
+    out = capsys.readouterr().out
+    assert "baseline label (embedding auroc)" in out and "parent, parents (0.83)" in out
+    assert "LLM label vs baseline on embedding AUROC, 3 features: LLM higher in 0.67" in out
+    assert "near-duplicate labels across features (1 pairs" in out and "1 ~ 2 (cosine 1.00)" in out
+    assert "baseline label: import, from (0.70)" in out
