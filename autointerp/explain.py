@@ -31,10 +31,12 @@ MAX_LABEL_WORDS = 20
 MAX_OUTPUT_TOKENS = 80
 ECHO_NGRAM = 5  # this many words in a row copied from the template make a label an echo
 DEFAULT_SAMPLED_TEMPERATURE = 0.7
-# The answer's form, for models that take a grammar: one `Label:` line of at most 12 words, none holding
-# the prompt's markup (<<, >>, <start>, $). What it says is still up to the model and to parse_label.
-LABEL_GRAMMAR = r"""root ::= "Label: " word (" " word){0,11}
-word ::= [^ \t\n\r<>$*`]{1,20}
+# The answer's form, for models that take a grammar: one line of at most MAX_LABEL_WORDS words, none holding
+# the prompt's markup (<<, >>, <start>, $). Not a forced `Label:` prefix: forced, the bundled model fills it
+# with the system prompt's own examples or bare numbers ("Label: 10"); left to itself it opens with the
+# question's words, which parse_label strips. What the line says is still up to the model and parse_label.
+LABEL_GRAMMAR = r"""root ::= word (" " word){0,19}
+word ::= [^ \t\n\r<>$*`]{1,24}
 """
 
 

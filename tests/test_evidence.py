@@ -113,7 +113,7 @@ def test_near_duplicate_labels_are_flagged_across_features():
 
 
 def test_label_grammar_shape():
-    assert re.search(r'root ::= "Label: "', LABEL_GRAMMAR) and "<>$" in LABEL_GRAMMAR
+    assert "{0,19}" in LABEL_GRAMMAR and "<>$" in LABEL_GRAMMAR and "\\n" in LABEL_GRAMMAR
 
 
 def test_without_evidence_the_prompt_is_the_previous_version_word_for_word():
