@@ -141,6 +141,7 @@ class JobConfig:
     scorers: tuple[str, ...] = ("detection", "embedding")
     prompt: str = "highlight"  # highlight | pairs | contrastive
     k: AtLeastOne = 1  # candidate labels per feature; the best on the valid split is kept
+    evidence: bool = False  # add the train split's token counts (autointerp.evidence) to the explainer prompt
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     scorer_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     concurrency: AtLeastOne = 8  # features in flight, and LLM requests in flight for remote models

@@ -126,7 +126,7 @@ async def _estimate_job(store: Store, job: JobConfig, n_sample: int) -> CostEsti
             continue
         finally:
             store.close()
-        explanation = await best_of_k(examples, explainer, prompt=job.prompt, k=job.k)
+        explanation = await best_of_k(examples, explainer, prompt=job.prompt, k=job.k, evidence=job.evidence)
         for name in job.scorers:
             if name in NEEDS_LLM:
                 await make_scorer(name, simulator, **job.scorer_options.get(name, {})).score(explanation, examples)

@@ -17,7 +17,8 @@ import numpy as np
 
 from autointerp import ranking, render
 from autointerp.errors import AutointerpError
-from autointerp.llm.base import LLM, LLMResponse
+from autointerp.evidence import token_evidence
+from autointerp.llm.base import LLM, LLMResponse, constrained
 from autointerp.prompts import PromptTemplate, load_prompt
 from autointerp.records import Example, Explanation, FeatureExamples
 
@@ -30,6 +31,13 @@ MAX_LABEL_WORDS = 20
 MAX_OUTPUT_TOKENS = 80
 ECHO_NGRAM = 5  # this many words in a row copied from the template make a label an echo
 DEFAULT_SAMPLED_TEMPERATURE = 0.7
+# The answer's form, for models that take a grammar: one line of at most MAX_LABEL_WORDS words, none holding
+# the prompt's markup (<<, >>, <start>, $). Not a forced `Label:` prefix: forced, the bundled model fills it
+# with the system prompt's own examples or bare numbers ("Label: 10"); left to itself it opens with the
+# question's words, which parse_label strips. What the line says is still up to the model and parse_label.
+LABEL_GRAMMAR = r"""root ::= word (" " word){0,19}
+word ::= [^ \t\n\r<>$*`]{1,24}
+"""
 
 
 @dataclass(frozen=True)
@@ -160,9 +168,10 @@ def _check_disjoint(examples: FeatureExamples) -> None:
 
 
 def explainer_messages(
-    examples: FeatureExamples, prompt: str = "highlight", candidate: int = 0
+    examples: FeatureExamples, prompt: str = "highlight", candidate: int = 0, evidence: bool = False
 ) -> tuple[list[dict[str, str]], list[int]]:
-    """The chat messages for one candidate and the context ids they show (train split only)."""
+    """The chat messages for one candidate and the context ids they show (train split only); with `evidence`,
+    the train split's token counts (autointerp.evidence) follow the examples."""
     style = _style(prompt)
     _check_disjoint(examples)
     positives = _train_positives(examples, style, candidate)
@@ -172,7 +181,8 @@ def explainer_messages(
     blocks = [_render_positive(e, style, max_activation, prompt) for e in positives]
     if prompt != "pairs":
         blocks = [f"{i}. {text}" for i, text in enumerate(blocks, 1)]
-    fields = {"examples": "\n".join(blocks)}
+    summary = token_evidence(examples).prompt_text() if evidence else ""
+    fields = {"examples": "\n".join(blocks), "evidence": "\n" + summary if summary else ""}
     shown = [e.context_id for e in positives]
     if style.max_negatives:
         negatives = examples.train.hard_negatives[: style.max_negatives]
@@ -194,20 +204,22 @@ def _style(prompt: str) -> PromptStyle:
 
 def _template_text(template: PromptTemplate) -> str:
     """The template's own wording, without the examples a label may legitimately quote."""
-    return template.text.replace("$examples", "\n").replace("$negatives", "\n")
+    return template.text.replace("$examples", "\n").replace("$negatives", "\n").replace("$evidence", "\n")
 
 
 async def _candidate(
-    examples: FeatureExamples, llm: LLM, prompt: str, candidate: int, temperature: float
+    examples: FeatureExamples, llm: LLM, prompt: str, candidate: int, temperature: float, evidence: bool
 ) -> tuple[str | None, list[str], dict[str, int], list[int]]:
     """(label or None, raw outputs, tokens used, context ids shown); one retry after an unparsable answer."""
-    messages, shown = explainer_messages(examples, prompt, candidate)
+    messages, shown = explainer_messages(examples, prompt, candidate, evidence)
     template = load_prompt(_style(prompt).template)
     raws: list[str] = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
     async def ask(msgs: list[dict[str, str]]) -> LLMResponse:
-        response = await llm.chat(msgs, max_tokens=MAX_OUTPUT_TOKENS, temperature=temperature, stage=STAGE)
+        response = await llm.chat(
+            msgs, max_tokens=MAX_OUTPUT_TOKENS, temperature=temperature, stage=STAGE, **constrained(llm, LABEL_GRAMMAR)
+        )
         raws.append(response.text)
         usage["prompt_tokens"] += response.usage.prompt_tokens
         usage["completion_tokens"] += response.usage.completion_tokens
@@ -232,15 +244,17 @@ async def explain(
     prompt: str = "highlight",
     k: int = 1,
     temperature: float | None = None,
+    evidence: bool = False,
 ) -> list[Explanation]:
     """Up to k distinct candidate labels (k=1: greedy; k>1: sampled, each over a reshuffled train split).
+    `evidence`: add the train split's token counts to the prompt (recorded in the label's details).
 
     Raises ExplanationParseError (with every raw output) when no candidate gives a usable label.
     """
     if k < 1:
         raise AutointerpError("k must be at least 1")
     temp = temperature if temperature is not None else (0.0 if k == 1 else DEFAULT_SAMPLED_TEMPERATURE)
-    results = await asyncio.gather(*(_candidate(examples, llm, prompt, i, temp) for i in range(k)))
+    results = await asyncio.gather(*(_candidate(examples, llm, prompt, i, temp, evidence) for i in range(k)))
     template = load_prompt(_style(prompt).template)
     labels = [label for label, *_ in results]
     all_raw = [raw for _, raws, *_ in results for raw in raws]
@@ -264,6 +278,10 @@ async def explain(
             "temperature": temp,
             "train_context_ids": shown,
         }
+        if evidence:
+            details["evidence"] = token_evidence(examples).provenance()
+        if "grammar" in constrained(llm, LABEL_GRAMMAR):
+            details["output_grammar"] = "label"
         out.append(
             Explanation(
                 source=examples.source,
@@ -287,11 +305,12 @@ async def best_of_k(
     k: int = 3,
     temperature: float | None = None,
     selector: Scorer | None = None,
+    evidence: bool = False,
 ) -> Explanation:
     """The candidate that scores best on the VALID split with a cheap scorer (default: embedding, no LLM)."""
     from autointerp.scoring import make_scorer
 
-    candidates = await explain(examples, llm, prompt=prompt, k=k, temperature=temperature)
+    candidates = await explain(examples, llm, prompt=prompt, k=k, temperature=temperature, evidence=evidence)
     if len(candidates) == 1:
         candidates[0].details["selection"] = {"split": "valid", "note": "only one usable candidate"}
         return candidates[0]

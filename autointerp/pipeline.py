@@ -36,10 +36,13 @@ from typing import Any
 
 from autointerp import __version__
 from autointerp import stages
+from autointerp.baseline import BaselineLabel, llm_vs_baseline, score_baseline
+from autointerp.bench.report import headline
 from autointerp.catalog import load_labels
 from autointerp.config import JobConfig, SamplingConfig, config_hash
 from autointerp.errors import AutointerpError
 from autointerp.explain import STYLES, ExplanationParseError
+from autointerp.label_checks import NearDuplicate, near_duplicate_labels
 from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
 from autointerp.llm.base import LLMResponse
 from autointerp.llm.errors import TRANSIENT
@@ -67,6 +70,7 @@ class FeatureResult:
     stage: str | None = None  # where a failure happened: sample | explain | score:<scorer> | write
     error: str | None = None
     rerun_may_help: bool = False  # a failure a later run may not repeat (transient LLM errors, unexpected ones)
+    baseline: BaselineLabel | None = None  # the non-LLM label and its embedding score, beside the LLM's
 
 
 @dataclass
@@ -107,6 +111,20 @@ class JobSummary:
         for r in self.results:
             out[r.status] += 1
         return out
+
+    def labeled(self) -> list[FeatureResult]:
+        return [r for r in self.results if r.status in ("done", "already_done")]
+
+    def near_duplicates(self) -> list[NearDuplicate]:
+        """Pairs of features given (nearly) the same label in this run's results."""
+        return near_duplicate_labels({r.feature: r.label for r in self.labeled() if r.label})
+
+    def versus_baseline(self) -> dict[str, Any]:
+        """How often the LLM label beats the non-LLM baseline on the embedding score (paired over features)."""
+        return llm_vs_baseline(
+            [(headline("embedding", [s for s in r.scores if s.scorer == "embedding"]), r.baseline.score)
+             for r in self.labeled() if r.baseline]
+        )
 
 
 class _MeteredLLM:
@@ -154,9 +172,11 @@ def scoring_config_hash(job: JobConfig) -> str:
 
 
 def job_config_hash(job: JobConfig) -> str:
-    """A hash of everything that changes a job's results: the scoring configuration plus explainer, prompt
-    and k. Not: which features, concurrency, endpoint, rate limits or prices."""
-    return config_hash(scoring_config_hash(job), {"explainer": job.explainer, "prompt": job.prompt, "k": job.k})
+    """A hash of everything that changes a job's results: the scoring configuration plus explainer, prompt,
+    k and evidence. Not: which features, concurrency, endpoint, rate limits or prices."""
+    return config_hash(
+        scoring_config_hash(job), {"explainer": job.explainer, "prompt": job.prompt, "k": job.k, "evidence": job.evidence}
+    )
 
 
 def check_job(job: JobConfig) -> None:
@@ -434,7 +454,9 @@ class _Job:
 
         self.sessions.write(transaction)
 
-    def _failed(self, feature: int, stage: str, exc: BaseException, raw: str | None = None) -> None:
+    def _failed(
+        self, feature: int, stage: str, exc: BaseException, raw: str | None = None, baseline: BaselineLabel | None = None
+    ) -> None:
         error = str(exc) if isinstance(exc, AutointerpError) else f"{type(exc).__name__}: {exc}"
 
         def write(con) -> None:
@@ -448,7 +470,9 @@ class _Job:
                 raw_output=raw,
             )
 
-        result = FeatureResult(feature, "failed", stage=stage, error=error, rerun_may_help=_rerun_may_help(exc))
+        result = FeatureResult(
+            feature, "failed", stage=stage, error=error, rerun_may_help=_rerun_may_help(exc), baseline=baseline
+        )
         self._store_result(result, write)
 
     def sample(self, feature: int) -> FeatureExamples:
@@ -476,31 +500,34 @@ class _Job:
             return
         examples = sampled
         stage = "explain"
+        baseline = None
 
         def entering(name: str) -> None:
             nonlocal stage
             stage = name
 
         try:
+            baseline = await score_baseline(examples, self.job.scorer_options.get("embedding"))
             explanation = await stages.explain(examples, self.llm(self.job.explainer), self.job)
+            explanation.details["baseline"] = baseline.to_details()
             scores = await self.score(explanation, examples, entering)
             stage = "write"
             vector = await stages.label_vector(explanation.label)
         except ExplanationParseError as exc:
             raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
-            self._failed(feature, stage, exc, raw)
+            self._failed(feature, stage, exc, raw, baseline)
             return
         except LLMCallError as exc:
             if exc.kind in FATAL_LLM_ERRORS:
                 raise
             if exc.kind in TRANSIENT and self._try_later(feature, examples):
                 return
-            self._failed(feature, stage, exc)
+            self._failed(feature, stage, exc, baseline=baseline)
             return
         except Exception as exc:  # noqa: BLE001 - one feature's failure never stops the job
-            self._failed(feature, stage, exc)
+            self._failed(feature, stage, exc, baseline=baseline)
             return
-        result = FeatureResult(feature, "done", label=explanation.label, scores=scores)
+        result = FeatureResult(feature, "done", label=explanation.label, scores=scores, baseline=baseline)
 
         def write(con) -> None:
             result.explanation_id = self.write_label(con, explanation, examples, scores, vector)
@@ -555,7 +582,10 @@ def _already_done(
         elif f in labels:
             lab = labels[f]
             out.append(
-                FeatureResult(f, "already_done", label=lab.label, explanation_id=lab.explanation_id, scores=lab.scores)
+                FeatureResult(
+                    f, "already_done", label=lab.label, explanation_id=lab.explanation_id, scores=lab.scores,
+                    baseline=BaselineLabel.from_details(lab.details.get("baseline")),
+                )
             )
     return out
 

@@ -43,7 +43,7 @@ def sample_features(
 
 async def explain(examples: FeatureExamples, llm: Any, job: JobConfig) -> Explanation:
     """k candidate labels, the best on the valid split kept (raises ExplanationParseError when none parses)."""
-    explanation = await best_of_k(examples, llm, prompt=job.prompt, k=job.k)
+    explanation = await best_of_k(examples, llm, prompt=job.prompt, k=job.k, evidence=job.evidence)
     explanation.details["sampling_notes"] = examples.notes
     return explanation
 

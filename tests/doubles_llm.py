@@ -37,11 +37,13 @@ class ScriptedLLMDouble:
         name: str = "double:scripted",
         supports_logprobs: bool = False,
         supports_echo: bool = False,
+        supports_grammar: bool = False,
     ):
         self.reply = reply
         self.name = name
         self.supports_logprobs = supports_logprobs
         self.supports_echo = supports_echo
+        self.supports_grammar = supports_grammar
         self.calls: list[Call] = []
 
     def _answer(self, call: Call) -> LLMResponse:
@@ -51,8 +53,10 @@ class ScriptedLLMDouble:
             return out
         return LLMResponse(text=out, model=self.name, usage=Usage(len(call.text()) // 4, len(out) // 4))
 
-    async def chat(self, messages, *, max_tokens=256, temperature=0.0, top_logprobs=None, stage=None) -> LLMResponse:
-        kwargs = {"max_tokens": max_tokens, "temperature": temperature, "top_logprobs": top_logprobs}
+    async def chat(
+        self, messages, *, max_tokens=256, temperature=0.0, top_logprobs=None, stage=None, grammar=None
+    ) -> LLMResponse:
+        kwargs = {"max_tokens": max_tokens, "temperature": temperature, "top_logprobs": top_logprobs, "grammar": grammar}
         return self._answer(Call("chat", stage, messages=messages, kwargs=kwargs))
 
     async def complete(

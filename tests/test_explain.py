@@ -64,9 +64,9 @@ def test_parse_label_rejects(output):
 
 def test_prompt_hash_is_sha256_of_the_file():
     template = load_prompt("explain_highlight")
-    assert template.name == "explain_highlight.v1"
-    assert template.sha256 == hashlib.sha256((PROMPTS_DIR / "explain_highlight.v1.txt").read_bytes()).hexdigest()
-    assert load_prompt("explain_highlight.v1") == template
+    assert template.name == "explain_highlight.v2"
+    assert template.sha256 == hashlib.sha256((PROMPTS_DIR / "explain_highlight.v2.txt").read_bytes()).hexdigest()
+    assert load_prompt("explain_highlight.v2") == template
     with pytest.raises(AutointerpError, match="available"):
         load_prompt("no_such_prompt")
 
@@ -125,7 +125,7 @@ def test_explain_records_provenance_and_stage():
     [exp] = asyncio.run(explain(animal_feature(), llm, prompt="highlight"))
     assert exp.label == "animal names" and exp.author == "llm"
     assert exp.explainer_model == "double:scripted"
-    assert exp.prompt_name == "explain_highlight.v1" and exp.prompt_hash == load_prompt("explain_highlight").sha256
+    assert exp.prompt_name == "explain_highlight.v2" and exp.prompt_hash == load_prompt("explain_highlight").sha256
     assert exp.details["k"] == 1 and exp.details["raw_outputs"] == ["They are all animals.\nLabel: animal names"]
     assert exp.details["usage"]["prompt_tokens"] > 0
     assert [c.stage for c in llm.calls] == ["explain"]

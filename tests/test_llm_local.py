@@ -85,6 +85,27 @@ def test_every_call_is_recorded_and_a_repeat_is_answered_from_the_ledger(local_l
     assert rows[0]["latency_ms"] > 0 and rows[2]["response"] is None and rows[2]["cost_usd"] == 0
 
 
+def test_a_grammar_constrains_the_answer_and_is_part_of_the_cache_key(local_llm):
+    messages = [{"role": "user", "content": "Is the sky green? Explain at length."}]
+    grammar = 'root ::= "Answer: " ("yes" | "no")\n'
+
+    async def calls():
+        free = await local_llm.chat(messages, max_tokens=12)
+        held = await local_llm.chat(messages, max_tokens=12, grammar=grammar)
+        again = await local_llm.chat(messages, max_tokens=12, grammar=grammar)
+        return free, held, again
+
+    free, held, again = asyncio.run(calls())
+    assert held.text in ("Answer: yes", "Answer: no") and not held.cached
+    assert not free.text.startswith("Answer:")
+    assert again.cached and again.text == held.text
+    asyncio.run(local_llm.aclose())
+    with local_llm.ledger.store.reading() as con:
+        rows = list_calls(con)
+    assert "grammar" not in rows[0]["request"] and rows[1]["request"]["grammar"] == grammar
+    assert rows[0]["cache_key"] != rows[1]["cache_key"] == rows[2]["cache_key"]
+
+
 def test_local_starts_its_own_server_on_demand_and_stops_it_on_close(tmp_path):
     async def use():
         llm = make_llm("local", store=Store(tmp_path / "own.duckdb", create=True))

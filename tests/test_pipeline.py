@@ -92,6 +92,7 @@ def test_config_hash_covers_what_changes_results_and_nothing_else():
         {"sampling": dataclasses.replace(TINY_SAMPLING, seed=1)},
         {"scorer_options": {"detection": {"batch_size": 4}}},
         {"simulator": "openai:gpt-4o"},
+        {"evidence": True},
     ]
     hashes = {job_config_hash(tiny_job(**c)) for c in changed}
     assert base not in hashes and len(hashes) == len(changed)
@@ -110,6 +111,14 @@ def test_job_file_and_flags(tmp_path):
         7,
         {"embedding": {"before": 4}},
     )
+    path.write_text('source = "s"\nevidence = true\n')
+    assert load_job_config(path).evidence is True and load_job_config(path, evidence=False).evidence is False
+    path.write_text('source = "s"\nevidence = "yes"\n')
+    with pytest.raises(AutointerpError, match="evidence"):
+        load_job_config(path)
+    path.write_text('source = "s"\nk = true\n')
+    with pytest.raises(AutointerpError, match="wrong type"):
+        load_job_config(path)
     path.write_text("sorce = 's'\n")
     with pytest.raises(AutointerpError, match="unknown key"):
         load_job_config(path)
@@ -159,6 +168,14 @@ def test_job_labels_scores_and_stores_provenance(labeled):
             if value is not None and low is not None:
                 assert low - 1e-9 <= value <= high + 1e-9
         assert rows(db, "SELECT count(*) FROM label_embeddings WHERE explanation_id = ?", [r.explanation_id]) == [(1,)]
+        (details,) = rows(db, "SELECT details FROM explanations WHERE explanation_id = ?", [r.explanation_id])[0]
+        baseline = json.loads(details)["baseline"]  # the non-LLM label beside the LLM's, on the same test split
+        assert baseline["label"] and baseline == r.baseline.to_details()
+        assert (baseline["score"]["scorer"], baseline["score"]["subset"], baseline["score"]["n"]) == ("embedding", "all", TEST_SIZE)
+    for r in summary.with_status("failed"):
+        assert r.baseline is not None and r.baseline.label
+    compared = summary.versus_baseline()
+    assert compared["wins"]["n"] == len(done)
 
     jobs_rows = rows(db, "SELECT feature, status, explanation_id FROM feature_jobs ORDER BY feature")
     assert [(f, s) for f, s, _ in jobs_rows] == [(r.feature, r.status) for r in summary.results]

@@ -450,6 +450,25 @@ def test_one_small_simulation_with_the_bundled_model(local_llm):
         assert rows["all"].details["note"]
 
 
+def test_the_bundled_model_answers_every_excerpt_of_a_detection_batch(local_llm):
+    """A grammar holds the answer to `1: 0|1` lines, one per excerpt (unconstrained, the small model answers
+    a few lines of a batch of ten and wanders off)."""
+    examples = _small_test_split(4, 3)
+    scores = asyncio.run(make_scorer("detection", local_llm, batch_size=10).score(LABEL, examples))
+    by_subset = _by_subset(scores, "balanced_accuracy")
+    assert by_subset["all"].n == 10 and by_subset["all"].details["n_unparsed"] == 0
+    assert by_subset["all"].details["output_grammar"] is True
+    assert _by_subset(scores, "auroc")["all"].n == 10
+
+
+def test_chat_simulation_with_the_bundled_model_answers_every_token(local_llm):
+    scorer = make_scorer("simulation", local_llm, mode="chat_logprobs", before=2, after=1, contexts_per_prompt=1)
+    scores = asyncio.run(scorer.score(LABEL, _small_test_split(1, 1)))
+    all_row = _by_subset(scores, "ev_correlation")["all"]
+    assert all_row.details["mode"] == "chat_logprobs"
+    assert all_row.details["n_unparsed_tokens"] == 0 and all_row.details["n_tokens"] == 3 * 4
+
+
 @pytest.mark.slow
 def test_simulation_with_the_bundled_model(local_llm):
     """Echo mode over llama.cpp's completions endpoint: ~50 ms per prompt token on 2 cores."""

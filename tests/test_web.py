@@ -314,3 +314,26 @@ def test_deletes_need_a_reviewer_token_and_never_happen_read_only(db):
     with TestClient(create_app(db, reviewers=ReviewAccess(read_only=True))) as c:
         assert c.delete("/api/explanations/1").status_code == 403
         assert c.get("/api/explanations/1").status_code == 200
+
+
+def test_feature_page_shows_the_baseline_label_beside_the_llm_label(db):
+    from autointerp.baseline import BaselineLabel
+    from autointerp.catalog import write_label
+    from autointerp.records import Explanation, Score
+    from autointerp.store import Store
+    from catalog_fixtures import _scores
+
+    baseline = BaselineLabel("for, range, in", "token log-odds, train split", Score("embedding", "auroc", 0.734, 0.61, 0.85, 30))
+    store = Store(db)
+    with store.writing() as con:
+        write_label(
+            con, Explanation(SOURCE_A, 2, "for loops over ranges", details={"baseline": baseline.to_details()}),
+            _scores(0.99), run_id=RUN_ID, config_hash="cfg-hash", sampling_config={}, seed=0,
+        )
+    store.close()
+    with TestClient(create_app(db, refresh_factor=0.0)) as client:
+        page = client.get(f"/features/{SOURCE_A}/2").text
+        assert 'id="best-label">for loops over ranges<' in page
+        assert 'class="baseline-label">for, range, in<' in page and "embedding auroc <b>0.734</b>" in page and "n=30" in page
+        assert "token log-odds, train split" in page
+        assert 'id="baseline"' not in client.get(f"/features/{SOURCE_A}/0").text  # labels stored without one

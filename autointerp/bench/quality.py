@@ -44,6 +44,7 @@ class ExplainerSetup:
     explainer: str = "local"
     prompt: str = "highlight"
     k: int = 1
+    evidence: bool = False  # the train split's token counts in the prompt (autointerp.evidence)
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,8 @@ async def _explain(setup: ExplainerSetup, examples: FeatureExamples, llm) -> Exp
     if setup.explainer == BASELINE:
         return explain_baseline(examples)
     if setup.k == 1:
-        return (await explain(examples, llm, prompt=setup.prompt, k=1))[0]
-    return await best_of_k(examples, llm, prompt=setup.prompt, k=setup.k)
+        return (await explain(examples, llm, prompt=setup.prompt, k=1, evidence=setup.evidence))[0]
+    return await best_of_k(examples, llm, prompt=setup.prompt, k=setup.k, evidence=setup.evidence)
 
 
 async def _score(scorers: dict[str, Any], row: LabelRow, explanation: Explanation, examples: FeatureExamples, failures) -> None:

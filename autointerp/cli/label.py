@@ -15,6 +15,7 @@ from autointerp.store import Store
 # The job's modules (and the scorers behind bench.report) load torch, sklearn and the models: imported when
 # a job runs, so that `autointerp label --help` answers at once.
 if TYPE_CHECKING:
+    from autointerp.baseline import BaselineLabel
     from autointerp.batch_job import BatchProgress
     from autointerp.estimate import CostEstimate
     from autointerp.pipeline import FeatureResult, JobSummary
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 NAME = "label"
 HELP = "Label features with an LLM, score the labels on held-out contexts and store both (resumable)."
 LABEL_WIDTH = 48
+BASELINE_WIDTH = 28
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="explainer prompt: highlight | pairs | contrastive (default highlight)")
     parser.add_argument(
         "--k", type=int, help="candidate labels per feature; the best on the valid split is kept (default 1)"
+    )
+    parser.add_argument(
+        "--evidence",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show the explainer the train split's token counts (most frequent activating tokens, tokens before them)",
     )
     parser.add_argument("--concurrency", type=int, help="features (and remote requests) in flight (default 8)")
     parser.add_argument(
@@ -75,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         scorers=[s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else None,
         prompt=args.prompt,
         k=args.k,
+        evidence=args.evidence,
         concurrency=args.concurrency,
         base_url=args.base_url,
         prices=args.prices,
@@ -132,6 +141,19 @@ def score_cell(score: Score | None) -> str:
     return f"{cell} ({note})" if note else cell
 
 
+def baseline_cell(baseline: BaselineLabel | None) -> str:
+    """The non-LLM label and its embedding score, as the summary shows it beside the LLM's."""
+    from autointerp.bench.report import fmt_ci
+
+    if baseline is None:
+        return "-"
+    if baseline.label is None:
+        return textwrap.shorten(f"(none: {baseline.error})", BASELINE_WIDTH)
+    score = baseline.score
+    value = "-" if score is None else fmt_ci(score.value, None, None, 2)
+    return f"{textwrap.shorten(baseline.label, BASELINE_WIDTH)} ({value})"
+
+
 def print_labels(results: list[FeatureResult]) -> None:
     from autointerp.bench.report import headline
 
@@ -143,17 +165,20 @@ def print_labels(results: list[FeatureResult]) -> None:
                 str(r.feature),
                 textwrap.shorten(r.label or "", LABEL_WIDTH),
                 *(score_cell(headline(name, [s for s in r.scores if s.scorer == name])) for name in scorers),
+                baseline_cell(r.baseline),
             ]
             + (["(earlier run)"] if r.status == "already_done" else [""])
             for r in sorted(labeled, key=lambda r: r.feature)
         ]
         print()
-        print_table(["feature", "label", *scorers, ""], rows)
+        print_table(["feature", "label", *scorers, "baseline label (embedding auroc)", ""], rows)
     failed = [r for r in results if r.status == "failed"]
     if failed:
         print(f"\nfailed ({len(failed)}; no label stored, details in the failures table):")
         for r in failed:
             print(f"  feature {r.feature} at {r.stage}: {textwrap.shorten(r.error or '', 100)}")
+            if r.baseline is not None and r.baseline.label:
+                print(f"    baseline label: {baseline_cell(r.baseline)}")
     sparse = [r for r in results if r.status == "skipped_sparse"]
     if sparse:
         print(f"\nskipped as too sparse to label ({len(sparse)}): features {', '.join(str(r.feature) for r in sparse)}")
@@ -161,6 +186,12 @@ def print_labels(results: list[FeatureResult]) -> None:
 
 def print_summary(summary: JobSummary, db: str) -> None:
     print_labels(summary.results)
+    print_versus_baseline(summary)
+    duplicates = summary.near_duplicates()
+    if duplicates:
+        print(f"\nnear-duplicate labels across features ({len(duplicates)} pairs; the explainer may be repeating itself):")
+        for d in duplicates:
+            print(f"  {d.feature_a} ~ {d.feature_b} (cosine {d.similarity:.2f}): {textwrap.shorten(d.label_a, 60)!r}")
     counts, usage = summary.counts(), summary.usage
     print(
         f"\nrun {summary.run_id} {summary.status}: {counts['done']} labeled, {counts['already_done']} already done, "
@@ -187,6 +218,20 @@ def print_batch_state(state: BatchProgress, db: str) -> None:
         print(f"{len(open_)} provider batch(es) open: {ids}")
         print("run the same command again to collect finished batches and submit the next phase (or add --wait)")
     print(f"details: autointerp runs --db {db} --run {state.run_id}")
+
+
+def print_versus_baseline(summary: JobSummary) -> None:
+    from autointerp.bench.report import fmt_ci
+
+    compared = summary.versus_baseline()
+    wins, diff = compared["wins"], compared["mean_difference"]
+    if not wins["n"]:
+        return
+    print(
+        f"\nLLM label vs baseline on embedding AUROC, {wins['n']} features: LLM higher in "
+        f"{fmt_ci(wins['rate'], wins['ci_low'], wins['ci_high'], 2)} of them (ties half, 95% CI); "
+        f"mean difference {fmt_ci(diff['mean'], diff['ci_low'], diff['ci_high'], 3)}"
+    )
 
 
 def print_estimate(est: CostEstimate) -> None:

@@ -36,6 +36,7 @@ class LLM(Protocol):
     name: str
     supports_logprobs: bool
     supports_echo: bool
+    supports_grammar: bool  # chat() honours `grammar` (GBNF); others ignore it
 
     async def chat(
         self,
@@ -45,6 +46,7 @@ class LLM(Protocol):
         temperature: float = 0.0,
         top_logprobs: int | None = None,
         stage: str | None = None,
+        grammar: str | None = None,
     ) -> LLMResponse: ...
 
     async def complete(
@@ -57,3 +59,8 @@ class LLM(Protocol):
         echo: bool = False,
         stage: str | None = None,
     ) -> LLMResponse: ...
+
+
+def constrained(llm: LLM, grammar: str) -> dict[str, Any]:
+    """The keyword arguments that ask `llm` for an answer in `grammar` (GBNF): none for models that cannot."""
+    return {"grammar": grammar} if getattr(llm, "supports_grammar", False) else {}

@@ -52,6 +52,7 @@ class ProviderLLM:
     default_base_url: str = ""
     supports_logprobs: bool = True
     supports_echo: bool = True
+    supports_grammar: bool = False  # the server takes a GBNF `grammar` that constrains the answer (llama.cpp)
 
     def __init__(
         self,
@@ -110,13 +111,18 @@ class ProviderLLM:
         temperature: float = 0.0,
         top_logprobs: int | None = None,
         stage: str | None = None,
+        grammar: str | None = None,
     ) -> LLMResponse:
+        """`grammar` (GBNF) constrains the answer where the provider supports it (`supports_grammar`); it is
+        part of the request, hence of the cache key. Elsewhere it is left out and the caller's parser decides."""
         if top_logprobs is not None and not self.supports_logprobs:
             raise LLMCallError(
                 f"{self.name} gives no token logprobs; use an OpenAI-compatible model (openai:<model> or local) for this step",
                 "unsupported",
             )
         request = self._chat_request(messages, max_tokens, temperature, top_logprobs)
+        if grammar is not None and self.supports_grammar:
+            request["grammar"] = grammar
         prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
         return await self._call("chat", request, temperature, stage, estimate_tokens(prompt_chars, max_tokens))
 

@@ -207,6 +207,7 @@ class LocalLLM(OpenAICompatibleLLM):
 
     provider = "local"
     key_env = None
+    supports_grammar = True
     default_base_url = ""
 
     def __init__(self, *, base_url: str | None = None, **kwargs):

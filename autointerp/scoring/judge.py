@@ -7,11 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from autointerp.llm.base import LLM, LLMResponse
+from autointerp.llm.base import LLM, LLMResponse, constrained
 from autointerp.prompts import load_prompt
 from autointerp.records import Example, ItemJudgement
 from autointerp.scoring.common import gather_limited, judged_item
-from autointerp.scoring.llm_output import BINARY_VALUES, answer_slots, answer_values, digit_distribution
+from autointerp.scoring.llm_output import (
+    BINARY_VALUES,
+    answer_slots,
+    answer_values,
+    digit_distribution,
+    numbered_lines_grammar,
+)
 
 TOP_LOGPROBS = 5
 
@@ -50,6 +56,7 @@ async def judge(
             temperature=0.0,
             top_logprobs=TOP_LOGPROBS if use_logprobs else None,
             stage=stage,
+            **constrained(llm, numbered_lines_grammar(len(batch), BINARY_VALUES)),
         )
 
     responses = await gather_limited([lambda b=b: ask(b) for b in batches], concurrency)
@@ -79,6 +86,7 @@ async def judge(
             "completion_tokens": sum(r.usage.completion_tokens for r in responses),
         },
         "probabilities": "logprobs" if use_logprobs else "none",
+        "output_grammar": bool(constrained(llm, "")),
         "unparsed_outputs": unparsed_outputs[:3],
     }
     return judged, details

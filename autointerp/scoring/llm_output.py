@@ -15,6 +15,20 @@ _ASCII_NUMBER = re.compile(r"[0-9]+")
 _SLOT_PREFIX = re.compile(r"(?:^|\n)[\s*#>\-]*(?:context\s*)?(\d+)\**\s*[:.)=\-]+[ \t*]*$", re.I | re.A)
 
 
+def numbered_lines_grammar(n: int, values: range) -> str:
+    """GBNF for exactly `n` answer lines `1: v` .. `n: v`, each v one of `values` (what `answer_values` reads)."""
+    alternatives = " | ".join(f'"{v}"' for v in sorted(values, key=lambda v: -len(str(v))))
+    lines = ' "\\n" '.join(f'"{i}: " value' for i in range(1, n + 1))
+    return f"root ::= {lines}\nvalue ::= {alternatives}\n"
+
+
+def json_list_grammar(n: int, values: range) -> str:
+    """GBNF for a JSON list of exactly `n` integers from `values` (what `parse_json_predictions` reads)."""
+    alternatives = " | ".join(f'"{v}"' for v in sorted(values, key=lambda v: -len(str(v))))
+    items = ' ", " '.join(["value"] * n)
+    return f'root ::= "[" {items} "]"\nvalue ::= {alternatives}\n'
+
+
 def digit_distribution(top: dict[str, float], values: range = ACTIVATION_VALUES) -> dict[int, float] | None:
     """Probabilities over the allowed integers among one position's top logprobs, renormalised over those present.
 

@@ -23,7 +23,7 @@ from pydantic import NonNegativeInt, PositiveInt
 
 from autointerp import render
 from autointerp.errors import AutointerpError
-from autointerp.llm.base import LLM, LLMResponse
+from autointerp.llm.base import LLM, LLMResponse, constrained
 from autointerp.prompts import load_prompt
 from autointerp.records import Example, Explanation, FeatureExamples, ItemJudgement, Score
 from autointerp.scoring import items, metrics
@@ -33,6 +33,8 @@ from autointerp.scoring.llm_output import (
     answer_slots,
     echo_slot_tops,
     expected_value,
+    json_list_grammar,
+    numbered_lines_grammar,
 )
 
 MODES = ("echo", "chat_logprobs", "json")
@@ -171,6 +173,7 @@ class SimulationScorer:
                 temperature=0.0,
                 top_logprobs=self.top_logprobs,
                 stage=self.stage,
+                **constrained(self.llm, numbered_lines_grammar(len(tokens), ACTIVATION_VALUES)),
             )
 
         responses = await gather_limited([lambda t=t: ask(t) for t in token_lists], self.concurrency)
@@ -190,6 +193,7 @@ class SimulationScorer:
                 max_tokens=4 * len(tokens) + 8,
                 temperature=0.0,
                 stage=self.stage,
+                **constrained(self.llm, json_list_grammar(len(tokens), ACTIVATION_VALUES)),
             )
 
         responses = await gather_limited([lambda t=t: ask(t) for t in token_lists], self.concurrency)
