@@ -5,7 +5,7 @@ sees at once when the LLM did worse than counting tokens. No LLM call; ~50 ms a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from autointerp.bench.report import headline, mean_with_ci, win_rate
@@ -26,13 +26,13 @@ class BaselineLabel:
 
     def to_details(self) -> dict[str, Any]:
         """As stored in the LLM label's details["baseline"]."""
-        return {"label": self.label, "method": self.method, "error": self.error, "score": asdict(self.score) if self.score else None}
+        return {"label": self.label, "method": self.method, "error": self.error, "score": self.score.to_dict() if self.score else None}
 
     @classmethod
     def from_details(cls, data: dict[str, Any] | None) -> BaselineLabel | None:
         if not data:
             return None
-        score = Score(**data["score"]) if data.get("score") else None
+        score = Score.from_dict(data["score"]) if data.get("score") else None
         return cls(data.get("label"), data.get("method", ""), score, data.get("error"))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from autointerp.ranking import unreliable_reason
@@ -131,3 +131,12 @@ class Score:
         self.unreliable = unreliable_reason(
             self.value, self.n, int((self.details or {}).get("n_unparsed") or 0), self.imported
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields a stored copy needs: not `items` (their own table) nor the derived `unreliable`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "items"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        """The inverse of `to_dict`; derived keys (`unreliable`) are ignored."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.init and f.name in data})

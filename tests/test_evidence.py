@@ -148,3 +148,15 @@ def test_the_label_summary_shows_baselines_the_comparison_and_near_duplicates(ca
     assert "LLM label vs baseline on embedding AUROC, 3 features: LLM higher in 0.67" in out
     assert "near-duplicate labels across features (1 pairs" in out and "1 ~ 2 (cosine 1.00)" in out
     assert "baseline label: import, from (0.70)" in out
+
+
+def test_a_stored_baseline_reads_back_with_its_score():
+    """The baseline is kept in the label's details as JSON and read back when a rerun reports earlier labels."""
+    import json
+
+    from autointerp.baseline import BaselineLabel
+    from autointerp.records import Score
+
+    baseline = BaselineLabel("for, range", "token log-odds, train split", Score("embedding", "auroc", 0.7, 0.5, 0.9, 30))
+    again = BaselineLabel.from_details(json.loads(json.dumps(baseline.to_details())))
+    assert again == baseline and again.score.unreliable is None

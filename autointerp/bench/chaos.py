@@ -175,6 +175,9 @@ def chaos_run(
         done = runs = 0
         while done < kills:
             runs += 1
+            if runs > 2 * kills + FINAL_RUNS:  # the job keeps ending before a kill: something fails every time
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+                raise AutointerpError(f"the label command ended {runs - 1 - done} times before a kill (see {log}):\n{tail}")
             code = run_killed(command, db, rng.uniform(0, kill_spread_s), log)
             if code is None:
                 done += 1
