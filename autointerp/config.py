@@ -27,6 +27,7 @@ _FORBID_EXTRA = ConfigDict(extra="forbid")
 
 Count = Annotated[int, Field(ge=0, strict=True)]
 AtLeastOne = Annotated[int, Field(ge=1, strict=True)]
+Switch = Annotated[bool, Field(strict=True)]  # true or false, not "yes" or 1
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -141,7 +142,7 @@ class JobConfig:
     scorers: tuple[str, ...] = ("detection", "embedding")
     prompt: str = "highlight"  # highlight | pairs | contrastive
     k: AtLeastOne = 1  # candidate labels per feature; the best on the valid split is kept
-    evidence: bool = False  # add the train split's token counts (autointerp.evidence) to the explainer prompt
+    evidence: Switch = False  # add the train split's token counts (autointerp.evidence) to the explainer prompt
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     scorer_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     concurrency: AtLeastOne = 8  # features in flight, and LLM requests in flight for remote models
@@ -149,7 +150,7 @@ class JobConfig:
     rpm: Annotated[float, Field(gt=0, strict=True)] | None = None  # requests / tokens per minute allowed (None: unlimited)
     tpm: Annotated[float, Field(gt=0, strict=True)] | None = None
     prices: str | None = None  # TOML file overriding the built-in price table
-    batch: bool = False  # send the LLM requests as provider batches (openai, anthropic): half price, within 24 h
+    batch: Switch = False  # send the LLM requests as provider batches (openai, anthropic): half price, within 24 h
 
     @pydantic.field_validator("scorers")
     @classmethod

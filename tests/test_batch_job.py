@@ -294,5 +294,5 @@ def test_a_job_file_can_ask_for_batches(tmp_path):
     assert load_job_config(path).batch is True
     assert load_job_config(path).batch != load_job_config(None).batch
     path.write_text('batch = "yes"\n')
-    with pytest.raises(AutointerpError, match="batch .* must be true or false"):
+    with pytest.raises(AutointerpError, match="batch = 'yes'"):
         load_job_config(path)

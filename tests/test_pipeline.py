@@ -117,7 +117,7 @@ def test_job_file_and_flags(tmp_path):
     with pytest.raises(AutointerpError, match="evidence"):
         load_job_config(path)
     path.write_text('source = "s"\nk = true\n')
-    with pytest.raises(AutointerpError, match="wrong type"):
+    with pytest.raises(AutointerpError, match="k = True: Input should be a valid integer"):
         load_job_config(path)
     path.write_text("sorce = 's'\n")
     with pytest.raises(AutointerpError, match="unknown key"):
