@@ -17,12 +17,14 @@ from autointerp.bench.quality import (
     QualityConfig,
     config_from_dict,
     derangement,
+    job_for,
     load_config,
     metric_rows,
     run_quality,
 )
 from autointerp.config import SamplingConfig
 from autointerp.errors import AutointerpError
+from autointerp.pipeline import run_label_job
 from autointerp.store import Store
 from autointerp.store.bench_queries import run_usage
 from autointerp.store.jobs import list_runs
@@ -90,6 +92,37 @@ def test_two_runs_with_an_llm_give_identical_results_the_second_from_the_cache(s
     assert all(r.status == "done" and r.n_total == 3 and r.n_done + r.n_failed == 3 for r in api_runs)
     assert api_runs[0].cost_usd > 0 and api_runs[0].prompt_tokens > 0  # the rerun was billed nothing:
     assert api_runs[1].cost_usd == 0 and api_runs[1].prompt_tokens == 0
+
+
+def test_a_setup_is_the_labeling_job_same_requests_labels_and_scores(synthetic_db, tmp_path, paid_api):
+    """The bench runs the job's stages: the streaming job for the same setup asks nothing new of the
+    paid-API double (tests/doubles/paid_api.py) and stores the bench's labels and scores."""
+    paid_api.label_first = True  # explanations parse
+    db = tmp_path / "store.duckdb"
+    shutil.copy(synthetic_db, db)
+    cfg = QualityConfig(
+        n_features=3,
+        scorers=("embedding", "detection"),
+        scorer_model="openai:gpt-4o-mini",
+        base_url=paid_api.openai_base_url,
+        explainers=(ExplainerSetup("api-k2", "openai:gpt-4o-mini", prompt="pairs", k=2),),
+        shuffled_control=False,
+        sampling=SMALL_SAMPLING,
+        n_bootstrap=50,
+    )
+    result = run_quality(db, cfg)
+    asked = len(paid_api.received)
+    summary = run_label_job(Store(db), job_for(cfg, result.source, cfg.explainers[0]), progress=False)
+    assert len(paid_api.received) == asked > 0  # every request of the job was one the bench made
+    bench = {r.feature: r for r in result.labels if r.setup == "api-k2"}
+    done = {r.feature: r for r in summary.results if r.status == "done"}
+    assert sorted(done) == sorted(bench) == result.features
+    assert not [f for f in result.failures if f["stage"] == "explain"]
+    for feature, row in bench.items():
+        assert done[feature].label == row.label
+        job_scores = {(s.scorer, s.metric, s.subset): s.value for s in done[feature].scores}
+        bench_scores = {(name, s["metric"], s["subset"]): s["value"] for name, e in row.scores.items() for s in e["all"]}
+        assert job_scores == bench_scores
 
 
 def test_the_shuffled_control_is_billed_on_its_own_line(synthetic_db, tmp_path, paid_api):
