@@ -35,6 +35,15 @@ SMALL_SAMPLING = SamplingConfig(
 )
 
 
+def api_config(paid_api, **kwargs) -> QualityConfig:
+    """3 features; LLMs (explainer and detection judge) on the paid-API double (tests/doubles/paid_api.py)."""
+    defaults = dict(
+        n_features=3, scorers=("embedding", "detection"), scorer_model="openai:gpt-4o-mini",
+        base_url=paid_api.openai_base_url, sampling=SMALL_SAMPLING, n_bootstrap=50,
+    )
+    return QualityConfig(**{**defaults, **kwargs})
+
+
 @pytest.fixture(scope="module")
 def synthetic_db(tmp_path_factory):
     path = tmp_path_factory.mktemp("quality") / "synthetic.duckdb"
@@ -66,15 +75,7 @@ def test_two_runs_with_an_llm_give_identical_results_the_second_from_the_cache(s
     """The explainer and detection scorer are the paid-API double (tests/doubles/paid_api.py), not a real API."""
     db = tmp_path / "store.duckdb"
     shutil.copy(synthetic_db, db)
-    cfg = QualityConfig(
-        n_features=3,
-        scorers=("embedding", "detection"),
-        scorer_model="openai:gpt-4o-mini",
-        base_url=paid_api.openai_base_url,
-        explainers=(ExplainerSetup("api-pairs", "openai:gpt-4o-mini", prompt="pairs"),),
-        sampling=SMALL_SAMPLING,
-        n_bootstrap=200,
-    )
+    cfg = api_config(paid_api, explainers=(ExplainerSetup("api-pairs", "openai:gpt-4o-mini", prompt="pairs"),), n_bootstrap=200)
     first = run_quality(db, cfg, tmp_path / "first")
     asked = len(paid_api.received)
     assert asked > 0
@@ -100,19 +101,11 @@ def test_a_setup_is_the_labeling_job_same_requests_labels_and_scores(synthetic_d
     paid_api.label_first = True  # explanations parse
     db = tmp_path / "store.duckdb"
     shutil.copy(synthetic_db, db)
-    cfg = QualityConfig(
-        n_features=3,
-        scorers=("embedding", "detection"),
-        scorer_model="openai:gpt-4o-mini",
-        base_url=paid_api.openai_base_url,
-        explainers=(ExplainerSetup("api-k2", "openai:gpt-4o-mini", prompt="pairs", k=2),),
-        shuffled_control=False,
-        sampling=SMALL_SAMPLING,
-        n_bootstrap=50,
-    )
+    setup = ExplainerSetup("api-k2", "openai:gpt-4o-mini", prompt="pairs", k=2)
+    cfg = api_config(paid_api, explainers=(setup,), shuffled_control=False)
     result = run_quality(db, cfg)
     asked = len(paid_api.received)
-    summary = run_label_job(Store(db), job_for(cfg, result.source, cfg.explainers[0]), progress=False)
+    summary = run_label_job(Store(db), job_for(cfg, result.source, setup), progress=False)
     assert len(paid_api.received) == asked > 0  # every request of the job was one the bench made
     bench = {r.feature: r for r in result.labels if r.setup == "api-k2"}
     done = {r.feature: r for r in summary.results if r.status == "done"}
@@ -130,15 +123,7 @@ def test_the_shuffled_control_is_billed_on_its_own_line(synthetic_db, tmp_path, 
     The detection judge is the paid-API double (tests/doubles/paid_api.py); the labels are the baseline's."""
     db = tmp_path / "store.duckdb"
     shutil.copy(synthetic_db, db)
-    cfg = QualityConfig(
-        n_features=3,
-        scorers=("detection",),
-        scorer_model="openai:gpt-4o-mini",
-        base_url=paid_api.openai_base_url,
-        explainers=(),
-        sampling=SMALL_SAMPLING,
-        n_bootstrap=50,
-    )
+    cfg = api_config(paid_api, scorers=("detection",), explainers=())
     result = run_quality(db, cfg, tmp_path / "out")
     control = BASELINE + SHUFFLED_SUFFIX
     with Store(db, read_only=True) as store:
