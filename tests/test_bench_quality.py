@@ -17,12 +17,14 @@ from autointerp.bench.quality import (
     QualityConfig,
     config_from_dict,
     derangement,
+    job_for,
     load_config,
     metric_rows,
     run_quality,
 )
 from autointerp.config import SamplingConfig
 from autointerp.errors import AutointerpError
+from autointerp.pipeline import run_label_job
 from autointerp.store import Store
 from autointerp.store.bench_queries import run_usage
 from autointerp.store.jobs import list_runs
@@ -31,6 +33,15 @@ SMALL_SAMPLING = SamplingConfig(
     n_train_top=5, n_train_quantile=3, n_quantiles=3, n_valid_positives=3, n_valid_random_negatives=2,
     n_valid_hard_negatives=2, n_test_positives=8, n_test_random_negatives=4, n_test_hard_negatives=4,
 )
+
+
+def api_config(paid_api, **kwargs) -> QualityConfig:
+    """3 features; LLMs (explainer and detection judge) on the paid-API double (tests/doubles/paid_api.py)."""
+    defaults = dict(
+        n_features=3, scorers=("embedding", "detection"), scorer_model="openai:gpt-4o-mini",
+        base_url=paid_api.openai_base_url, sampling=SMALL_SAMPLING, n_bootstrap=50,
+    )
+    return QualityConfig(**{**defaults, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +75,7 @@ def test_two_runs_with_an_llm_give_identical_results_the_second_from_the_cache(s
     """The explainer and detection scorer are the paid-API double (tests/doubles/paid_api.py), not a real API."""
     db = tmp_path / "store.duckdb"
     shutil.copy(synthetic_db, db)
-    cfg = QualityConfig(
-        n_features=3,
-        scorers=("embedding", "detection"),
-        scorer_model="openai:gpt-4o-mini",
-        base_url=paid_api.openai_base_url,
-        explainers=(ExplainerSetup("api-pairs", "openai:gpt-4o-mini", prompt="pairs"),),
-        sampling=SMALL_SAMPLING,
-        n_bootstrap=200,
-    )
+    cfg = api_config(paid_api, explainers=(ExplainerSetup("api-pairs", "openai:gpt-4o-mini", prompt="pairs"),), n_bootstrap=200)
     first = run_quality(db, cfg, tmp_path / "first")
     asked = len(paid_api.received)
     assert asked > 0
@@ -92,20 +95,35 @@ def test_two_runs_with_an_llm_give_identical_results_the_second_from_the_cache(s
     assert api_runs[1].cost_usd == 0 and api_runs[1].prompt_tokens == 0
 
 
+def test_a_setup_is_the_labeling_job_same_requests_labels_and_scores(synthetic_db, tmp_path, paid_api):
+    """The bench runs the job's stages: the streaming job for the same setup asks nothing new of the
+    paid-API double (tests/doubles/paid_api.py) and stores the bench's labels and scores."""
+    paid_api.label_first = True  # explanations parse
+    db = tmp_path / "store.duckdb"
+    shutil.copy(synthetic_db, db)
+    setup = ExplainerSetup("api-k2", "openai:gpt-4o-mini", prompt="pairs", k=2)
+    cfg = api_config(paid_api, explainers=(setup,), shuffled_control=False)
+    result = run_quality(db, cfg)
+    asked = len(paid_api.received)
+    summary = run_label_job(Store(db), job_for(cfg, result.source, setup), progress=False)
+    assert len(paid_api.received) == asked > 0  # every request of the job was one the bench made
+    bench = {r.feature: r for r in result.labels if r.setup == "api-k2"}
+    done = {r.feature: r for r in summary.results if r.status == "done"}
+    assert sorted(done) == sorted(bench) == result.features
+    assert not [f for f in result.failures if f["stage"] == "explain"]
+    for feature, row in bench.items():
+        assert done[feature].label == row.label
+        job_scores = {(s.scorer, s.metric, s.subset): s.value for s in done[feature].scores}
+        bench_scores = {(name, s["metric"], s["subset"]): s["value"] for name, e in row.scores.items() for s in e["all"]}
+        assert job_scores == bench_scores
+
+
 def test_the_shuffled_control_is_billed_on_its_own_line(synthetic_db, tmp_path, paid_api):
     """The control scores other features' labels with the same scorer: its calls are not the setup's cost.
     The detection judge is the paid-API double (tests/doubles/paid_api.py); the labels are the baseline's."""
     db = tmp_path / "store.duckdb"
     shutil.copy(synthetic_db, db)
-    cfg = QualityConfig(
-        n_features=3,
-        scorers=("detection",),
-        scorer_model="openai:gpt-4o-mini",
-        base_url=paid_api.openai_base_url,
-        explainers=(),
-        sampling=SMALL_SAMPLING,
-        n_bootstrap=50,
-    )
+    cfg = api_config(paid_api, scorers=("detection",), explainers=())
     result = run_quality(db, cfg, tmp_path / "out")
     control = BASELINE + SHUFFLED_SUFFIX
     with Store(db, read_only=True) as store:

@@ -1,11 +1,15 @@
 """The label-quality benchmark: explainer setups (model, prompt, k) compared on one frozen feature set.
 
 The features are chosen by seed across density strata and sampled once, so every setup is scored on the
-same test contexts. Every report carries two controls: the non-LLM baseline explainer (an LLM explainer has
-to beat it) and shuffled labels (each feature scored with another feature's label from the same setup; the
-gap to the real labels is the scorer's headroom). Scorer agreement is the Spearman correlation of the
-scorers' headline scores across labels. Tokens and cost come from the LLM ledger; a rerun is answered by the
-call cache and reproduces every figure.
+same test contexts. Each setup is a labeling job (`job_for`) run through the job's own stages
+(`autointerp.stages`: sample, explain with best of k, score), so the bench measures what `autointerp label`
+produces, with the same requests (a later job for the same setup is answered by the call cache).
+
+Every report carries two controls: the non-LLM baseline explainer (an LLM explainer has to beat it) and
+shuffled labels (each feature scored with another feature's label from the same setup; the gap to the real
+labels is the scorer's headroom). Scorer agreement is the Spearman correlation of the scorers' headline scores
+across labels. Tokens and cost come from the LLM ledger; a rerun is answered by the call cache and reproduces
+every figure.
 
     python -m autointerp.bench.quality --db demo/demo.duckdb --config data/bench.toml [--out DIR]
 """
@@ -24,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from autointerp import stages
 from autointerp.bench import report
-from autointerp.config import SamplingConfig, from_dict, load_toml
+from autointerp.config import JobConfig, SamplingConfig, from_dict, load_toml
 from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, FeatureExamples
 from autointerp.resources import DATA_DIR
@@ -147,28 +152,36 @@ def derangement(items: list[int], seed: int) -> dict[int, int]:
     return {int(order[i]): int(order[(i + 1) % len(order)]) for i in range(len(order))}
 
 
-async def _explain(setup: ExplainerSetup, examples: FeatureExamples, llm) -> Explanation:
-    from autointerp.explain import best_of_k, explain, explain_baseline
+def job_for(cfg: QualityConfig, source: str, setup: ExplainerSetup = ExplainerSetup(BASELINE, BASELINE)) -> JobConfig:
+    """The labeling job one setup is: the bench runs its stages (`autointerp.stages`), not a copy of them."""
+    return JobConfig(
+        source=source, features=f"auto:{cfg.n_features}", explainer=setup.explainer, simulator=cfg.scorer_model,
+        scorers=cfg.scorers, prompt=setup.prompt, k=setup.k, evidence=setup.evidence, sampling=cfg.sampling,
+        scorer_options=cfg.scorer_options, concurrency=cfg.concurrency, base_url=cfg.base_url,
+    )
 
-    if setup.explainer == BASELINE:
+
+async def _explain(job: JobConfig, examples: FeatureExamples, llm) -> Explanation:
+    from autointerp.explain import explain_baseline
+
+    if job.explainer == BASELINE:
         return explain_baseline(examples)
-    if setup.k == 1:
-        return (await explain(examples, llm, prompt=setup.prompt, k=1, evidence=setup.evidence))[0]
-    return await best_of_k(examples, llm, prompt=setup.prompt, k=setup.k, evidence=setup.evidence)
+    return await stages.explain(examples, llm, job)
 
 
-async def _score(scorers: dict[str, Any], row: LabelRow, explanation: Explanation, examples: FeatureExamples, failures) -> None:
-    for name, scorer in scorers.items():
+async def _score(job: JobConfig, scorer_llm, row: LabelRow, explanation: Explanation, examples: FeatureExamples, failures) -> None:
+    """The job's score stage, one scorer at a time: a scorer that fails leaves the others' scores in the report."""
+    for scorer in stages.make_scorers(job, lambda _spec: scorer_llm):
         try:
-            scores = await scorer.score(explanation, examples, split="test")
+            scores = await stages.score(explanation, examples, [scorer])
         except AutointerpError as exc:
-            failures.append({"setup": row.setup, "feature": row.feature, "stage": f"score:{name}", "error": str(exc)})
+            failures.append({"setup": row.setup, "feature": row.feature, "stage": f"score:{scorer.name}", "error": str(exc)})
             continue
-        best = report.headline(name, scores)
+        best = report.headline(scorer.name, scores)
         if best is None or best.value is None:
             why = (best.details.get("note") if best else None) or "undefined: unparsed answers or a single class"
-            failures.append({"setup": row.setup, "feature": row.feature, "stage": f"score:{name}", "error": why})
-        row.scores[name] = {
+            failures.append({"setup": row.setup, "feature": row.feature, "stage": f"score:{scorer.name}", "error": why})
+        row.scores[scorer.name] = {
             "headline": best.value if best else None,
             "headline_metric": best.metric if best else None,
             "all": [
@@ -179,15 +192,15 @@ async def _score(scorers: dict[str, Any], row: LabelRow, explanation: Explanatio
 
 
 async def _run_setups(store: Store, cfg: QualityConfig, source: str, examples: dict[int, FeatureExamples], densities):
-    from autointerp.llm import make_llm
-    from autointerp.pipeline import new_run_id
-    from autointerp.scoring import NEEDS_LLM, make_scorer
+    from autointerp.pipeline import make_job_llm, new_run_id
+    from autointerp.scoring import NEEDS_LLM
     from autointerp.scoring.common import gather_limited
 
     labels: list[LabelRow] = []
     failures: list[dict[str, Any]] = []
     run_ids: dict[str, str] = {}
     for setup in cfg.setups():
+        job = job_for(cfg, source, setup)
         run_id = run_ids[setup.name] = new_run_id("bench")
         _start_run(store, run_id, cfg, setup, source, sorted(examples))
         control_run_id = None
@@ -197,38 +210,33 @@ async def _run_setups(store: Store, cfg: QualityConfig, source: str, examples: d
         status, explainer, scorer_llm, control_llm = "failed", None, None, None
         try:
             if setup.explainer != BASELINE:
-                explainer = make_llm(setup.explainer, store=store, run_id=run_id, base_url=cfg.base_url)
+                explainer = make_job_llm(job.explainer, job, store=store, run_id=run_id)
             if set(cfg.scorers) & NEEDS_LLM:
-                scorer_llm = make_llm(cfg.scorer_model, store=store, run_id=run_id, base_url=cfg.base_url)
+                simulator = stages.simulator_spec(job)
+                scorer_llm = make_job_llm(simulator, job, store=store, run_id=run_id)
                 if control_run_id:
-                    control_llm = make_llm(cfg.scorer_model, store=store, run_id=control_run_id, base_url=cfg.base_url)
-
-            def make_scorers(llm):
-                return {n: make_scorer(n, llm if n in NEEDS_LLM else None, **cfg.scorer_options.get(n, {})) for n in cfg.scorers}
-
-            scorers = make_scorers(scorer_llm)
+                    control_llm = make_job_llm(simulator, job, store=store, run_id=control_run_id)
             explained: dict[int, Explanation] = {}
 
             async def one(feature: int) -> None:
                 try:
-                    expl = await _explain(setup, examples[feature], explainer)
+                    expl = await _explain(job, examples[feature], explainer)
                 except AutointerpError as exc:
                     failures.append({"setup": setup.name, "feature": feature, "stage": "explain", "error": str(exc)})
                     return
                 explained[feature] = expl
                 row = LabelRow(setup.name, feature, densities.get(feature, float("nan")), expl.label, feature)
-                await _score(scorers, row, expl, examples[feature], failures)
+                await _score(job, scorer_llm, row, expl, examples[feature], failures)
                 labels.append(row)
 
             await gather_limited([lambda f=f: one(f) for f in examples], cfg.concurrency)
             if control_run_id:
                 lender = derangement(sorted(explained), cfg.seed)
-                control_scorers = make_scorers(control_llm)
 
                 async def control(feature: int) -> None:
                     expl = explained[lender[feature]]
                     row = LabelRow(setup.name + SHUFFLED_SUFFIX, feature, densities.get(feature, float("nan")), expl.label, lender[feature])
-                    await _score(control_scorers, row, dataclasses.replace(expl, feature=feature), examples[feature], failures)
+                    await _score(job, control_llm, row, dataclasses.replace(expl, feature=feature), examples[feature], failures)
                     labels.append(row)
 
                 await gather_limited([lambda f=f: control(f) for f in sorted(lender)], cfg.concurrency)
@@ -303,18 +311,19 @@ def _usage_per_feature(store: Store, run_ids: dict[str, str], n_features: int) -
 def run_quality(db: str | Path, cfg: QualityConfig, out_dir: str | Path | None = None) -> QualityResult:
     """Run every setup on the frozen feature set of `db`; write the tables and figures when `out_dir` is given."""
     from autointerp.pipeline import resolve_features
-    from autointerp.sampling import sample_many
 
     started = time.monotonic()
     if not Path(db).exists():
         raise AutointerpError(f"no store at {db}: run `make demo` (or `autointerp collect`) first, or pass --db")
     with Store(db) as store:
         source = _resolve_source(store, cfg.source)
+        job = job_for(cfg, source.name)
         with store.reading() as con:
-            features = resolve_features(con, source, f"auto:{cfg.n_features}", cfg.sampling)
+            features = resolve_features(con, source, job.features, job.sampling)
         densities = _densities(store, source.source_id)
         examples, failures = {}, []
-        for feature, got in sample_many(store, source.name, features, cfg.sampling):
+        # auto-chosen features all fire: every one is sampled
+        for feature, got in stages.sample_features(store, job, source, features, firing=set(features)):
             if isinstance(got, AutointerpError):
                 failures.append({"setup": "*", "feature": feature, "stage": "sample", "error": str(got)})
             else:
