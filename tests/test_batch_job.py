@@ -254,7 +254,6 @@ def test_the_cli_runs_a_batch_job_step_by_step_and_shows_its_batches(tmp_path, l
     make_db(db).close()
     argv = ["label", "--db", db, "--source", "synthetic", "--features", f"0-{N_FEATURES - 1}", "--explainer",
             MODELS["openai"], "--scorers", "embedding", "--base-url", labeling_api.openai_base_url, "--batch", "--quiet"]
-    (job_file := tmp_path / "job.toml").write_text("[sampling]\\nmin_active_contexts = 8\\n")
     assert main([*argv, "--dry-run"]) == 0
     assert "with --batch" in capsys.readouterr().out
     assert main(argv) == 0

@@ -3,7 +3,6 @@ the LLM label, and near-duplicate labels across features."""
 
 import asyncio
 import dataclasses
-import re
 
 from doubles_llm import ScriptedLLMDouble
 from handmade_examples import ANIMALS, animal_feature

@@ -16,7 +16,7 @@ from autointerp import catalog
 from autointerp.cli import main as cli
 from autointerp.errors import AutointerpError
 from autointerp.exchange import export_labels, import_labels
-from autointerp.records import Explanation, Score
+from autointerp.records import Score
 from autointerp.store import Store
 from catalog_fixtures import FEATURES_A, SOURCE_A, SOURCE_B, catalog_copy
 
