@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from autointerp.bench.report import headline, mean_with_ci, win_rate
+from autointerp import ranking
+from autointerp.bench.report import mean_with_ci, win_rate
 from autointerp.errors import AutointerpError
 from autointerp.explain import explain_baseline
 from autointerp.records import FeatureExamples, Score
@@ -44,7 +45,7 @@ async def score_baseline(examples: FeatureExamples, scorer_options: dict[str, An
         return BaselineLabel(None, "token log-odds, train split", error=str(exc))
     method = explanation.details.get("method", "")
     scores = await make_scorer(SCORER, None, **(scorer_options or {})).score(explanation, examples, split="test")
-    return BaselineLabel(explanation.label, method, headline(SCORER, scores))
+    return BaselineLabel(explanation.label, method, ranking.headline(scores, SCORER, reliable_only=False))
 
 
 def llm_vs_baseline(pairs: list[tuple[Score | None, Score | None]]) -> dict[str, Any]:

@@ -35,9 +35,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from autointerp import __version__
-from autointerp import stages
+from autointerp import ranking, stages
 from autointerp.baseline import BaselineLabel, llm_vs_baseline, score_baseline
-from autointerp.bench.report import headline
 from autointerp.catalog import load_labels
 from autointerp.config import JobConfig, SamplingConfig, config_hash
 from autointerp.errors import AutointerpError
@@ -122,7 +121,7 @@ class JobSummary:
     def versus_baseline(self) -> dict[str, Any]:
         """How often the LLM label beats the non-LLM baseline on the embedding score (paired over features)."""
         return llm_vs_baseline(
-            [(headline("embedding", [s for s in r.scores if s.scorer == "embedding"]), r.baseline.score)
+            [(ranking.headline(r.scores, "embedding", reliable_only=False), r.baseline.score)
              for r in self.labeled() if r.baseline]
         )
 
