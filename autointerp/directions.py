@@ -18,7 +18,10 @@ import torch
 from autointerp.collect.features import CFG, NEURONS, SAE_PREFIX, SAELENS_WEIGHTS, SPARSIFY_WEIGHTS, _read_safetensors, _tensor
 from autointerp.collect.models import SubjectModel
 from autointerp.errors import AutointerpError
+from autointerp.resources import data_file
 from autointerp.store.activations import SourceInfo
+
+NEUTRAL_PROMPTS = "neutral_prompts.txt"
 
 
 @dataclass
@@ -63,6 +66,24 @@ def decoder_rows(folder: Path, features: Sequence[int]) -> torch.Tensor:
     weights = _read_safetensors(folder / name)
     W_dec = _tensor(weights, "W_dec", folder, ndim=2)
     return W_dec[list(features)]
+
+
+def neutral_prompts() -> list[str]:
+    """The shipped neutral prompts (data/neutral_prompts.txt) that amplification and steering start from."""
+    lines = data_file(NEUTRAL_PROMPTS).read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.startswith("#")]
+
+
+def amplified(directions: FeatureDirections, max_activations: Sequence[float], factor: float) -> torch.Tensor:
+    """Steering vectors that add each feature at `factor` times its largest activation in the store.
+
+    Scaling by the feature's own maximum keeps the strength in the units the feature actually writes at, so one
+    factor means the same for a neuron and an SAE latent with differently normed directions.
+    """
+    scale = torch.tensor([float(m) for m in max_activations], dtype=torch.float32)
+    if scale.shape[0] != directions.vectors.shape[0] or not torch.isfinite(scale).all():
+        raise AutointerpError("need one finite max activation per feature to scale its direction")
+    return directions.vectors * (factor * scale)[:, None]
 
 
 @contextlib.contextmanager

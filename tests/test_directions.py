@@ -9,7 +9,7 @@ import torch
 from safetensors.numpy import save_file
 
 from autointerp.collect.models import load_subject_model
-from autointerp.directions import feature_directions, steering
+from autointerp.directions import amplified, feature_directions, neutral_prompts, steering
 from autointerp.errors import AutointerpError
 from autointerp.store.activations import SourceInfo
 
@@ -83,3 +83,16 @@ def test_sources_without_a_direction_or_features_outside_them_are_refused(tmp_pa
         feature_directions(source(), [1536], subject)
     with pytest.raises(AutointerpError, match="is gone"):
         feature_directions(source("sae", {"features": f"sae:{tmp_path / 'nope'}"}, width=8), [0], subject)
+
+
+def test_amplified_vectors_scale_each_direction_by_its_max_activation(subject):
+    directions = feature_directions(source(), [3, 4], subject)
+    vectors = amplified(directions, [2.0, 0.5], factor=4)
+    torch.testing.assert_close(vectors, directions.vectors * torch.tensor([[8.0], [2.0]]))
+    with pytest.raises(AutointerpError, match="one finite max activation per feature"):
+        amplified(directions, [float("nan"), 1.0], factor=4)
+
+
+def test_the_neutral_prompts_ship_with_the_package():
+    prompts = neutral_prompts()
+    assert len(prompts) >= 20 and not any(p.startswith("#") for p in prompts)
