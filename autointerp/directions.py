@@ -33,15 +33,7 @@ class FeatureDirections:
 
 def feature_directions(source: SourceInfo, features: Sequence[int], model: SubjectModel) -> FeatureDirections:
     """The write directions of `features` of a collected source (neurons or a residual-stream SAE)."""
-    if source.layer is None or source.feature_kind not in ("neurons", "sae"):
-        raise AutointerpError(
-            f"source {source.name!r} holds {source.feature_kind} features without a known write direction; "
-            "output evidence and steering need a source collected from neurons or an SAE"
-        )
-    features = [int(f) for f in features]
-    if source.width is not None and any(not 0 <= f < source.width for f in features):
-        bad = next(f for f in features if not 0 <= f < source.width)
-        raise AutointerpError(f"feature {bad} is not in source {source.name!r} (features 0..{source.width - 1})")
+    features = require_directions(source, features)
     spec = source.config.get("features", NEURONS)
     if spec == NEURONS:
         weight = model.mlp_out_proj(source.layer).weight  # [d_model, d_mlp]
@@ -56,6 +48,21 @@ def feature_directions(source: SourceInfo, features: Sequence[int], model: Subje
             f"has size {model.d_model}: it was collected from another model"
         )
     return FeatureDirections(layer=source.layer, features=features, vectors=vectors.float().cpu().contiguous())
+
+
+def require_directions(source: SourceInfo, features: Sequence[int]) -> list[int]:
+    """`features` as ints, or one clear error when the source has no write directions or lacks a feature;
+    callers that load a model first can check with this before they do."""
+    if source.layer is None or source.feature_kind not in ("neurons", "sae"):
+        raise AutointerpError(
+            f"source {source.name!r} holds {source.feature_kind} features without a known write direction; "
+            "output evidence and steering need a source collected from neurons or an SAE"
+        )
+    features = [int(f) for f in features]
+    if source.width is not None and any(not 0 <= f < source.width for f in features):
+        bad = next(f for f in features if not 0 <= f < source.width)
+        raise AutointerpError(f"feature {bad} is not in source {source.name!r} (features 0..{source.width - 1})")
+    return features
 
 
 def decoder_rows(folder: Path, features: Sequence[int]) -> torch.Tensor:

@@ -48,6 +48,35 @@ class Split:
 
 
 @dataclass
+class TokenEffect:
+    token: str  # the token decoded on its own, as a reader sees it
+    token_id: int
+    value: float
+
+
+@dataclass
+class OutputEffects:
+    promoted: list[TokenEffect]  # largest value first
+    suppressed: list[TokenEffect]  # most negative value first
+
+
+@dataclass
+class OutputEvidence:
+    """What a feature does to the next-token prediction (`autointerp.output_evidence`), as stored.
+
+    logit_lens: its direction through the final norm and unembedding (value: logit); amplification: the mean
+    change in next-token probability when it is amplified on neutral prompts. Either is None until computed.
+    `provenance` holds each computed method's settings (model, layer, factor, prompt-file hash, ...).
+    """
+
+    source: str
+    feature: int
+    logit_lens: OutputEffects | None = None
+    amplification: OutputEffects | None = None
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class FeatureExamples:
     """A feature's evidence, split so that nothing shown to the explainer is used to score it.
 
@@ -65,6 +94,7 @@ class FeatureExamples:
     sampling_config: dict[str, Any]
     seed: int
     notes: list[str] = field(default_factory=list)  # e.g. "only 7 of 20 hard negatives found"
+    output: OutputEvidence | None = None  # stored output evidence, for the output and combined explainer prompts
 
 
 @dataclass

@@ -1,21 +1,42 @@
 """Output evidence on the bundled model: the logit lens and amplification agree with direct computations through
-the model's own modules."""
+the model's own modules, and `compute_effects` stores them with their provenance, at collection and on demand."""
 
 import pytest
 import torch
 
+from autointerp.collect.collector import CollectConfig, collect
 from autointerp.collect.models import load_subject_model
 from autointerp.directions import feature_directions
-from autointerp.errors import AutointerpError
-from autointerp.output_evidence import logit_lens
-from autointerp.store.activations import SourceInfo
+from autointerp.errors import AutointerpError, NotFound
+from autointerp.output_evidence import amplification, compute_effects, logit_lens, prompts_sha256
+from autointerp.store import Store
+from autointerp.store.activations import SourceInfo, create_source, get_source
+from autointerp.store.output_evidence_queries import load_output_evidence
 
 LAYER = 3
+PROMPTS = ["The", "I think that", "She said that", "In the morning, we"]  # lengths 1, 3, 3, 5 tokens
 
 
 @pytest.fixture(scope="module")
 def subject():
     return load_subject_model("smollm2", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory, subject):
+    """A small real neuron source of the bundled model, collected here (the logit lens is stored with it)."""
+    path = tmp_path_factory.mktemp("effects") / "store.duckdb"
+    with Store(path, create=True) as store:
+        cfg = CollectConfig(layer=LAYER, tokens=256, context_len=32, batch_size=4, chunk_tokens=128)
+        report = collect(store, cfg, subject=subject, progress=False)
+    return path, report.source
+
+
+def assert_same_effects(got, want):
+    """Same tokens in the same order; values equal up to float32 rounding (matrix products split differently)."""
+    for side in ("promoted", "suppressed"):
+        assert [(e.token, e.token_id) for e in getattr(got, side)] == [(e.token, e.token_id) for e in getattr(want, side)]
+        assert [e.value for e in getattr(got, side)] == pytest.approx([e.value for e in getattr(want, side)], rel=1e-4, abs=1e-6)
 
 
 def neuron_source(width=1536):
@@ -42,3 +63,100 @@ def test_logit_lens_equals_the_models_own_final_norm_and_head(subject):
 def test_logit_lens_refuses_vectors_of_the_wrong_size(subject):
     with pytest.raises(AutointerpError, match=r"shape \[n, 576\]"):
         logit_lens(subject, torch.zeros(2, 10))
+
+
+def direct_probability_change(subject, neuron, delta, prompts):
+    """Mean over prompts of P(next token) with the neuron's activation raised by `delta` (a pre-hook on down_proj,
+    one unbatched plain forward pass per prompt) minus P(next token) without."""
+    def bump(_module, inputs):
+        x = inputs[0].clone()
+        x[..., neuron] += delta
+        return (x,)
+
+    changes = []
+    for prompt in prompts:
+        ids = torch.tensor([subject.tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            before = subject.model(ids).logits[0, -1].softmax(-1)
+            handle = subject.mlp_out_proj(LAYER).register_forward_pre_hook(bump)
+            try:
+                after = subject.model(ids).logits[0, -1].softmax(-1)
+            finally:
+                handle.remove()
+        changes.append(after - before)
+    return torch.stack(changes).mean(0)
+
+
+def test_amplification_matches_raising_the_neuron_in_plain_forward_passes(subject):
+    features, maxima, factor = [11, 42, 300], [1.5, 2.0, 0.8], 6.0
+    directions = feature_directions(neuron_source(), features, subject)
+    # batch_sequences=4: several passes per length group and one feature per pass for the longer groups
+    got = amplification(subject, directions, maxima, factor=factor, prompts=PROMPTS, k=5, batch_sequences=4)
+    for feature, m, effects in zip(features, maxima, got):
+        direct = direct_probability_change(subject, feature, factor * m, PROMPTS)
+        assert [e.token_id for e in effects.promoted] == direct.topk(5).indices.tolist()
+        assert [e.token_id for e in effects.suppressed] == (-direct).topk(5).indices.tolist()
+        torch.testing.assert_close(torch.tensor([e.value for e in effects.promoted]), direct.topk(5).values, rtol=1e-3, atol=1e-5)
+        assert effects.promoted[0].value > 0 > effects.suppressed[-1].value
+
+
+def test_collection_stores_the_logit_lens_of_every_firing_feature(collected, subject):
+    path, source = collected
+    with Store(path, read_only=True) as store:
+        info = get_source(store.con, source)
+        firing = [f for (f,) in store.con.execute("SELECT feature FROM feature_stats WHERE source_id = ?", [info.source_id]).fetchall()]
+        stored = load_output_evidence(store.con, info.source_id, source, range(1536))
+    assert sorted(stored) == sorted(firing) and len(firing) > 10
+    feature = firing[0]
+    evidence = stored[feature]
+    assert evidence.amplification is None and "amplification" not in evidence.provenance
+    expected = logit_lens(subject, feature_directions(info, [feature], subject).vectors)[0]
+    assert_same_effects(evidence.logit_lens, expected)
+    assert evidence.provenance["logit_lens"]["model"] == "smollm2" and evidence.provenance["logit_lens"]["layer"] == LAYER
+
+
+def test_effects_stores_amplification_with_its_provenance(collected, subject):
+    path, source = collected
+    with Store(path) as store:
+        info = get_source(store.con, source)
+        features = [f for (f,) in store.con.execute(
+            "SELECT feature FROM feature_stats WHERE source_id = ? ORDER BY n_active_tokens DESC LIMIT 2", [info.source_id]
+        ).fetchall()]
+        maxima = dict(store.con.execute("SELECT feature, max_value FROM feature_stats WHERE source_id = ?", [info.source_id]).fetchall())
+        store.close()
+        report = compute_effects(store, source, features, model=subject, factor=4.0, prompts=PROMPTS[:2], k=3)
+        stored = load_output_evidence(store.con, info.source_id, source, features)
+    assert report.n_features == 2 and report.methods == ["logit_lens", "amplification"]
+    assert report.cpu_seconds["amplification"] > 0
+    directions = feature_directions(info, features, subject)
+    expected = amplification(subject, directions, [maxima[f] for f in features], factor=4.0, prompts=PROMPTS[:2], k=3)
+    for feature, want in zip(features, expected):
+        got = stored[feature]
+        assert_same_effects(got.amplification, want)
+        prov = got.provenance["amplification"]
+        assert prov["factor"] == 4.0 and prov["n_prompts"] == 2 and prov["model"] == "smollm2"
+        assert prov["prompts_sha256"] == prompts_sha256(PROMPTS[:2]) != prompts_sha256(None)
+        assert prov["max_activation"] == pytest.approx(maxima[feature])
+
+
+def test_effects_refuses_unknown_and_silent_features_and_imported_sources(collected, subject, tmp_path):
+    path, source = collected
+    with Store(path) as store:
+        info = get_source(store.con, source)
+        silent = next(f for f in range(1536) if store.con.execute(
+            "SELECT count(*) FROM feature_stats WHERE source_id = ? AND feature = ?", [info.source_id, f]).fetchone()[0] == 0)
+        store.close()
+        with pytest.raises(AutointerpError, match="feature 1536 is not in source"):
+            compute_effects(store, source, [1536], model=subject)
+        with pytest.raises(NotFound, match=f"feature {silent} of source .* never fires"):
+            compute_effects(store, source, [silent], model=subject, prompts=PROMPTS[:1])
+        with pytest.raises(NotFound, match="unknown source 'nope'"):
+            compute_effects(store, "nope", [1], model=subject)
+        with store.writing() as con:
+            create_source(con, "imp", model=None, hookpoint=None, layer=None, feature_kind="imported", width=4,
+                          context_len=8, config={})
+        with pytest.raises(AutointerpError, match="'imp' holds imported features without a known write direction"):
+            compute_effects(store, "imp", model=subject)
+        # the logit lens alone needs no activation
+        compute_effects(store, source, [silent], model=subject, amplify=False)
+        assert silent in load_output_evidence(store.con, info.source_id, source, [silent])

@@ -342,10 +342,14 @@ def collect(
                 bar.update(len(chunk) * cfg.context_len)
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
 
-    return finish_collection(
+    report = finish_collection(
         store, spec, cfg, plan, n_contexts=context_id, new_activations=writer.n_activations,
         seconds=seconds, cpu_seconds=cpu_seconds,
     )
+    from autointerp.output_evidence import store_logit_lens  # it imports autointerp.collect: not at module level
+
+    store_logit_lens(store, spec.name, subject)
+    return report
 
 
 def _chunks(

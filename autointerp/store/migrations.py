@@ -391,3 +391,23 @@ def m060_provider_batches(con: duckdb.DuckDBPyConnection) -> None:
         """
     )
     con.execute("CREATE INDEX llm_batch_requests_batch ON llm_batch_requests (batch_key)")
+
+
+@migration
+def m150_output_evidence(con: duckdb.DuckDBPyConnection) -> None:
+    """Per feature and method (logit_lens | amplification): the tokens it promotes and suppresses, each a JSON
+    list of {token, token_id, value}, strongest first, and how they were computed."""
+    con.execute(
+        """
+        CREATE TABLE output_evidence (
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            method VARCHAR NOT NULL,
+            promoted JSON NOT NULL,
+            suppressed JSON NOT NULL,
+            provenance JSON NOT NULL,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (source_id, feature, method)
+        )
+        """
+    )
