@@ -47,9 +47,9 @@ from autointerp.pipeline import (
     _job_record,
     check_job,
     job_config_hash,
+    job_features,
     make_job_llm,
     new_run_id,
-    resolve_features,
 )
 from autointerp.records import Explanation, FeatureExamples
 from autointerp.sampling import TooFewActivations
@@ -159,7 +159,7 @@ async def advance(store: Store, job: JobConfig, limits: BatchLimits = BatchLimit
     _ = store.con  # one connection for the step (a step takes seconds; the file is free between steps)
     with store.reading() as con:
         source = get_source(con, job.source)
-        features = resolve_features(con, source, job.features, job.sampling)
+        features = job_features(con, source, job)
         run_id = bstore.batch_run(con, chash)
     if run_id is None:
         run_id = new_run_id("batch")

@@ -25,11 +25,12 @@ from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError, NotFound
 from autointerp.judgements import write_judgements
 from autointerp.ranking import BestReason
-from autointerp.records import Explanation, Score
+from autointerp.records import Explanation, OutputEvidence, Score
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import FeatureStats, SourceInfo, feature_stats, get_source
 from autointerp.store.jobs import Failure, Run, require_run, run_failures
 from autointerp.store.llm_calls import spend
+from autointerp.store.output_evidence_queries import load_output_evidence
 
 VERDICTS = ("accept", "reject", "edit")
 REVIEW_STATES = ("accepted", "rejected", "edited", "unreviewed")
@@ -284,6 +285,7 @@ class FeatureView:
     history: list[Label]
     contexts: list[ContextView]
     ranked_by: tuple[str, str] | None  # the score the best label won on; None when accepted or unranked
+    output: OutputEvidence | None = None  # what it does to the next token (`autointerp effects`), when stored
 
 
 def feature_view(
@@ -299,7 +301,8 @@ def feature_view(
     scorer: str | None = None,
     metric: str | None = None,
 ) -> FeatureView:
-    """Everything the feature page shows: stats, best label, label history, and top / quantile / random contexts."""
+    """Everything the feature page shows: stats, best label, label history, top / quantile / random contexts
+    (input evidence) and the stored output evidence."""
     info = get_source(con, source)
     history = _labels_from_rows(con, q.feature_explanation_rows(con, info.source_id, feature))
     try:
@@ -319,7 +322,8 @@ def feature_view(
         for pos, value in zip(positions, values):
             activations[pos] = float(value)
         contexts.append(ContextView(context_id, kind, tokens, activations, float(max_value), band))
-    return FeatureView(info, feature, stats, best, history, contexts, ranked_by)
+    output = load_output_evidence(con, info.source_id, info.name, [feature]).get(feature)
+    return FeatureView(info, feature, stats, best, history, contexts, ranked_by, output)
 
 
 @dataclass

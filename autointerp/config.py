@@ -140,7 +140,7 @@ class JobConfig:
     explainer: str = "local"  # "local" | "openai:<model>" | "anthropic:<model>"
     simulator: str | None = None  # model for the LLM scorers; None means the explainer model
     scorers: tuple[str, ...] = ("detection", "embedding")
-    prompt: str = "highlight"  # highlight | pairs | contrastive
+    prompt: str = "highlight"  # highlight | pairs | contrastive | output | combined (the last two: output evidence)
     k: AtLeastOne = 1  # candidate labels per feature; the best on the valid split is kept
     evidence: Switch = False  # add the train split's token counts (autointerp.evidence) to the explainer prompt
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)

@@ -17,8 +17,8 @@ from autointerp.llm.limits import estimate_tokens
 from autointerp.pipeline import (
     check_job,
     job_config_hash,
+    job_features,
     make_job_llm,
-    resolve_features,
     simulator_spec,
 )
 from autointerp.sampling import sample
@@ -111,7 +111,7 @@ async def _estimate_job(store: Store, job: JobConfig, n_sample: int) -> CostEsti
     chash = job_config_hash(job)
     with store.reading() as con:
         source = get_source(con, job.source)
-        features = resolve_features(con, source, job.features, job.sampling)
+        features = job_features(con, source, job)
         statuses = jobs.feature_statuses(con, chash, source.source_id)
     todo = [f for f in features if statuses.get(f) not in jobs.FINISHED_STATUSES]
     explainer = _dry_run_llm(job.explainer, job)

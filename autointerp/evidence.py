@@ -1,8 +1,10 @@
-"""A short statistical summary of where a feature fires, for explainer prompts: the most frequent
-high-activation tokens with counts and the tokens just before them.
+"""Short summaries of a feature's evidence for explainer prompts.
 
-Computed from the TRAIN split only (the examples the explainer sees anyway): valid and test stay held out.
-A small model copies a token it is handed far more reliably than it infers one from a table of numbers.
+Input side: the most frequent high-activation tokens with counts and the tokens just before them, computed
+from the TRAIN split only (the examples the explainer sees anyway): valid and test stay held out. A small
+model copies a token it is handed far more reliably than it infers one from a table of numbers.
+Output side (`output_text`): the stored output evidence (autointerp.output_evidence), tokens only in the order
+of their effect, with the amplification's probability changes; it holds nothing from any split.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from autointerp import render
-from autointerp.records import FeatureExamples
+from autointerp.errors import AutointerpError
+from autointerp.records import FeatureExamples, OutputEvidence, TokenEffect
 
 HIGH_FRACTION = 0.5  # a token counts as activating at >= this fraction of its excerpt's max
 N_SHOWN = 5
+N_OUTPUT_SHOWN = 8  # tokens per side of each output evidence method
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,46 @@ def token_evidence(examples: FeatureExamples, n_shown: int = N_SHOWN) -> TokenEv
                     before[_shown(e.tokens[i - 1])] += 1
     ranked = lambda c: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:n_shown]  # noqa: E731
     return TokenEvidence(ranked(active), ranked(before), len(positives))
+
+
+def _tokens(effects: list[TokenEffect], n: int, signed: bool = False) -> str:
+    shown = [(_shown(e.token), e.value) for e in effects[:n]]
+    return ", ".join(f'"{tok}" ({value:+.3f})' if signed else f'"{tok}"' for tok, value in shown if tok)
+
+
+def require_output(examples: FeatureExamples) -> OutputEvidence:
+    """The feature's stored output evidence, or one clear error saying how to compute it."""
+    output = examples.output
+    if output is None or output.logit_lens is None:
+        raise AutointerpError(
+            f"feature {examples.feature} of {examples.source!r} has no output evidence stored; compute it with "
+            f"`autointerp effects --source {examples.source} --features {examples.feature}` (neuron and SAE sources only), "
+            "or choose an explainer prompt that reads activations alone"
+        )
+    return output
+
+
+def output_text(output: OutputEvidence, n_shown: int = N_OUTPUT_SHOWN) -> str:
+    """The output evidence as prompt lines: logit-lens tokens, then amplification changes when computed."""
+    lens = output.logit_lens
+    lines = [
+        f"- next tokens its direction promotes: {_tokens(lens.promoted, n_shown)}",
+        f"- next tokens its direction suppresses: {_tokens(lens.suppressed, n_shown)}",
+    ]
+    amp = output.amplification
+    if amp is not None:
+        lines += [
+            f"- amplified, it makes these next tokens more likely: {_tokens(amp.promoted, n_shown, signed=True)}",
+            f"- and these less likely: {_tokens(amp.suppressed, n_shown, signed=True)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def output_provenance(output: OutputEvidence, n_shown: int = N_OUTPUT_SHOWN) -> dict:
+    """What an explainer was shown of the output evidence, and how that evidence was computed."""
+    shown = {
+        method: {side: [e.token for e in getattr(effects, side)[:n_shown]] for side in ("promoted", "suppressed")}
+        for method, effects in (("logit_lens", output.logit_lens), ("amplification", output.amplification))
+        if effects is not None
+    }
+    return {"shown": shown, "n_shown": n_shown, "computed": output.provenance}

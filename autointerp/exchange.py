@@ -12,7 +12,10 @@ Neuronpedia format: one JSON object per line with the fields of Neuronpedia's Ex
 `neuronpedia.np_explanation.Explanation.from_np_db_json` reads them: modelId (the subject model, or the id
 given), source and layer (Neuronpedia's source id: the source name, or the id given), index (feature, as a
 string), description (the label), explanationModelName, typeName (the prompt), authorId, createdAt, and
-notes (a JSON string with the provenance and scores that Neuronpedia has no field for).
+notes (a JSON string with the provenance and scores that Neuronpedia has no field for). Where the feature's
+output evidence is stored, its logit lens goes in topLogits / bottomLogits ({token, value} lists, the names and
+shape of Neuronpedia's feature upload and of `neuronpedia.np_feature.Logit`), and the amplification changes
+and how both were computed in notes.output_evidence.
 
 Importing checks every row first (source known, feature an integer within the source's width, label not
 empty) and stops at the first bad one, naming it, before anything is written. Each label becomes a new
@@ -45,11 +48,12 @@ from autointerp import ranking
 from autointerp.catalog import Label, best_labels, load_labels, write_label
 from autointerp.embeddings import embed_texts
 from autointerp.errors import AutointerpError
-from autointerp.records import Explanation, Score
+from autointerp.records import Explanation, OutputEvidence, Score, TokenEffect
 from autointerp.store import Store
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import SourceInfo, get_source, list_sources
 from autointerp.store.jobs import create_run, update_run
+from autointerp.store.output_evidence_queries import load_output_evidence
 
 FORMATS = ("csv", "parquet", "neuronpedia")
 _SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "neuronpedia"}
@@ -131,7 +135,13 @@ def _table_row(label: Label, source: SourceInfo, best: dict[tuple[str, int], Lab
     }
 
 
-def _neuronpedia_row(label: Label, source: SourceInfo, model_id: str | None, source_id: str | None) -> dict[str, Any]:
+def _logits(effects: list[TokenEffect]) -> list[dict[str, Any]]:
+    return [{"token": e.token, "value": e.value} for e in effects]
+
+
+def _neuronpedia_row(
+    label: Label, source: SourceInfo, model_id: str | None, source_id: str | None, output: OutputEvidence | None
+) -> dict[str, Any]:
     notes = {
         "source": label.source,
         "explanation_id": label.explanation_id,
@@ -143,6 +153,14 @@ def _neuronpedia_row(label: Label, source: SourceInfo, model_id: str | None, sou
         "review_state": label.review_state,
         "scores": [_score_dict(s) for s in label.scores],
     }
+    logits: dict[str, Any] = {}
+    if output is not None:
+        notes["output_evidence"] = {"provenance": output.provenance}
+        if output.logit_lens is not None:
+            logits = {"topLogits": _logits(output.logit_lens.promoted), "bottomLogits": _logits(output.logit_lens.suppressed)}
+        if output.amplification is not None:
+            amp = output.amplification
+            notes["output_evidence"]["amplification"] = {"promoted": _logits(amp.promoted), "suppressed": _logits(amp.suppressed)}
     np_source = source_id or label.source
     return {
         "modelId": model_id or source.model or label.source,
@@ -155,6 +173,7 @@ def _neuronpedia_row(label: Label, source: SourceInfo, model_id: str | None, sou
         "authorId": f"autointerp:{label.author}",
         "createdAt": label.created_at.isoformat() if isinstance(label.created_at, datetime) else str(label.created_at),
         "notes": json.dumps(notes, default=str),
+        **logits,
     }
 
 
@@ -185,10 +204,15 @@ def export_labels(
     if fmt == "neuronpedia":
         n = 0
         with path.open("w", encoding="utf-8") as out:
-            for label in _labels(con, source, chosen):
-                row = _neuronpedia_row(label, sources[label.source], neuronpedia_model, neuronpedia_source)
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
+            for chunk in _chunks(_labels(con, source, chosen), CHUNK):
+                output = _output_evidence(con, sources, chunk)
+                for label in chunk:
+                    row = _neuronpedia_row(
+                        label, sources[label.source], neuronpedia_model, neuronpedia_source,
+                        output.get((label.source, label.feature)),
+                    )
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    n += 1
         return n
     by_feature = {(b.source, b.feature): b for b in best}
     rows = [_table_row(label, sources[label.source], by_feature) for label in _labels(con, source, chosen)]
@@ -198,6 +222,31 @@ def export_labels(
     else:
         pq.write_table(table, path)
     return len(rows)
+
+
+def _chunks(labels: Iterator[Label], size: int) -> Iterator[list[Label]]:
+    chunk: list[Label] = []
+    for label in labels:
+        chunk.append(label)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _output_evidence(
+    con: duckdb.DuckDBPyConnection, sources: dict[str, SourceInfo], labels: list[Label]
+) -> dict[tuple[str, int], OutputEvidence]:
+    """The stored output evidence of the labels' features, by (source, feature)."""
+    features: dict[str, set[int]] = {}
+    for label in labels:
+        features.setdefault(label.source, set()).add(label.feature)
+    return {
+        (name, feature): evidence
+        for name, wanted in features.items()
+        for feature, evidence in load_output_evidence(con, sources[name].source_id, name, sorted(wanted)).items()
+    }
 
 
 _TABLE_SCHEMA = pa.schema(

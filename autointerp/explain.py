@@ -17,7 +17,7 @@ import numpy as np
 
 from autointerp import ranking, render
 from autointerp.errors import AutointerpError
-from autointerp.evidence import token_evidence
+from autointerp.evidence import output_provenance, output_text, require_output, token_evidence
 from autointerp.llm.base import LLM, LLMResponse, constrained
 from autointerp.prompts import PromptTemplate, load_prompt
 from autointerp.records import Example, Explanation, FeatureExamples
@@ -48,12 +48,15 @@ class PromptStyle:
     after: int
     highlight_fraction: float = 0.3  # mark tokens at >= this fraction of the window's max
     max_negatives: int = 0
+    output: bool = False  # shows the stored output evidence (autointerp.output_evidence)
 
 
 STYLES: dict[str, PromptStyle] = {
     "highlight": PromptStyle("explain_highlight", max_examples=20, before=12, after=3),
     "pairs": PromptStyle("explain_pairs", max_examples=10, before=7, after=2),
     "contrastive": PromptStyle("explain_contrastive", max_examples=14, before=12, after=3, max_negatives=6),
+    "output": PromptStyle("explain_output", max_examples=0, before=0, after=0, output=True),
+    "combined": PromptStyle("explain_combined", max_examples=20, before=12, after=3, output=True),
 }
 
 
@@ -171,19 +174,25 @@ def explainer_messages(
     examples: FeatureExamples, prompt: str = "highlight", candidate: int = 0, evidence: bool = False
 ) -> tuple[list[dict[str, str]], list[int]]:
     """The chat messages for one candidate and the context ids they show (train split only); with `evidence`,
-    the train split's token counts (autointerp.evidence) follow the examples."""
+    the train split's token counts (autointerp.evidence) follow the examples. The output and combined prompts
+    show the feature's stored output evidence; the output prompt shows no examples."""
     style = _style(prompt)
     _check_disjoint(examples)
-    positives = _train_positives(examples, style, candidate)
-    if not positives:
-        raise AutointerpError(f"feature {examples.feature} has no train positives to explain; sample it first")
-    max_activation = examples.max_activation or max(e.max_value for e in positives)
-    blocks = [_render_positive(e, style, max_activation, prompt) for e in positives]
-    if prompt != "pairs":
-        blocks = [f"{i}. {text}" for i, text in enumerate(blocks, 1)]
-    summary = token_evidence(examples).prompt_text() if evidence else ""
-    fields = {"examples": "\n".join(blocks), "evidence": "\n" + summary if summary else ""}
-    shown = [e.context_id for e in positives]
+    fields: dict[str, str] = {}
+    shown: list[int] = []
+    if style.output:
+        fields["output"] = output_text(require_output(examples))
+    if style.max_examples:
+        positives = _train_positives(examples, style, candidate)
+        if not positives:
+            raise AutointerpError(f"feature {examples.feature} has no train positives to explain; sample it first")
+        max_activation = examples.max_activation or max(e.max_value for e in positives)
+        blocks = [_render_positive(e, style, max_activation, prompt) for e in positives]
+        if prompt != "pairs":
+            blocks = [f"{i}. {text}" for i, text in enumerate(blocks, 1)]
+        summary = token_evidence(examples).prompt_text() if evidence else ""
+        fields |= {"examples": "\n".join(blocks), "evidence": "\n" + summary if summary else ""}
+        shown = [e.context_id for e in positives]
     if style.max_negatives:
         negatives = examples.train.hard_negatives[: style.max_negatives]
         lines = []
@@ -204,7 +213,10 @@ def _style(prompt: str) -> PromptStyle:
 
 def _template_text(template: PromptTemplate) -> str:
     """The template's own wording, without the examples a label may legitimately quote."""
-    return template.text.replace("$examples", "\n").replace("$negatives", "\n").replace("$evidence", "\n")
+    text = template.text
+    for field in ("$examples", "$negatives", "$evidence", "$output"):
+        text = text.replace(field, "\n")
+    return text
 
 
 async def _candidate(
@@ -280,6 +292,8 @@ async def explain(
         }
         if evidence:
             details["evidence"] = token_evidence(examples).provenance()
+        if _style(prompt).output:
+            details["output_evidence"] = output_provenance(require_output(examples))
         if "grammar" in constrained(llm, LABEL_GRAMMAR):
             details["output_grammar"] = "label"
         out.append(

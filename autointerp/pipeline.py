@@ -51,6 +51,7 @@ from autointerp.sampling import TooFewActivations, sample
 from autointerp.scoring import NEEDS_LLM, Scorer
 from autointerp.stages import simulator_spec
 from autointerp.store import jobs
+from autointerp.store import output_evidence_queries as output_queries
 from autointerp.store.activations import SourceInfo, get_source, select_features
 from autointerp.store.db import Store, job_lock
 
@@ -183,6 +184,11 @@ def check_job(job: JobConfig) -> None:
         raise AutointerpError("name the `source` to label (`autointerp features` lists the sources of a store)")
     if job.prompt not in STYLES:
         raise AutointerpError(f"unknown explainer prompt {job.prompt!r}; choose one of {', '.join(STYLES)}")
+    if job.evidence and not STYLES[job.prompt].max_examples:
+        raise AutointerpError(
+            f"`evidence` adds token counts from the examples, which the {job.prompt} prompt does not show; "
+            "use the combined prompt for examples, token counts and output evidence together"
+        )
 
 
 def parse_feature_spec(spec: str) -> tuple[int | None, list[int]]:
@@ -225,6 +231,23 @@ def resolve_features(con, source: SourceInfo, spec: str, sampling: SamplingConfi
         raise AutointerpError(
             f"source {source.name!r} has {source.width} features (0..{source.width - 1}); feature {features[-1]} does not exist"
         )
+    return features
+
+
+def job_features(con, source: SourceInfo, job: JobConfig) -> list[int]:
+    """The job's features; a prompt that shows output evidence needs it stored for every one of them."""
+    features = resolve_features(con, source, job.features, job.sampling)
+    if STYLES[job.prompt].output:
+        have = output_queries.features_with(con, source.source_id, output_queries.LOGIT_LENS)
+        missing = [f for f in features if f not in have]
+        if missing:
+            first = ", ".join(map(str, missing[:5]))
+            raise AutointerpError(
+                f"the {job.prompt} prompt shows output evidence, and {len(missing)} of the {len(features)} features "
+                f"of {source.name!r} have none stored ({first}{', ...' if len(missing) > 5 else ''}); compute it with "
+                f"`autointerp effects --source {source.name}` (neuron and SAE sources; this one holds "
+                f"{source.feature_kind} features), or choose a prompt that reads activations alone"
+            )
     return features
 
 
@@ -612,7 +635,7 @@ async def _label_job(store: Store, job: JobConfig, progress: bool) -> JobSummary
     chash = job_config_hash(job)
     with store.reading() as con:
         source = get_source(con, job.source)
-        features = resolve_features(con, source, job.features, job.sampling)
+        features = job_features(con, source, job)
         statuses = jobs.feature_statuses(con, chash, source.source_id)
         firing = jobs.firing_features(con, source.source_id, features)
     finished = {f for f in features if statuses.get(f) in jobs.FINISHED_STATUSES}

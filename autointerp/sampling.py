@@ -44,6 +44,7 @@ from autointerp.store.activations import (
     group_maxima,
 )
 from autointerp.store.db import Store
+from autointerp.store.output_evidence_queries import load_output_evidence
 
 WINDOW_HALF = 4
 POSITIVE_OVERSAMPLING = 3  # candidates fetched per positive wanted, to survive deduplication
@@ -558,4 +559,5 @@ def _examples(con, src: _Source, source: str, feature: int, data: _FeatureData, 
         sampling_config=dict(_config_items(cfg)),
         seed=cfg.seed,
         notes=notes,
+        output=load_output_evidence(con, src.info.source_id, source, [feature]).get(feature),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autointerp.records import Example, FeatureExamples, Split
+from autointerp.records import Example, FeatureExamples, OutputEffects, OutputEvidence, Split, TokenEffect
 
 ANIMALS = {"dog", "cat", "horse", "cow", "sheep", "rabbit", "goat", "pig", "duck", "fox", "owl", "deer"}
 
@@ -71,3 +71,26 @@ def animal_feature(n_train: int = 8, n_valid: int = 3, n_test: int = 5) -> Featu
         sampling_config={},
         seed=0,
     )
+
+
+# Output evidence for the output and combined explainer prompts: a direction that promotes month names.
+MONTHS = [" January", " February", " March", " April", " May", " June", " July", " August", " September"]
+CODE = ["def", " import", "()", " return"]
+
+
+def effects(promoted, suppressed, scale=1.0):
+    return OutputEffects(
+        [TokenEffect(t, 100 + i, scale * (9 - i)) for i, t in enumerate(promoted)],
+        [TokenEffect(t, 200 + i, -scale * (9 - i)) for i, t in enumerate(suppressed)],
+    )
+
+
+def with_output(examples, amplification=True):
+    examples.output = OutputEvidence(
+        examples.source,
+        examples.feature,
+        logit_lens=effects(MONTHS, CODE),
+        amplification=effects(MONTHS[:3], [" the", " a"], scale=0.01) if amplification else None,
+        provenance={"logit_lens": {"model": "smollm2", "layer": 3}, "amplification": {"factor": 10.0}},
+    )
+    return examples

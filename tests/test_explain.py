@@ -6,7 +6,7 @@ import re
 
 import pytest
 from doubles_llm import ScriptedLLMDouble
-from handmade_examples import ANIMALS, animal_feature
+from handmade_examples import ANIMALS, animal_feature, with_output
 
 from autointerp.errors import AutointerpError
 from autointerp.explain import (
@@ -82,7 +82,7 @@ def _test_grams(examples) -> set[tuple[str, ...]]:
 
 @pytest.mark.parametrize("prompt", list(STYLES))
 def test_no_test_context_in_explainer_prompts(prompt):
-    examples = animal_feature()
+    examples = with_output(animal_feature())
     test_grams = _test_grams(examples)
     for candidate in range(3):
         messages, shown = explainer_messages(examples, prompt, candidate)

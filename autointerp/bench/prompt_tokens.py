@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    explain_tokens: dict[str, list[int]] = {s: [] for s in STYLES}
+    # the planted source is imported: it has no write directions, hence no output evidence for the output prompts
+    explain_tokens: dict[str, list[int]] = {s: [] for s, style in STYLES.items() if not style.output}
     scorer_tokens: dict[str, list[float]] = {s: [] for s in SCORER_SETUPS}
     with tempfile.TemporaryDirectory(prefix="prompt-tokens-") as tmp:
         store = Store(Path(tmp) / "bench.duckdb", create=True)
         source = ensure_planted_source(store, PlantedConfig(n_contexts=args.n_contexts))
         for rule in rules:
             examples = sample(store, source, feature_of(rule), SamplingConfig())
-            for style in STYLES:
+            for style in explain_tokens:
                 explain_tokens[style].append(chat_tokens(explainer_messages(examples, style)[0]))
             label = Explanation(examples.source, examples.feature, rule.true_label)
             n_test = len(examples.test.all())

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scorers", help="comma list of simulation, detection, fuzzing, embedding (default detection,embedding)"
     )
-    parser.add_argument("--prompt", help="explainer prompt: highlight | pairs | contrastive (default highlight)")
+    parser.add_argument("--prompt", help="explainer prompt: highlight | pairs | contrastive | output | combined (default highlight); "
+        "output and combined show the output evidence of `autointerp effects`")
     parser.add_argument(
         "--k", type=int, help="candidate labels per feature; the best on the valid split is kept (default 1)"
     )
