@@ -1,17 +1,29 @@
 """Output evidence on the bundled model: the logit lens and amplification agree with direct computations through
 the model's own modules, and `compute_effects` stores them with their provenance, at collection and on demand."""
 
+import json
+import shutil
+
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from neuronpedia.np_explanation import Explanation as NeuronpediaExplanation
+from neuronpedia.np_feature import Logit
 
+from autointerp.cli import main as cli
 from autointerp.collect.collector import CollectConfig, collect
+from autointerp.config import JobConfig, SamplingConfig
 from autointerp.collect.models import load_subject_model
 from autointerp.directions import feature_directions
 from autointerp.errors import AutointerpError, NotFound
+from autointerp.exchange import export_labels
 from autointerp.output_evidence import amplification, compute_effects, logit_lens, prompts_sha256
+from autointerp.pipeline import run_label_job
+from autointerp.prompts import load_prompt
 from autointerp.store import Store
 from autointerp.store.activations import SourceInfo, create_source, get_source
 from autointerp.store.output_evidence_queries import load_output_evidence
+from autointerp.web import create_app
 
 LAYER = 3
 PROMPTS = ["The", "I think that", "She said that", "In the morning, we"]  # lengths 1, 3, 3, 5 tokens
@@ -27,7 +39,7 @@ def collected(tmp_path_factory, subject):
     """A small real neuron source of the bundled model, collected here (the logit lens is stored with it)."""
     path = tmp_path_factory.mktemp("effects") / "store.duckdb"
     with Store(path, create=True) as store:
-        cfg = CollectConfig(layer=LAYER, tokens=256, context_len=32, batch_size=4, chunk_tokens=128)
+        cfg = CollectConfig(layer=LAYER, tokens=2048, context_len=32, batch_size=16, chunk_tokens=1024)
         report = collect(store, cfg, subject=subject, progress=False)
     return path, report.source
 
@@ -88,12 +100,12 @@ def direct_probability_change(subject, neuron, delta, prompts):
 
 
 def test_amplification_matches_raising_the_neuron_in_plain_forward_passes(subject):
-    features, maxima, factor = [11, 42, 300], [1.5, 2.0, 0.8], 6.0
+    features, maxima, factor, prompts = [11, 42, 300], [1.5, 2.0, 0.8], 6.0, PROMPTS[:3]
     directions = feature_directions(neuron_source(), features, subject)
-    # batch_sequences=4: several passes per length group and one feature per pass for the longer groups
-    got = amplification(subject, directions, maxima, factor=factor, prompts=PROMPTS, k=5, batch_sequences=4)
+    # batch_sequences=2: prompts in two length groups, two features per pass for the one-prompt group, one for the other
+    got = amplification(subject, directions, maxima, factor=factor, prompts=prompts, k=5, batch_sequences=2)
     for feature, m, effects in zip(features, maxima, got):
-        direct = direct_probability_change(subject, feature, factor * m, PROMPTS)
+        direct = direct_probability_change(subject, feature, factor * m, prompts)
         assert [e.token_id for e in effects.promoted] == direct.topk(5).indices.tolist()
         assert [e.token_id for e in effects.suppressed] == (-direct).topk(5).indices.tolist()
         torch.testing.assert_close(torch.tensor([e.value for e in effects.promoted]), direct.topk(5).values, rtol=1e-3, atol=1e-5)
@@ -141,10 +153,12 @@ def test_effects_stores_amplification_with_its_provenance(collected, subject):
 
 def test_effects_refuses_unknown_and_silent_features_and_imported_sources(collected, subject, tmp_path):
     path, source = collected
+    path = shutil.copy(path, tmp_path / "copy.duckdb")
+    silent = 5
     with Store(path) as store:
         info = get_source(store.con, source)
-        silent = next(f for f in range(1536) if store.con.execute(
-            "SELECT count(*) FROM feature_stats WHERE source_id = ? AND feature = ?", [info.source_id, f]).fetchone()[0] == 0)
+        with store.writing() as con:  # as if neuron 5 never fired in this store
+            con.execute("DELETE FROM feature_stats WHERE source_id = ? AND feature = ?", [info.source_id, silent])
         store.close()
         with pytest.raises(AutointerpError, match="feature 1536 is not in source"):
             compute_effects(store, source, [1536], model=subject)
@@ -160,3 +174,119 @@ def test_effects_refuses_unknown_and_silent_features_and_imported_sources(collec
         # the logit lens alone needs no activation
         compute_effects(store, source, [silent], model=subject, amplify=False)
         assert silent in load_output_evidence(store.con, info.source_id, source, [silent])
+
+
+SAMPLING = SamplingConfig(
+    n_train_top=4, n_train_quantile=4, n_train_hard_negatives=2, n_quantiles=2, n_valid_positives=2,
+    n_valid_random_negatives=1, n_valid_hard_negatives=1, n_test_positives=4, n_test_random_negatives=2,
+    n_test_hard_negatives=2, min_active_contexts=8,
+)
+
+
+def labelable_features(store, source, n=2):
+    """Features that fire in some contexts and stay silent in others (so the sampler finds negatives)."""
+    info = get_source(store.con, source)
+    rows = store.con.execute(
+        "SELECT feature FROM feature_stats WHERE source_id = ? AND n_active_contexts BETWEEN 12 AND 40 "
+        "ORDER BY n_active_tokens DESC, feature LIMIT ?",
+        [info.source_id, n],
+    ).fetchall()
+    assert len(rows) == n
+    return [r[0] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def labeled(collected, subject, local_llm_server, tmp_path_factory):
+    """Output evidence with amplification for two features, then a label job with each output prompt on the
+    bundled model: (store path, source, features, {prompt: summary})."""
+    path, source = collected
+    path = shutil.copy(path, tmp_path_factory.mktemp("labeled") / "store.duckdb")
+    with Store(path) as store:
+        features = labelable_features(store, source)
+        store.close()
+        compute_effects(store, source, features, model=subject, prompts=PROMPTS[:2], k=8)
+        summaries = {}
+        for prompt in ("output", "combined"):
+            job = JobConfig(source=source, features=",".join(map(str, features)), explainer="local", prompt=prompt,
+                            scorers=("embedding",), sampling=SAMPLING, base_url=local_llm_server, concurrency=1)
+            summaries[prompt] = run_label_job(store, job, progress=False)
+    return path, source, features, summaries
+
+
+def test_label_jobs_with_the_output_prompts_store_labels_on_the_bundled_model(labeled):
+    path, source, features, summaries = labeled
+    for prompt, summary in summaries.items():
+        assert summary.status == "done"
+        done = summary.with_status("done")
+        assert done, f"no usable label from the {prompt} prompt: {summary.results}"
+        template = load_prompt(f"explain_{prompt}")
+        with Store(path, read_only=True) as store:
+            for r in done:
+                name, sha, details = store.con.execute(
+                    "SELECT prompt_name, prompt_hash, details FROM explanations WHERE explanation_id = ?", [r.explanation_id]
+                ).fetchone()
+                assert (name, sha) == (template.name, template.sha256)
+                shown = json.loads(details)["output_evidence"]
+                assert set(shown["shown"]) == {"logit_lens", "amplification"}
+                assert shown["computed"]["amplification"]["factor"] == 10.0
+                stored = load_output_evidence(store.con, get_source(store.con, source).source_id, source, [r.feature])[r.feature]
+                assert shown["shown"]["logit_lens"]["promoted"] == [e.token for e in stored.logit_lens.promoted[:8]]
+
+
+def test_feature_page_api_and_neuronpedia_export_show_the_output_evidence(labeled, tmp_path):
+    path, source, features, summaries = labeled
+    feature = features[0]
+    with Store(path, read_only=True) as store:
+        evidence = load_output_evidence(store.con, get_source(store.con, source).source_id, source, [feature])[feature]
+    with TestClient(create_app(path, refresh_factor=0.0)) as client:
+        page = client.get(f"/features/{source}/{feature}").text
+        api = client.get(f"/api/features/{source}/{feature}").json()
+    assert 'id="output-evidence"' in page and 'id="logit_lens"' in page and 'id="amplification"' in page
+    assert page.index('id="output-evidence"') < page.index('id="contexts"')  # input and output evidence together
+    assert page.count('class="effect-token"') == 2 * (len(evidence.logit_lens.promoted) + len(evidence.amplification.promoted))
+    for e in evidence.logit_lens.promoted + evidence.amplification.suppressed:
+        if not set("<>&'") & set(e.token):  # those are escaped in the page
+            assert json.dumps(e.token) in page
+    assert api["output"]["logit_lens"]["promoted"][0] == {
+        "token": evidence.logit_lens.promoted[0].token, "token_id": evidence.logit_lens.promoted[0].token_id,
+        "value": pytest.approx(evidence.logit_lens.promoted[0].value),
+    }
+    assert api["output"]["provenance"]["amplification"]["n_prompts"] == 2
+
+    out = tmp_path / "np.jsonl"
+    with Store(path, read_only=True) as store:
+        n = export_labels(store.con, out, source=source)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == len(rows) > 0
+    for row in rows:
+        NeuronpediaExplanation.from_np_db_json(row)
+        if int(row["index"]) == feature:
+            top = [Logit(**logit) for logit in row["topLogits"]]  # Neuronpedia's own type for top logits
+            assert [t.token for t in top] == [e.token for e in evidence.logit_lens.promoted]
+            assert [b["value"] for b in row["bottomLogits"]] == pytest.approx([e.value for e in evidence.logit_lens.suppressed])
+            amp = json.loads(row["notes"])["output_evidence"]["amplification"]
+            assert [a["token"] for a in amp["promoted"]] == [e.token for e in evidence.amplification.promoted]
+
+
+def test_the_output_prompts_need_evidence_for_every_feature_of_the_job(labeled, tmp_path, capsys):
+    path, source, features, _ = labeled
+    copy = shutil.copy(path, tmp_path / "copy.duckdb")
+    with Store(copy) as store:
+        with store.writing() as con:
+            con.execute("DELETE FROM output_evidence WHERE feature = ?", [features[1]])
+        store.close()
+        job = JobConfig(source=source, features=",".join(map(str, features)), prompt="combined", scorers=("embedding",))
+        with pytest.raises(AutointerpError, match=rf"1 of the 2 features of '{source}' have none stored \({features[1]}\)"):
+            run_label_job(store, job, progress=False)
+    assert cli(["label", "--db", str(copy), "--source", source, "--features", str(features[1]), "--prompt", "output"]) == 2
+    assert "autointerp effects --source" in capsys.readouterr().err
+
+
+def test_effects_command_computes_and_reports_per_feature_time(collected, tmp_path, capsys):
+    path, source = collected
+    copy = shutil.copy(path, tmp_path / "copy.duckdb")
+    assert cli(["effects", "--db", str(copy), "--source", source, "--features", "0-2", "--no-amplify", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"stored output evidence of 3 features of {source} (logit_lens) on cpu" in out and "ms per feature" in out
+    assert cli(["effects", "--db", str(copy), "--source", source, "--features", "2000"]) == 2
+    assert "feature 2000 is not in source" in capsys.readouterr().err
