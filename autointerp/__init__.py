@@ -25,6 +25,7 @@ _EXPORTS = {
     "make_scorer": "autointerp.scoring",
     "import_labels": "autointerp.exchange",
     "data_file": "autointerp.resources",
+    "compute_effects": "autointerp.output_evidence",
     **{
         name: "autointerp.api"
         for name in (

@@ -28,6 +28,7 @@ PERFORMANCE: dict[str, list[str]] = {
     "ingest": ["--rows", "2_000_000"],
     "sampling": ["--rows", "10_000_000", "--features", "200"],
     "collection": ["--tokens", "16384"],
+    "output_evidence": ["--features", "8"],
     "cli_startup": ["--repeats", "3"],
     "llm_throughput": ["--latency", "0.5", "--concurrency", "1,8,32", "--waves", "2"],
     "pipeline_throughput": ["--latency", "0.5", "--levels", "1,8,32", "--seconds", "10", "--rows", "1000000"],
