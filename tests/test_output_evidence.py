@@ -4,11 +4,13 @@ the model's own modules, and `compute_effects` stores them with their provenance
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from neuronpedia.np_explanation import Explanation as NeuronpediaExplanation
 from neuronpedia.np_feature import Logit
+from test_sae import saelens_cfg, write_saelens
 
 from autointerp.cli import main as cli
 from autointerp.collect.collector import CollectConfig, collect
@@ -125,6 +127,25 @@ def test_collection_stores_the_logit_lens_of_every_firing_feature(collected, sub
     expected = logit_lens(subject, feature_directions(info, [feature], subject).vectors)[0]
     assert_same_effects(evidence.logit_lens, expected)
     assert evidence.provenance["logit_lens"]["model"] == "smollm2" and evidence.provenance["logit_lens"]["layer"] == LAYER
+
+
+def test_collecting_an_sae_stores_the_logit_lens_of_its_decoder_rows(tmp_path, subject):
+    rng = np.random.default_rng(1)
+    d_sae = 16  # a ReLU SAE whose positive encoder bias makes every latent fire
+    weights = {
+        "W_enc": (rng.normal(size=(576, d_sae)) * 1e-3).astype(np.float32),
+        "b_enc": np.ones(d_sae, np.float32),
+        "W_dec": rng.normal(size=(d_sae, 576)).astype(np.float32),
+        "b_dec": np.zeros(576, np.float32),
+    }
+    folder = write_saelens(tmp_path / "sae", weights, {**saelens_cfg("standard"), "d_sae": d_sae})
+    with Store(tmp_path / "sae.duckdb", create=True) as store:
+        cfg = CollectConfig(features=f"sae:{folder}", tokens=64, context_len=32, batch_size=2, chunk_tokens=64)
+        source = collect(store, cfg, subject=subject, progress=False).source
+        stored = load_output_evidence(store.con, get_source(store.con, source).source_id, source, range(d_sae))
+    assert sorted(stored) == list(range(d_sae))
+    for feature, want in zip(range(d_sae), logit_lens(subject, torch.from_numpy(weights["W_dec"]))):
+        assert_same_effects(stored[feature].logit_lens, want)
 
 
 def test_effects_stores_amplification_with_its_provenance(collected, subject):
