@@ -92,6 +92,7 @@ class OutputScorer:
         target_kl: PositiveFloat = 2.0,
         min_factor: PositiveFloat = 0.25,
         max_factor: PositiveFloat = 64.0,
+        calibration_steps: PositiveInt = 6,
         judge: bool = False,
         concurrency: PositiveInt = 4,
         n_resamples: PositiveInt = metrics.N_RESAMPLES,
@@ -109,6 +110,7 @@ class OutputScorer:
         self.llm, self.context = llm, context
         self.n_prompts, self.max_new_tokens = n_prompts, max_new_tokens
         self.target_kl, self.min_factor, self.max_factor = target_kl, min_factor, max_factor
+        self.calibration_steps = calibration_steps
         self.judge, self.concurrency = judge, concurrency
         self.n_resamples, self.seed = n_resamples, seed
 
@@ -116,7 +118,8 @@ class OutputScorer:
         """The feature's steered and the unsteered continuations (computed once per feature and settings)."""
         ctx = self.context
         prompts = neutral_prompts()[: self.n_prompts]
-        key = (feature, self.n_prompts, self.max_new_tokens, self.target_kl, self.min_factor, self.max_factor)
+        key = (feature, self.n_prompts, self.max_new_tokens, self.target_kl, self.min_factor, self.max_factor,
+               self.calibration_steps)
         if key not in ctx.steered:
             if not max_activation > 0:
                 raise AutointerpError(f"feature {feature} never fires (max activation {max_activation}): nothing to steer by")
@@ -125,6 +128,7 @@ class OutputScorer:
             cal = calibrate(
                 ctx.model, directions.layer, direction, prompts,
                 target_kl=self.target_kl, min_factor=self.min_factor, max_factor=self.max_factor,
+                steps=self.calibration_steps,
             )
             steered = continuations(ctx.model, prompts, self.max_new_tokens, directions.layer, cal.factor * direction)
             ctx.steered[key] = (cal, steered)
