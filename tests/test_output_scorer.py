@@ -115,3 +115,29 @@ def test_stored_rows_side_by_side_and_the_search_filter(planted):
     assert f'id="input-output-{months.explanation_id}"' in page and "what steering along it does" in page
     assert any(h["feature"] == 0 and h["output_score"]["metric"] == "delta_cosine" for h in api["hits"])
 
+
+
+def test_output_scores_never_pick_the_best_label_unless_named(tmp_path):
+    """Label 'b' wins on the output score and loses on the input score: the input score picks the best label;
+    with output scores alone the labels are unranked (newest first); named, the output score ranks them."""
+    from autointerp.catalog import best_label, write_label
+    from autointerp.records import Score
+    from autointerp.store.activations import create_source
+
+    def score(scorer, metric, value):
+        return Score(scorer, metric, value, value - 0.1, value + 0.1, 20)
+
+    store = Store(tmp_path / "rank.duckdb", create=True)
+    with store.writing() as con:
+        create_source(con, "s", model=None, hookpoint=None, layer=None, feature_kind="imported", width=2, context_len=8, config={})
+        for feature, with_input in ((0, True), (1, False)):
+            for text, input_value, output_value in (("a", 0.9, 0.01), ("b", 0.6, 0.3)):
+                scores = [score("output", "delta_cosine", output_value)]
+                scores += [score("embedding", "auroc", input_value)] if with_input else []
+                write_label(con, Explanation("s", feature, text), scores, run_id=None, config_hash=None,
+                            sampling_config=None, seed=None, embedding=[0.0] * 384)
+    with store.reading() as con:
+        assert best_label(con, "s", 0).label == "a"
+        assert best_label(con, "s", 0).why_best.ranked_by == ("embedding", "auroc")
+        assert best_label(con, "s", 1).why_best.rule == "unranked"
+        assert best_label(con, "s", 1, "output", "delta_cosine").label == "b"

@@ -170,6 +170,7 @@ async def score_families(
                 "family": name, "label_family": other, "kind": "true" if other == name else "decoy", "label": label,
                 "value": best.value, "ci_low": best.ci_low, "ci_high": best.ci_high, "n": best.n,
                 "strength": best.details["steering"]["strength"], "kl": best.details["steering"]["kl"],
+                "capped": best.details["steering"]["capped"],
             })
     return rows, per_feature
 
@@ -252,7 +253,7 @@ def markdown(result: PlantedOutputResult) -> str:
         report.markdown_table([
             {"feature": r["family"], "label": r["label"], "kind": r["kind"],
              "delta_cosine (95% CI)": report.fmt_ci(r["value"], r["ci_low"], r["ci_high"], digits=2), "n": r["n"],
-             "strength": report.fmt(r["strength"], 3), "KL": report.fmt(r["kl"], 2)}
+             "strength": report.fmt(r["strength"], 3), "KL": report.fmt(r["kl"], 2) + (" (capped)" if r["capped"] else "")}
             for r in result.scores
         ]),
         "",

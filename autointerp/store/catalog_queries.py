@@ -232,7 +232,7 @@ def _best_ctes(labels: str, scores_only: str, named: str) -> str:
         shared AS (
             SELECT c.source_id, c.feature, s.scorer, s.metric, count(*) AS n_ranked
             FROM competing c JOIN reliable s USING (explanation_id)
-            {"" if named else "WHERE NOT list_contains($unranked, s.scorer)"}
+            WHERE NOT list_contains($unranked, s.scorer) {"OR s.scorer = $scorer" if named else ""}
             GROUP BY c.source_id, c.feature, s.scorer, s.metric
             QUALIFY row_number() OVER (
                 PARTITION BY c.source_id, c.feature
