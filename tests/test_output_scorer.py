@@ -141,3 +141,19 @@ def test_output_scores_never_pick_the_best_label_unless_named(tmp_path):
         assert best_label(con, "s", 0).why_best.ranked_by == ("embedding", "auroc")
         assert best_label(con, "s", 1).why_best.rule == "unranked"
         assert best_label(con, "s", 1, "output", "delta_cosine").label == "b"
+
+
+def test_the_llm_judge_is_asked_once_per_prompt_and_unanswerable_replies_are_counted(planted, subject, local_llm, tmp_path):
+    """The bundled model as judge: it proves the plumbing (one call per prompt, recorded in the ledger under
+    the output stage, answers parsed or counted as unparsed), not that it can judge."""
+    _, source, max_act = planted
+    scorer = make_scorer("output", local_llm, OutputContext(source, subject), judge=True, **OPTIONS)
+    scores = asyncio.run(scorer.score(Explanation(source.name, 0, label("months")), output_examples(source.name, 0, max_act[0])))
+    judged = headline(scores, metric="judge_accuracy")
+    assert judged.n + judged.details["n_unparsed"] == OPTIONS["n_prompts"]
+    assert judged.details["prompt_name"] == "output_judge.v1" and judged.scorer_model == local_llm.name
+    assert judged.value is None or 0.0 <= judged.value <= 1.0
+    assert judged.value is None or judged.ci_low <= judged.value <= judged.ci_high
+    local_llm.ledger.flush()
+    stages = [r[0] for r in Store(tmp_path / "llm.duckdb").con.execute("SELECT stage FROM llm_calls").fetchall()]
+    assert stages.count("output") == OPTIONS["n_prompts"]

@@ -220,7 +220,7 @@ class OutputScorer:
         low, high = metrics.bootstrap_mean(answered, self.n_resamples, self.seed)
         return Score(
             scorer=self.name, metric="judge_accuracy", value=value, ci_low=low, ci_high=high, n=len(answered),
-            subset="all", split=split, scorer_model=getattr(self.llm, "model", None),
+            subset="all", split=split, scorer_model=self.llm.name,
             details={
                 **details, "n_unparsed": len(correct) - len(answered), "prompt_name": template.name,
                 "prompt_hash": template.sha256, "unparsed_outputs": [a[:80] for a, p in zip(answers, picks) if p is None][:3],
