@@ -53,7 +53,7 @@ from autointerp.pipeline import (
 )
 from autointerp.records import Explanation, FeatureExamples
 from autointerp.sampling import TooFewActivations
-from autointerp.scoring import NEEDS_LLM
+from autointerp.scoring import any_needs_llm
 from autointerp.store import batches as bstore
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source
@@ -176,7 +176,7 @@ async def advance(store: Store, job: JobConfig, limits: BatchLimits = BatchLimit
 def _specs(job: JobConfig) -> list[str]:
     """The models the job's stages ask."""
     specs = [job.explainer]
-    if set(job.scorers) & NEEDS_LLM:
+    if any_needs_llm(job.scorers, job.scorer_options):
         specs.append(stages.simulator_spec(job))
     return list(dict.fromkeys(specs))
 

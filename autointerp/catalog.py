@@ -97,6 +97,11 @@ class Label:
     reviews: list[Review] = field(default_factory=list)
     why_best: BestReason | None = None  # set on the labels best_label(s) return
 
+    @property
+    def headlines(self) -> dict[str, Score | None]:
+        """Input and output headline scores side by side (`autointerp.ranking.side_by_side`)."""
+        return ranking.side_by_side(self.scores)
+
     def score(self, scorer: str, metric: str, subset: str = "all", split: str = "test") -> Score | None:
         matches = [s for s in self.scores if (s.scorer, s.metric, s.subset, s.split) == (scorer, metric, subset, split)]
         return matches[-1] if matches else None
@@ -135,19 +140,27 @@ def _labels_from_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple], order: 
         data["sampling_config"] = _loads(data["sampling_config"])
         data["details"] = _loads(data["details"]) or {}
         labels[data["explanation_id"]] = Label(**data)
-    for row in q.scores_of(con, list(labels)):
+    for explanation_id, scores in scores_by_label(con, list(labels)).items():
+        labels[explanation_id].scores = scores
+    for row in q.reviews_of(con, list(labels)):
+        labels[row[1]].reviews.append(Review(*row))
+    keys = order if order is not None else [r[0] for r in rows]
+    return [labels[i] for i in keys if i in labels]
+
+
+def scores_by_label(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> dict[int, list[Score]]:
+    """The stored scores of each label (without their items), in store order."""
+    out: dict[int, list[Score]] = {}
+    for row in q.scores_of(con, explanation_ids):
         d = dict(zip(q.SCORE_FIELDS, row))
-        labels[d["explanation_id"]].scores.append(
+        out.setdefault(d["explanation_id"], []).append(
             Score(
                 scorer=d["scorer"], metric=d["metric"], value=d["value"], ci_low=d["ci_low"], ci_high=d["ci_high"],
                 n=d["n"], subset=d["subset"], split=d["split"], scorer_model=d["scorer_model"],
                 details=_loads(d["details"]) or {}, imported=bool(d["imported"]),
             )
         )
-    for row in q.reviews_of(con, list(labels)):
-        labels[row[1]].reviews.append(Review(*row))
-    keys = order if order is not None else [r[0] for r in rows]
-    return [labels[i] for i in keys if i in labels]
+    return out
 
 
 def label_history(con: duckdb.DuckDBPyConnection, source: str, feature: int) -> list[Label]:

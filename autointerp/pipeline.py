@@ -48,7 +48,8 @@ from autointerp.llm.errors import TRANSIENT
 from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample
-from autointerp.scoring import NEEDS_LLM, Scorer
+from autointerp.scoring import Scorer, any_needs_llm
+from autointerp.scoring.output import OutputContext, output_context
 from autointerp.stages import simulator_spec
 from autointerp.store import jobs
 from autointerp.store import output_evidence_queries as output_queries
@@ -161,7 +162,7 @@ def scoring_config_hash(job: JobConfig) -> str:
     return config_hash(
         {
             "source": job.source,
-            "simulator": simulator_spec(job) if set(job.scorers) & NEEDS_LLM else None,
+            "simulator": simulator_spec(job) if any_needs_llm(job.scorers, job.scorer_options) else None,
             "scorers": sorted(job.scorers),
             "scorer_options": {name: job.scorer_options.get(name, {}) for name in sorted(job.scorers)},
             "sampling": dataclasses.asdict(job.sampling),
@@ -407,6 +408,7 @@ class _Job:
         self._llms: dict[str, _MeteredLLM] = {}
         self._tries: dict[int, int] = {}
         self.later: list[tuple[int, FeatureExamples]] = []  # transient failures, to try again after the rest
+        self._output_context: OutputContext | None = None
         self.make_scorers()  # fail on unknown scorers or options before any feature starts
 
     def llm(self, spec: str) -> _MeteredLLM:
@@ -417,7 +419,16 @@ class _Job:
         return self._llms[spec]
 
     def make_scorers(self) -> list[Scorer]:
-        return stages.make_scorers(self.job, self.llm)
+        return stages.make_scorers(self.job, self.llm, self.output_context)
+
+    def output_context(self) -> OutputContext:
+        """The output scorer's subject model and other labels, loaded once per job on first use."""
+        if self._output_context is None:
+            try:
+                self._output_context = output_context(self.store, self.source)
+            finally:
+                self.store.close()
+        return self._output_context
 
     async def aclose(self) -> None:
         for llm in self._llms.values():

@@ -10,6 +10,11 @@ Best label of a feature:
    labels are compared on one score they share: the (scorer, metric) that the most of them hold reliably,
    ties broken by PREFERRED order. The highest value wins; labels without that score come after those with
    it, newest first. A label is never compared with another on a score the other lacks.
+   Output scores (UNRANKED: what steering along the feature does to the text) never pick the best label
+   unless asked for by name: a label states what makes the feature fire, and the input scorers test that
+   claim on held-out contexts; the output score tests a different claim (the feature's effect), on
+   ~24 neutral prompts at one calibrated strength. Input and output scores are shown side by side and
+   search filters on either (`--min-score output:0.05`).
 
 The rule runs in SQL (`autointerp.store.catalog_queries.best_explanation_rows`) so that a whole store is
 ranked without loading it; this module holds its parameters, the per-score check and the reason text.
@@ -30,8 +35,11 @@ HEADLINE_METRICS = {
     "fuzzing": ("auroc", "balanced_accuracy"),
     "simulation": ("ev_correlation",),
     "embedding": ("auroc",),
+    "output": ("delta_cosine", "win_rate", "judge_accuracy"),
 }
-PREFERRED = tuple(f"{s}.{m}" for s in PREFERRED_SCORERS for m in HEADLINE_METRICS[s])
+OUTPUT_SCORERS = ("output",)  # score what the feature does to the model's output, not what makes it fire
+UNRANKED = OUTPUT_SCORERS
+PREFERRED = tuple(f"{s}.{m}" for s in (*PREFERRED_SCORERS, *OUTPUT_SCORERS) for m in HEADLINE_METRICS[s])
 
 
 def preference(scorer: str, metric: str) -> tuple[int, str, str]:
@@ -56,7 +64,7 @@ def unreliable_reason(value: float | None, n: int, n_unparsed: int = 0, imported
 
 def sql_parameters() -> dict[str, Any]:
     """The rule's parameters, bound into the SQL that applies it."""
-    return {"min_n": MIN_N, "max_unparsed": MAX_UNPARSED_FRACTION, "preferred": list(PREFERRED)}
+    return {"min_n": MIN_N, "max_unparsed": MAX_UNPARSED_FRACTION, "preferred": list(PREFERRED), "unranked": list(UNRANKED)}
 
 
 def headline(
@@ -70,6 +78,14 @@ def headline(
         and not (reliable_only and s.unreliable)
     ]
     return min(usable, key=lambda s: preference(s.scorer, s.metric), default=None)
+
+
+def side_by_side(scores: Sequence[Any], reliable_only: bool = False) -> dict[str, Any | None]:
+    """A label's input headline (what makes the feature fire) and output headline (what steering along it
+    does to the text), each None when the label has none."""
+    inputs = [s for s in scores if s.scorer not in OUTPUT_SCORERS]
+    outputs = [s for s in scores if s.scorer in OUTPUT_SCORERS]
+    return {"input": headline(inputs, reliable_only=reliable_only), "output": headline(outputs, reliable_only=reliable_only)}
 
 
 @dataclass

@@ -33,7 +33,7 @@ import duckdb
 import numpy as np
 
 from autointerp import ranking
-from autointerp.catalog import REVIEW_STATES, resolve_metric
+from autointerp.catalog import REVIEW_STATES, resolve_metric, scores_by_label
 from autointerp.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.store import catalog_queries as q
@@ -78,6 +78,25 @@ class SearchHit:
     density: float | None
     model: str | None
     layer: int | None
+    input_score: HeadlineScore | None = None  # the label's input headline (what makes the feature fire)
+    output_score: HeadlineScore | None = None  # and its output headline (what steering along it does)
+
+
+@dataclass
+class HeadlineScore:
+    scorer: str
+    metric: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    unreliable: str | None
+
+    @classmethod
+    def of(cls, score) -> HeadlineScore | None:
+        if score is None:
+            return None
+        return cls(score.scorer, score.metric, score.value, score.ci_low, score.ci_high, score.n, score.unreliable)
 
 
 @dataclass
@@ -430,6 +449,10 @@ def search(
                     break
             k *= 4
     hits = [SearchHit(*row) for row in rows]
+    scores = scores_by_label(con, [h.explanation_id for h in hits])
+    for hit in hits:
+        both = ranking.side_by_side(scores.get(hit.explanation_id, []))
+        hit.input_score, hit.output_score = HeadlineScore.of(both["input"]), HeadlineScore.of(both["output"])
     return SearchResults(
         query=query,
         mode=mode,

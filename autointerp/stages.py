@@ -18,7 +18,7 @@ from autointerp.errors import AutointerpError
 from autointerp.explain import best_of_k
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample_many
-from autointerp.scoring import NEEDS_LLM, Scorer, make_scorer
+from autointerp.scoring import NEEDS_CONTEXT, Scorer, make_scorer, needs_llm
 from autointerp.store.activations import SourceInfo
 from autointerp.store.db import Store
 
@@ -55,16 +55,23 @@ def simulator_spec(job: JobConfig) -> str:
     return job.simulator or job.explainer
 
 
-def make_scorers(job: JobConfig, llm_for: Callable[[str], Any]) -> list[Scorer]:
-    """Fresh scorers (per feature: scorers may cache per-context work that is no use for the next feature)."""
-    return [
-        make_scorer(
-            name,
-            llm_for(simulator_spec(job)) if name in NEEDS_LLM else None,
-            **job.scorer_options.get(name, {}),
-        )
-        for name in job.scorers
-    ]
+def make_scorers(
+    job: JobConfig, llm_for: Callable[[str], Any], context_for: Callable[[], Any] | None = None
+) -> list[Scorer]:
+    """Fresh scorers (per feature: scorers may cache per-context work that is no use for the next feature).
+
+    `context_for()` gives the output scorer its OutputContext (subject model, directions); it is called only
+    when the job has that scorer, so a job without it never loads the subject model."""
+    scorers = []
+    for name in job.scorers:
+        opts = job.scorer_options.get(name, {})
+        context = None
+        if name in NEEDS_CONTEXT:
+            if context_for is None:
+                raise AutointerpError(f"the {name} scorer steers the subject model, which this driver does not load")
+            context = context_for()
+        scorers.append(make_scorer(name, llm_for(simulator_spec(job)) if needs_llm(name, opts) else None, context, **opts))
+    return scorers
 
 
 async def score(

@@ -9,7 +9,10 @@ decoys on the same test split. Reported per scorer: how often the true label bea
 The LLM scorers run on a subset of rules and a smaller test split (`llm_rules`, `llm_sampling`): the bundled
 model's logprob calls take seconds each on a CPU.
 
-    python -m autointerp.bench.planted [--db D] [--scorers embedding,detection] [--out DIR]
+    python -m autointerp.bench.planted [--db D] [--scorers embedding,detection] [--out DIR] [--section rules|output|all]
+
+`--section output` runs only the planted output check (`autointerp.bench.planted_output`: SAE features built from
+unembedding rows of token families, the logit lens and the output scorer), which writes `planted_output.md`.
 """
 
 from __future__ import annotations
@@ -414,6 +417,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--n-contexts", type=int, default=PlantedConfig.n_contexts)
     parser.add_argument("--llm-test-positives", type=int, default=PlantedConfig().llm_sampling.n_test_positives)
+    parser.add_argument(
+        "--section", choices=("rules", "output", "all"), default="all",
+        help="rules: the rule-based input features; output: the planted output check alone; all: both",
+    )
+    parser.add_argument("--output-prompts", type=int, default=24, help="neutral prompts of the planted output check")
+    parser.add_argument("--output-tokens", type=int, default=16, help="tokens generated per prompt in the output check")
 
 
 def config_from_args(args: argparse.Namespace) -> PlantedConfig:
@@ -437,9 +446,22 @@ def config_from_args(args: argparse.Namespace) -> PlantedConfig:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run with the arguments of `add_arguments` and print the report (shared by `autointerp bench planted`)."""
-    result = run_planted(args.db, config_from_args(args), args.out)
-    print(markdown(result))
-    print(f"wrote {', '.join(str(f) for f in result.files)}")
+    if args.section in ("rules", "all"):
+        result = run_planted(args.db, config_from_args(args), args.out)
+        print(markdown(result))
+        print(f"wrote {', '.join(str(f) for f in result.files)}")
+    if args.section in ("output", "all"):
+        from autointerp.bench import planted_output
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = planted_output.PlantedOutputConfig(
+            scorer_options={"n_prompts": args.output_prompts, "max_new_tokens": args.output_tokens}
+        )
+        text = planted_output.markdown(planted_output.run_planted_output(out / "planted_output.duckdb", cfg))
+        (out / "planted_output.md").write_text(text + "\n")
+        print(text)
+        print(f"wrote {out / 'planted_output.md'}")
     return 0
 
 

@@ -42,7 +42,7 @@ def mean_with_ci(values: Sequence[float | None], n_boot: int = N_BOOTSTRAP, seed
     x = np.array([v for v in values if _finite(v)], dtype=float)
     if len(x) == 0:
         return {"mean": None, "median": None, "ci_low": None, "ci_high": None, "n": 0}
-    lo, hi = (None, None) if len(x) < 2 else metrics.percentile_interval(_item_counts(len(x), n_boot, seed) @ x / len(x))
+    lo, hi = metrics.bootstrap_mean(x, n_boot, seed)
     return {"mean": float(x.mean()), "median": float(np.median(x)), "ci_low": lo, "ci_high": hi, "n": len(x)}
 
 

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature", type=int, required=True)
     parser.add_argument("--label", required=True, help="the label to score, e.g. \"the word 'river'\"")
     parser.add_argument(
-        "--scorers", help="comma list of simulation, detection, fuzzing, embedding (default detection,embedding)"
+        "--scorers", help="comma list of simulation, detection, fuzzing, embedding, output (default detection,embedding)"
     )
     parser.add_argument(
         "--simulator", help="model for the LLM scorers: local | openai:<model> | anthropic:<model> (default local)"

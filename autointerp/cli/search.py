@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="only this source")
     parser.add_argument("--model", help="only sources of this subject model")
     parser.add_argument("--layer", type=int, help="only sources at this layer")
-    parser.add_argument("--min-score", metavar="SCORER[.METRIC]:VALUE", help="e.g. detection:0.7 (test split, all examples)")
+    parser.add_argument("--min-score", metavar="SCORER[.METRIC]:VALUE", help="e.g. detection:0.7 or output.win_rate:0.6 (test split, all examples; input or output scorers)")
     parser.add_argument("--density-min", type=float)
     parser.add_argument("--density-max", type=float)
     parser.add_argument("--review", choices=REVIEW_STATES, help="only labels in this review state")
@@ -58,5 +58,13 @@ def run(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(results.hits, start=args.offset + 1):
         score = f" {hit.score:8.3f}" if scored else ""
         review = "" if hit.review_state == "unreviewed" else f"  [{hit.review_state}]"
-        print(f"{rank:>4}.{score} {hit.explanation_id:>9}  {hit.source}/{hit.feature} · {hit.label}{review}")
+        both = f"  ({_headline('in', hit.input_score)}; {_headline('out', hit.output_score)})" if hit.output_score else ""
+        print(f"{rank:>4}.{score} {hit.explanation_id:>9}  {hit.source}/{hit.feature} · {hit.label}{review}{both}")
     return 0
+
+
+def _headline(side: str, score) -> str:
+    """`in detection.auroc 0.81`: a hit's input or output headline, shown side by side when it has an output score."""
+    if score is None or score.value is None:
+        return f"{side} -"
+    return f"{side} {score.scorer}.{score.metric} {score.value:.3g}" + (" (unreliable)" if score.unreliable else "")

@@ -3,7 +3,8 @@ scoring and again to recompute a metric from the store (`autointerp.judgements`)
 
 Subsets pick items by group: `all`; `positives`; a negative subset (`random_negatives`, `hard_negatives`):
 positives plus that kind of negative; `top_and_random`: the top activation quantile's positives plus random
-negatives, the records Bills et al. 2023 score their headline on. A quantile breakdown keeps the positives
+negatives, the records Bills et al. 2023 score their headline on; `control`: the items of a control label
+(groups `control_*`, which `all` leaves out: the output scorer's shuffled label on the same continuations). A quantile breakdown keeps the positives
 (and their fuzzing decoys) of one activation quantile and every negative of the subset.
 """
 
@@ -18,7 +19,9 @@ from autointerp.records import ItemJudgement
 from autointerp.scoring import metrics
 
 BINARY_METRICS = ("balanced_accuracy", "f1", "auroc")
+PAIRED_METRICS = ("delta_cosine", "win_rate")
 TOP = "top"
+CONTROL_PREFIX = "control_"
 
 
 @dataclass
@@ -45,8 +48,11 @@ def quantile_keys(items: Sequence[ItemJudgement]) -> list[str]:
 
 def subset_mask(items: Sequence[ItemJudgement], subset: str) -> np.ndarray:
     groups = np.array([i.group for i in items], dtype=object)
+    control = np.array([i.group.startswith(CONTROL_PREFIX) for i in items], dtype=bool)
     if subset == "all":
-        return np.ones(len(items), dtype=bool)
+        return ~control
+    if subset == "control":
+        return control
     if subset == "positives":
         return groups == "positives"
     if subset == "top_and_random":
@@ -67,6 +73,8 @@ def compute(
     true and decoy highlighting stay together); ev_correlation resamples contexts within groups."""
     if metric == "ev_correlation":
         return _ev_correlation(items, n_resamples, seed)
+    if metric in PAIRED_METRICS:
+        return _paired(metric, items, n_resamples, seed)
     if metric == "auroc":
         used = [i for i in items if i.probability is not None and i.truth is not None]
         y, s = np.array([i.truth for i in used], dtype=int), np.array([i.probability for i in used], dtype=float)
@@ -97,6 +105,27 @@ def _ev_correlation(items: Sequence[ItemJudgement], n_resamples: int, seed: int)
         metrics.bootstrap_pooled_pearson(true, pred, np.array(groups), n_resamples, seed) if value is not None else (None, None)
     )
     return MetricValue(value, low, high, len(true))
+
+
+def paired_differences(items: Sequence[ItemJudgement]) -> dict[int, float]:
+    """Per context: the truth-1 item's probability minus the truth-0 item's (the output scorer's steered minus
+    unsteered cosine with the label, per prompt); contexts missing either side are left out."""
+    sides: dict[int, dict[int, float]] = {}
+    for i in items:
+        if i.probability is not None and i.truth in (0, 1):
+            sides.setdefault(i.context_id, {})[i.truth] = i.probability
+    return {c: s[1] - s[0] for c, s in sides.items() if len(s) == 2}
+
+
+def _paired(metric: str, items: Sequence[ItemJudgement], n_resamples: int, seed: int) -> MetricValue:
+    """delta_cosine: the mean paired difference; win_rate: the share of pairs where truth 1 scores higher (ties
+    half). The CI resamples pairs."""
+    diffs = np.array(list(paired_differences(items).values()), dtype=float)
+    if not len(diffs):
+        return MetricValue(None, None, None, 0)
+    values = diffs if metric == "delta_cosine" else (diffs > 0) + 0.5 * (diffs == 0)
+    low, high = metrics.bootstrap_mean(values, n_resamples, seed)
+    return MetricValue(float(values.mean()), low, high, len(values))
 
 
 def by_quantile(

@@ -175,6 +175,17 @@ def bootstrap_auroc(
     return percentile_interval(auroc_replicates(y_true, y_score, counts))
 
 
+def bootstrap_mean(
+    values: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED
+) -> tuple[float | None, float | None]:
+    """95% CI of a mean, resampling the values (None with fewer than two)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return None, None
+    counts = resample_counts(np.zeros(len(x)), n_resamples, seed)
+    return percentile_interval(counts @ x / len(x))
+
+
 def bootstrap_pooled_pearson(
     true_per_context: list[ArrayLike],
     pred_per_context: list[ArrayLike],

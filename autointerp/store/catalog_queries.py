@@ -209,7 +209,8 @@ _RELIABLE = f"""
 
 def _best_ctes(labels: str, scores_only: str, named: str) -> str:
     """CTEs ending in `best`: one row per feature with its best label, by the rule of `autointerp.ranking`
-    (bound parameters: $min_n, $max_unparsed, $preferred, and $scorer/$metric when `named`).
+    (bound parameters: $min_n, $max_unparsed, $preferred, $unranked, and $scorer/$metric when `named`; the
+    $unranked scorers are compared only when named).
     `labels`: a SELECT of (explanation_id, source_id, feature), the labels that compete; `scores_only`: a
     condition (ending in AND) narrowing the scores read to theirs. Tiers: 0 accepted, 1 unreviewed,
     2 rejected or edited; only a feature's lowest tier competes."""
@@ -231,6 +232,7 @@ def _best_ctes(labels: str, scores_only: str, named: str) -> str:
         shared AS (
             SELECT c.source_id, c.feature, s.scorer, s.metric, count(*) AS n_ranked
             FROM competing c JOIN reliable s USING (explanation_id)
+            WHERE NOT list_contains($unranked, s.scorer) {"OR s.scorer = $scorer" if named else ""}
             GROUP BY c.source_id, c.feature, s.scorer, s.metric
             QUALIFY row_number() OVER (
                 PARTITION BY c.source_id, c.feature
