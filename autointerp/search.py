@@ -5,8 +5,9 @@ The indexes are derived from the store and kept as files beside it (`<store>.sea
 opens them instead of rebuilding, and a damaged or missing set is rebuilt from the store:
 - keyword: `autointerp.keyword_index` (DuckDB's fts tokenizer, BM25 scored as DuckDB's `match_bm25`),
   updated incrementally;
-- semantic: `autointerp.vector_index` (a faiss HNSW graph; approximate, recall@10 against exact cosine in
-  `python -m autointerp.bench.search`), updated incrementally.
+- semantic: `autointerp.vector_index` (faiss: a product-quantized fast scan re-ranked by exact cosine;
+  approximate above 20k labels, recall@10 against exact cosine in `python -m autointerp.bench.search`),
+  updated incrementally.
 `SearchIndex.update` adds labels written since the index last looked and drops deleted ones, in
 milliseconds for a few labels; `rebuild_indexes` rebuilds from scratch. Searching reads the store
 read-only, so it never needs the store's write lock (a labeling job may hold it).
@@ -193,9 +194,7 @@ class SearchIndex:
             version = self._version(cur)
             labels = q.label_texts(cur)
             keyword = KeywordIndex.build(labels)
-            vectors = VectorIndex(EMBEDDING_DIM)
-            for ids, batch in _vector_batches(cur, self.embedding_model, after=-1):
-                vectors.add(ids, batch)
+            vectors = VectorIndex.build(EMBEDDING_DIM, *_concat(list(_vector_batches(cur, self.embedding_model))))
             with self._lock.write():
                 self._keyword, self._vectors = keyword, vectors
                 self._source_of = np.zeros(1, dtype=np.int32)
@@ -265,8 +264,8 @@ class SearchIndex:
                 labels = pa.concat_tables([labels, q.label_texts_of(cur, missing)])
         vector_ids, vectors = _concat(list(_vector_batches(cur, self.embedding_model, after=self._vector_max)))
         removed_vectors = np.zeros(0, dtype=np.int64)
-        if self._vectors.labels.n_alive + len(vector_ids) != n_vectors:
-            removed_vectors, missing = _difference(self._vectors.labels.live_ids,
+        if len(self._vectors) + len(vector_ids) != n_vectors:
+            removed_vectors, missing = _difference(self._vectors.ids(),
                                                    q.embedded_label_ids(cur, self.embedding_model), vector_ids)
             if len(missing):
                 more_ids, more = _concat(list(_vector_batches(cur, self.embedding_model, ids=missing)))
@@ -311,7 +310,7 @@ class SearchIndex:
             with self._lock.read():
                 index_files.write(folder, self._manifest(), {
                     "keyword.npz": self._keyword.save,
-                    "vectors.faiss": self._vectors.save_graph,
+                    "vectors.faiss": self._vectors.save,
                     "vectors.npz": self._vectors.save_rows,
                     "features.npz": lambda path: _save_arrays(path, source_of=self._source_of,
                                                              feature_of=self._feature_of),
@@ -350,6 +349,12 @@ class SearchIndex:
         return True
 
     # ---- ranking --------------------------------------------------------------------------------------
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """Whether the semantic index grew past what it was built for (exact search over many labels, or many
+        deleted labels still masked): `rebuild_indexes` in the background restores its speed."""
+        return self._vectors.outgrown
 
     @property
     def n_labels(self) -> int:

@@ -18,6 +18,7 @@ from autointerp.records import Explanation, Score
 from autointerp.search import SearchFilters, SearchIndex, search
 from autointerp.store import Store
 from autointerp.store import catalog_queries as q
+from autointerp import vector_index
 from autointerp.vector_index import VectorIndex
 from catalog_fixtures import FEATURES_A, FEATURES_B, HOSTILE_LABEL, SOURCE_A, SOURCE_B, catalog_copy
 
@@ -333,15 +334,19 @@ def test_rebuild_indexes_writes_the_files_from_the_store(tmp_path):
         assert search_module.rebuild_indexes(store.con) > 0
 
 
-def test_semantic_recall_against_exact_cosine():
-    """The HNSW index finds the exact cosine top 10 (recall@10 >= 0.95), filtered or not, on 3,000 vectors."""
+def test_semantic_recall_against_exact_cosine(monkeypatch):
+    """The quantized index finds the exact cosine top 10 (recall@10 >= 0.95), filtered or not, on 3,000
+    vectors; a filter allowing few labels is answered exactly."""
+    monkeypatch.setattr(vector_index, "PQ_MIN", 1000)
+    monkeypatch.setattr(vector_index, "TRAIN_SAMPLE", 3000)
+    monkeypatch.setattr(vector_index, "ALLOWED_EXACT", 100)
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((30, EMBEDDING_DIM)).astype(np.float32)
     vectors = centers[rng.integers(0, 30, 3000)] + 0.6 * rng.standard_normal((3000, EMBEDDING_DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(1, 3001)
-    index = VectorIndex(EMBEDDING_DIM)
-    index.add(ids, vectors)
+    index = VectorIndex.build(EMBEDDING_DIM, ids, vectors)
+    assert not index.exact
     subsets = {"all": None, "30% allowed": ids[rng.random(3000) < 0.3], "40 allowed (exact path)": ids[:40]}
     recalls: dict[str, list[float]] = {name: [] for name in subsets}
     queries = centers[rng.integers(0, 30, 40)] + 0.6 * rng.standard_normal((40, EMBEDDING_DIM)).astype(np.float32)
