@@ -39,6 +39,9 @@ class Postings:
 
 def tokenize(labels) -> Postings:
     """Postings of an Arrow table of (explanation_id, label) as DuckDB's fts extension tokenizes them."""
+    if not labels.num_rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return Postings(empty, empty.astype(np.int32), empty, [], empty.astype(np.float32))
     fts = q.open_fts_database()
     try:
         q.build_fts_index(fts, labels.select(["explanation_id", "label"]))

@@ -221,7 +221,7 @@ class SearchIndex:
 
     def update(self, con: duckdb.DuckDBPyConnection) -> int:
         """Index labels added since the index last looked and drop deleted ones, keyword and semantic; return
-        how many labels changed. Cheap when little changed: the new labels are read by id, the whole id
+        how many entries changed (a label's text and its embedding count one each). Cheap when little changed: the new labels are read by id, the whole id
         lists only when counts show a deletion. Opens (or builds) the index when it has none yet."""
         if self.version is None:
             self.open(con)

@@ -360,6 +360,10 @@ def test_semantic_recall_against_exact_cosine(monkeypatch):
             assert np.allclose(sims, vectors[found - 1] @ query, atol=1e-4)
             recalls[name].append(len(exact & set(found.tolist())) / 10)
     means = {name: float(np.mean(r)) for name, r in recalls.items()}
+    gone = index.search(queries[0], 5)[0]
+    index.remove(gone)  # masked in place: never returned again, filtered or not
+    assert not set(gone.tolist()) & set(index.search(queries[0], 50)[0].tolist())
+    assert not set(gone.tolist()) & set(index.search(queries[0], 50, ids[:2000])[0].tolist())
     assert means["all"] >= 0.95 and means["30% allowed"] >= 0.95 and means["40 allowed (exact path)"] == 1.0, means
 
 
