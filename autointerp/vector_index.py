@@ -12,8 +12,10 @@ Filters: an allowed-row bitmap (`IDSelectorBitmap`, checked in C++) restricts th
 flat vectors when the allowed labels are few (ALLOWED_EXACT or less): exact over the allowed set. When
 they are many, the fast scan ranks all labels and the first k allowed are kept, asking for 4x more until
 k are found or the exact path takes over: the fast scan takes no filter (faiss: "search params not
-supported"). Rows are labels in the order they were added (`LabelRows`); a deleted label's row is masked
-the same way until the next rebuild (faiss cannot remove from a fast-scan index).
+supported"). At 1M labels (load average 12-17) exact over 100k allowed labels took p95 142 ms, over 10k
+39 ms, the unfiltered fast scan 46 ms: hence ALLOWED_EXACT 20k. Rows are labels in the order they were
+added (`LabelRows`); a deleted label's row is masked the same way until the next rebuild (faiss cannot
+remove from a fast-scan index).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ PQ_MIN = 20_000  # below this many labels: exact search
 PQ_SUBSPACES, PQ_BITS = 96, 4
 TRAIN_SAMPLE = 50_000
 REFINE_CANDIDATES = 1000  # fast-scan candidates re-ranked exactly, at least
-ALLOWED_EXACT = 100_000  # allowed labels up to which a filtered search is exact over them
+ALLOWED_EXACT = 20_000  # allowed labels up to which a filtered search is exact over them
 THREADS = 2
 
 
