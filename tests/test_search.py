@@ -384,3 +384,24 @@ def test_cli_search(db, con, capsys):
     assert data["mode"] == "keyword" and [h["label"] for h in data["hits"]] == ["kitchen kettle"]
     assert cli(["search", "--db", str(db), "x", "--min-score", "nonsense"]) == 2
     assert "min-score wants" in capsys.readouterr().err
+
+
+def test_keyword_updates_score_as_a_fresh_build_would(con):
+    """Labels added to the delta, then deleted, then merged: scores stay those of a build over what is left."""
+    from autointerp.keyword_index import KeywordIndex, tokenize
+
+    texts = q.label_texts(con)
+    first, rest = texts.slice(0, 8), texts.slice(8)
+    grown = KeywordIndex.build(first)
+    grown.add(tokenize(rest))
+    dropped = texts.column("explanation_id").to_numpy()[[1, 9]]
+    grown.remove(dropped)
+    keep = ~np.isin(texts.column("explanation_id").to_numpy(), dropped)
+    fresh = KeywordIndex.build(texts.filter(keep))
+    for merged in (False, True):
+        if merged:
+            grown.merge()
+        for terms in (["dog"], ["code", "loop"], ["kettl", "teapot", "market"]):
+            a_ids, a_scores = grown.scores(terms)
+            b_ids, b_scores = fresh.scores(terms)
+            assert len(b_ids) and dict(zip(a_ids.tolist(), a_scores.tolist())) == pytest.approx(dict(zip(b_ids.tolist(), b_scores.tolist())))
