@@ -1,6 +1,8 @@
 """Search latency at catalog scale: keyword, semantic and hybrid p50/p95 over 10k, 100k and 1M synthetic
-labels, the index (re)build time, the recall of the compact semantic path against exact cosine, and the
-feature page's server time (request to rendered HTML, in-process client).
+labels, with filters (a broad one and a selective one), the index build, its files' size, opening them, the
+incremental update (labels written, then searchable; labels deleted), the recall of the HNSW semantic
+index against exact cosine, and the feature page's server time (request to rendered HTML, in-process
+client).
 
     python -m autointerp.bench.search [--sizes 10000,100000,1000000] [--queries 60]
 
@@ -18,6 +20,7 @@ import argparse
 import collections
 import os
 import re
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +30,11 @@ import pyarrow as pa
 
 from autointerp.catalog import best_labels
 from autointerp.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts
-from autointerp.search import EXACT_LIMIT, SearchFilters, SearchIndex, search
+from autointerp.search import SearchFilters, SearchIndex, index_folder, search
 from autointerp.store import Store
 from autointerp.store import catalog_queries as q
-from autointerp.store.activations import append_chunk, create_source, finalize_source
+from autointerp.store.activations import append_chunk, create_source, finalize_source, get_source
+from autointerp.store.inventory_queries import delete_explanations
 
 N_WORDS = 3000
 CHUNK = 100_000
@@ -63,6 +67,37 @@ def make_queries(rng: np.random.Generator, words: list[str], n: int) -> list[str
     return out
 
 
+def synthetic_labels(rng: np.random.Generator, m: int, words: list[str], word_vectors: np.ndarray):
+    """m synthetic (label texts, unit vectors [m, 384])."""
+    picks = zipf_choice(rng, len(words), (m, 4))
+    template = rng.integers(0, len(TEMPLATES), m)
+    n_words = np.array([t.count("{") for t in TEMPLATES])[template]
+    mask = np.arange(4)[None, :] < n_words[:, None]
+    vectors = (word_vectors[picks] * mask[:, :, None]).sum(axis=1)
+    vectors += NOISE * rng.standard_normal(vectors.shape).astype(np.float32) / np.sqrt(EMBEDDING_DIM)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = [
+        TEMPLATES[t].format(a=words[p[0]], b=words[p[1]], c=words[p[2]], d=words[p[3]])
+        for t, p in zip(template, picks)
+    ]
+    return labels, vectors.astype(np.float32)
+
+
+def label_table(features: np.ndarray, labels: list[str], vectors: np.ndarray, rng: np.random.Generator) -> pa.Table:
+    m = len(features)
+    return pa.table(
+        {
+            "feature": features.astype(np.int32),
+            "label": labels,
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM),
+            "scorer": ["detection"] * m,
+            "metric": ["auroc"] * m,
+            "value": rng.random(m),
+            "n": np.full(m, 40, dtype=np.int32),
+        }
+    )
+
+
 def write_labels(store: Store, n: int, words: list[str], word_vectors: np.ndarray, queries: np.ndarray, seed: int):
     """Bulk-write n synthetic labels; return the exact top-10 features per query (cosine, brute force)."""
     rng = np.random.default_rng(seed)
@@ -73,29 +108,9 @@ def write_labels(store: Store, n: int, words: list[str], word_vectors: np.ndarra
     best_features = np.zeros((len(queries), 10), dtype=np.int64)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        picks = zipf_choice(rng, len(words), (m, 4))
-        template = rng.integers(0, len(TEMPLATES), m)
-        n_words = np.array([t.count("{") for t in TEMPLATES])[template]
-        mask = np.arange(4)[None, :] < n_words[:, None]
-        vectors = (word_vectors[picks] * mask[:, :, None]).sum(axis=1)
-        vectors += NOISE * rng.standard_normal(vectors.shape).astype(np.float32) / np.sqrt(EMBEDDING_DIM)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        labels = [
-            TEMPLATES[t].format(a=words[p[0]], b=words[p[1]], c=words[p[2]], d=words[p[3]])
-            for t, p in zip(template, picks)
-        ]
+        labels, vectors = synthetic_labels(rng, m, words, word_vectors)
         features = np.arange(start, start + m, dtype=np.int32)
-        table = pa.table(
-            {
-                "feature": features,
-                "label": labels,
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM),
-                "scorer": ["detection"] * m,
-                "metric": ["auroc"] * m,
-                "value": rng.random(m),
-                "n": np.full(m, 40, dtype=np.int32),
-            }
-        )
+        table = label_table(features, labels, vectors, rng)
         with store.writing() as con:
             q.bulk_insert_labels(con, source.source_id, table, EMBEDDING_MODEL, "bench")
         sims = queries @ vectors.T  # [n_queries, m]
@@ -138,18 +153,8 @@ def write_activation_source(store: Store, words: list[str], seed: int) -> None:
     activations = activations.group_by(["feature", "context_id", "pos"]).aggregate([("value", "max")]).rename_columns(
         ["feature", "context_id", "pos", "value"]
     )
-    vectors = embed_texts([f"{words[f]} tokens" for f in range(PAGE_FEATURES)])
-    table = pa.table(
-        {
-            "feature": np.arange(PAGE_FEATURES, dtype=np.int32),
-            "label": [f"{words[f]} tokens" for f in range(PAGE_FEATURES)],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM),
-            "scorer": ["detection"] * PAGE_FEATURES,
-            "metric": ["auroc"] * PAGE_FEATURES,
-            "value": rng.random(PAGE_FEATURES),
-            "n": np.full(PAGE_FEATURES, 40, dtype=np.int32),
-        }
-    )
+    texts = [f"{words[f]} tokens" for f in range(PAGE_FEATURES)]
+    table = label_table(np.arange(PAGE_FEATURES), texts, embed_texts(texts), rng)
     with store.writing() as con:
         append_chunk(con, source.source_id, 0, contexts, activations, n_tok, {})
         finalize_source(con, source.source_id)
@@ -170,20 +175,27 @@ def time_calls(fn, items) -> list[float]:
     return out
 
 
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
 def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: Path) -> dict:
     path = folder / f"labels-{n}.duckdb"
     store = Store(path, create=True)
     start = time.perf_counter()
     exact = write_labels(store, n, words, word_vectors, query_vectors, seed=n)
     write_activation_source(store, words, seed=1)
+    store.close()
     row: dict = {"size": n, "write_s": time.perf_counter() - start}
     with Store(path, read_only=True) as reader:
         con = reader.con
         index = SearchIndex()
-        row["build_s"] = min(index.build(con) for _ in range(2))  # the rebuild a changed catalog pays
-        row["compact"] = not index._vectors.exact
-        if row["compact"]:
-            row["brute_force"] = brute_force_times(n, query_vectors)
+        row["build_s"] = index.build(con)  # what recovery (`rebuild_indexes`) pays
+        row["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        row["disk_mb"] = folder_mb(index_folder(con))
+        start = time.perf_counter()
+        SearchIndex().open(con)
+        row["open_s"] = time.perf_counter() - start  # what a new process pays instead of a rebuild
         for text in query_texts[:3]:
             search(con, index, text)  # warm-up
 
@@ -195,7 +207,16 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
 
         for mode in ("keyword", "semantic", "hybrid"):
             row[mode] = timed(mode)
-        row["hybrid_filtered"] = timed("hybrid", SearchFilters(min_score="detection:0.9", source="bench-labels"))
+        broad = SearchFilters(min_score="detection:0.9", source="bench-labels")  # ~10% of labels
+        selective = SearchFilters(min_score="detection:0.995", source="bench-labels")  # ~0.5%: exact path
+        for name, filters in (("broad", broad), ("selective", selective)):
+            start = time.perf_counter()
+            search(con, index, query_texts[0], filters=filters)  # the first search of a filter asks the store
+            row[f"{name}_first_ms"] = (time.perf_counter() - start) * 1000
+        row["hybrid_filtered"] = timed("hybrid", broad)
+        row["semantic_filtered"] = timed("semantic", broad)
+        row["keyword_filtered"] = timed("keyword", broad)
+        row["hybrid_selective"] = timed("hybrid", selective)
         # an empty query lists each feature's best label: the ranking rule runs over every label
         offsets = np.random.default_rng(n).integers(0, max(n - 20, 1), 10).tolist()
         row["listing"] = percentiles(time_calls(lambda o: search(con, index, "", limit=20, offset=o), offsets))
@@ -207,21 +228,39 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
         row["recall10"] = float(np.mean([
             len({h.feature for h in hs} & set(top.tolist())) / 10 for hs, top in zip(hits, exact)
         ]))
+    row.update(update_times(path, index, words, word_vectors))
     row["page"] = feature_page_times(path)
     path.unlink(missing_ok=True)
     return row
 
 
-def brute_force_times(n: int, queries: np.ndarray) -> tuple[float, float]:
-    """Exact float32 cosine over n x 384 (the matrix-vector product and top-k only): what the compact
-    path replaces."""
-    matrix = np.random.default_rng(0).standard_normal((n, EMBEDDING_DIM), dtype=np.float32)
-
-    def one(query):
-        sims = matrix @ query
-        np.argpartition(-sims, 20)[:20]
-
-    return percentiles(time_calls(one, queries))
+def update_times(path: Path, index: SearchIndex, words, word_vectors) -> dict:
+    """Labels written by a job become searchable by `update`, no rebuild: seconds for 1 and 1,000 new
+    labels and for 1,000 deleted ones (the store reopened read-only each time, as a reader sees it)."""
+    rng = np.random.default_rng(7)
+    out = {}
+    for batch, (name, m) in enumerate((("update_1_s", 1), ("update_1000_s", 1000))):
+        labels, vectors = synthetic_labels(rng, m, words, word_vectors)
+        labels[0] = f"zyzzyva {name}"  # a word no other label has
+        with Store(path) as store, store.writing() as con:
+            source = get_source(con, "bench-labels")
+            q.bulk_insert_labels(con, source.source_id, label_table(np.arange(m) + 10**8 * (batch + 1), labels, vectors, rng),
+                                 EMBEDDING_MODEL, "bench")
+        with Store(path, read_only=True) as reader:
+            start = time.perf_counter()
+            changed = index.update(reader.con)
+            out[name] = time.perf_counter() - start
+            found = search(reader.con, index, f"zyzzyva {name}", mode="keyword", limit=1).hits
+            assert changed == 2 * m and found and found[0].label == labels[0], (changed, found)
+    with Store(path) as store, store.writing() as con:
+        gone = con.execute("SELECT explanation_id FROM explanations ORDER BY random() LIMIT 1000").fetchnumpy()
+        delete_explanations(con, gone["explanation_id"].tolist())
+    with Store(path, read_only=True) as reader:
+        start = time.perf_counter()
+        changed = index.update(reader.con)
+        out["delete_1000_s"] = time.perf_counter() - start
+        assert changed == 2000, changed
+    return out
 
 
 def feature_page_times(path: Path) -> tuple[float, float]:
@@ -247,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=60)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
-          f"compact semantic path above {EXACT_LIMIT} labels")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     words = vocabulary()
     word_vectors = embed_texts(words)
     query_texts = make_queries(np.random.default_rng(123), words, args.queries)
@@ -261,23 +299,26 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"{n:>9} labels  write {row['write_s']:6.1f}s  index build {row['build_s']:6.2f}s  "
-                f"{'(compact vectors)' if row['compact'] else '(exact vectors)'}"
+                f"open from files {row['open_s']:5.2f}s  files {row['disk_mb']:6.0f} MB  peak RSS {row['rss_mb']:6.0f} MB  "
+                f"load average {os.getloadavg()[0]:.1f}"
             )
-            for key in ("keyword", "semantic", "hybrid", "hybrid_filtered", "listing"):
+            for key in ("keyword", "semantic", "hybrid", "keyword_filtered", "semantic_filtered", "hybrid_filtered",
+                        "hybrid_selective", "listing"):
                 p50, p95 = row[key]
-                print(f"           {key:<16} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
+                print(f"           {key:<18} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
+            print(f"           first search of a filter (asks the store): broad {row['broad_first_ms']:.0f} ms, "
+                  f"selective {row['selective_first_ms']:.0f} ms")
             print(f"           semantic recall@10 vs exact cosine {row['recall10']:.3f}")
+            print(f"           update: 1 new label {row['update_1_s'] * 1000:.0f} ms, 1,000 new {row['update_1000_s']:.2f}s, "
+                  f"1,000 deleted {row['delete_1000_s']:.2f}s (then searchable / gone)")
             print(f"           best label of every feature (catalog.best_labels) {row['best_labels_s']:6.2f}s")
-            if "brute_force" in row:
-                p50, p95 = row["brute_force"]
-                print(f"           exact float32 cosine alone (matrix-vector + top-k): p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
-            print(f"           feature page     p50 {row['page'][0]:7.1f} ms  p95 {row['page'][1]:7.1f} ms")
+            print(f"           feature page       p50 {row['page'][0]:7.1f} ms  p95 {row['page'][1]:7.1f} ms")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         print(f"\np95 ratio {last['size']} / {first['size']} labels:")
-        for key in ("keyword", "semantic", "hybrid", "hybrid_filtered", "listing", "page"):
-            print(f"  {key:<16} {last[key][1] / first[key][1]:6.2f}x")
+        for key in ("keyword", "semantic", "hybrid", "hybrid_filtered", "hybrid_selective", "listing", "page"):
+            print(f"  {key:<18} {last[key][1] / first[key][1]:6.2f}x")
         print(f"  index build      {last['build_s'] / first['build_s']:6.2f}x")
     return 0
 
