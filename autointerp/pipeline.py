@@ -485,8 +485,10 @@ class _Job:
     ) -> Iterator[tuple[int, FeatureExamples | AutointerpError]]:
         return stages.sample_features(self.store, self.job, self.source, features, firing)
 
-    async def score(self, explanation: Explanation, examples: FeatureExamples, on_stage=None) -> list[Score]:
-        return await stages.score(explanation, examples, self.make_scorers(), on_stage)
+    async def score(
+        self, explanation: Explanation, examples: FeatureExamples, on_stage=None, scorers: list[Scorer] | None = None
+    ) -> list[Score]:
+        return await stages.score(explanation, examples, scorers or self.make_scorers(), on_stage)
 
     async def label_feature(self, feature: int, sampled: FeatureExamples | AutointerpError) -> None:
         if isinstance(sampled, TooFewActivations):
@@ -506,10 +508,14 @@ class _Job:
             stage = name
 
         try:
-            baseline = await score_baseline(examples, self.job.scorer_options.get("embedding"))
+            scorers = self.make_scorers()
+            embedding = next((s for s in scorers if s.name == "embedding"), None)
+            if embedding is not None:  # the baseline is an embedding score: only beside the job's own
+                baseline = await score_baseline(examples, scorer=embedding)
             explanation = await stages.explain(examples, self.llm(self.job.explainer), self.job)
-            explanation.details["baseline"] = baseline.to_details()
-            scores = await self.score(explanation, examples, entering)
+            if baseline is not None:
+                explanation.details["baseline"] = baseline.to_details()
+            scores = await self.score(explanation, examples, entering, scorers)
             stage = "write"
             vector = await stages.label_vector(explanation.label)
         except ExplanationParseError as exc:

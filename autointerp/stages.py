@@ -6,14 +6,13 @@ sends its LLM requests as provider batches. Per-feature state between stages liv
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from autointerp.catalog import write_label
 from autointerp.config import JobConfig
-from autointerp.embeddings import embed_texts
+from autointerp.embeddings import embed_texts_async
 from autointerp.errors import AutointerpError
 from autointerp.explain import best_of_k
 from autointerp.records import Explanation, FeatureExamples, Score
@@ -83,8 +82,8 @@ async def score(
 
 
 async def label_vector(label: str) -> Any:
-    """The label's embedding for semantic search, off the event loop."""
-    return (await asyncio.to_thread(embed_texts, [label]))[0]
+    """The label's embedding for semantic search, off the event loop (batched with other features' labels)."""
+    return (await embed_texts_async([label]))[0]
 
 
 def write(

@@ -16,6 +16,7 @@ import duckdb
 from autointerp.embeddings import EMBEDDING_DIM
 from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, Score
+from autointerp.store.bulk import insert_rows
 
 
 def _id_list(ids: Sequence[int], prefix: str) -> tuple[str, dict[str, int]]:
@@ -65,30 +66,14 @@ def insert_explanation(
 
 
 def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: Sequence[Score], run_id: str | None) -> None:
-    if not scores:
-        return
-    con.executemany(
-        """
-        INSERT INTO scores (explanation_id, scorer, metric, subset, split, value, ci_low, ci_high, n,
-                            scorer_model, details, run_id, imported)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        """,
+    insert_rows(
+        con,
+        "scores",
+        ("explanation_id", "scorer", "metric", "subset", "split", "value", "ci_low", "ci_high", "n", "scorer_model",
+         "details", "run_id", "imported"),
         [
-            [
-                explanation_id,
-                s.scorer,
-                s.metric,
-                s.subset,
-                s.split,
-                s.value,
-                s.ci_low,
-                s.ci_high,
-                s.n,
-                s.scorer_model,
-                _json(s.details or None),
-                run_id,
-                s.imported,
-            ]
+            [explanation_id, s.scorer, s.metric, s.subset, s.split, s.value, s.ci_low, s.ci_high, s.n, s.scorer_model,
+             _json(s.details or None), run_id, s.imported]
             for s in scores
         ],
     )
