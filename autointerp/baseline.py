@@ -15,6 +15,7 @@ from autointerp.explain import explain_baseline
 from autointerp.records import FeatureExamples, Score
 from autointerp.scoring import make_scorer
 from autointerp.scoring.embedding import EmbeddingScorer
+from autointerp.stage_clock import staged
 
 SCORER = "embedding"  # no LLM: cheap, and the same number for the LLM label and the baseline label
 
@@ -38,6 +39,7 @@ class BaselineLabel:
         return cls(data.get("label"), data.get("method", ""), score, data.get("error"))
 
 
+@staged("baseline")
 async def score_baseline(
     examples: FeatureExamples, scorer_options: dict[str, Any] | None = None, *, scorer: EmbeddingScorer | None = None
 ) -> BaselineLabel:

@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 
 from autointerp.errors import AutointerpError
+from autointerp.stage_clock import in_thread, stage
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -88,7 +89,8 @@ class _Coalescer:
                 batch, self._queue = self._queue, []
                 texts = list(dict.fromkeys(t for ts, _ in batch for t in ts))
                 try:
-                    vectors = await asyncio.to_thread(embed_texts, texts)
+                    with stage("embed"):
+                        vectors = await asyncio.to_thread(in_thread(embed_texts), texts)
                 except Exception as exc:  # handed to every caller of this batch
                     for _, future in batch:
                         if not future.done():

@@ -49,6 +49,7 @@ from autointerp.prompts import available_prompts, load_prompt
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample
 from autointerp.scoring import NEEDS_LLM, Scorer
+from autointerp.stage_clock import stage as cpu_stage, staged
 from autointerp.stages import simulator_spec
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source, select_features
@@ -316,6 +317,7 @@ class _StoreSessions:
         self._handle = None
         self._task = asyncio.get_running_loop().create_task(self._session(sample_more=True))
 
+    @staged("store")
     async def _session(self, sample_more: bool) -> None:
         try:
             _ = self.store.con  # one connection for the whole session
@@ -324,7 +326,7 @@ class _StoreSessions:
             if sample_more and not self._exhausted and need > 0:
                 batch = list(itertools.islice(self._todo, need))
                 self._exhausted = len(batch) < need
-                with contextlib.closing(self._sample_batch(batch)) as sampled:
+                with cpu_stage("sample"), contextlib.closing(self._sample_batch(batch)) as sampled:
                     for item in sampled:
                         self._ready.put_nowait(item)
                         await asyncio.sleep(0)
@@ -342,6 +344,7 @@ class _StoreSessions:
         elif self._writes or waiting > 0:
             self._schedule()
 
+    @staged("write")
     async def _write_queued(self) -> None:
         if not self._writes:
             return

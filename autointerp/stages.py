@@ -18,6 +18,7 @@ from autointerp.explain import best_of_k
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample_many
 from autointerp.scoring import NEEDS_LLM, Scorer, make_scorer
+from autointerp.stage_clock import staged
 from autointerp.store.activations import SourceInfo
 from autointerp.store.db import Store
 
@@ -40,6 +41,7 @@ def sample_features(
 # --- explain, select -------------------------------------------------------------------------------------
 
 
+@staged("explain")
 async def explain(examples: FeatureExamples, llm: Any, job: JobConfig) -> Explanation:
     """k candidate labels, the best on the valid split kept (raises ExplanationParseError when none parses)."""
     explanation = await best_of_k(examples, llm, prompt=job.prompt, k=job.k, evidence=job.evidence)
@@ -66,6 +68,7 @@ def make_scorers(job: JobConfig, llm_for: Callable[[str], Any]) -> list[Scorer]:
     ]
 
 
+@staged("score")
 async def score(
     explanation: Explanation, examples: FeatureExamples, scorers: list[Scorer], on_stage: Callable[[str], None] | None = None
 ) -> list[Score]:
