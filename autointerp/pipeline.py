@@ -58,6 +58,7 @@ from autointerp.store.db import Store, job_lock
 # LLM failures that every later call would hit too: the job stops instead of failing feature after feature.
 FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
 FEATURE_TRIES = 3  # per feature and job, for failures of a transient kind (TRANSIENT)
+WRITES_PER_COMMIT = 32  # finished features stored per transaction
 
 
 @dataclass
@@ -248,8 +249,9 @@ class _StoreSessions:
     """The job's store work, batched: features are sampled ahead (up to `prefetch` ready) and finished
     features' rows queued, and both are served together in one connection session at most every
     `min_interval_s`, so the file is opened about once a second whatever the concurrency and is free for
-    other processes (the web catalog) in between. Each queued write is still its own transaction, and a
-    session yields to the event loop between steps so that LLM answers keep flowing. Closing checkpoints
+    other processes (the web catalog) in between. Queued writes go in transactions of up to `WRITES_PER_COMMIT`
+    (a commit costs more than a feature's rows), and a session yields to the event loop between
+    transactions so that LLM answers keep flowing. Closing checkpoints
     the write-ahead log only every `checkpoint_every_s` (a checkpoint costs more than the rest of a session;
     between them, opening the file replays a short log)."""
 
@@ -274,7 +276,7 @@ class _StoreSessions:
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint = time.monotonic()
         self._ready: asyncio.Queue = asyncio.Queue()
-        self._writes: list[Any] = []
+        self._writes: list[tuple[Any, Any]] = []  # (fn(con), and what to call once it is committed)
         self._exhausted = False
         self._wanted = 0  # workers waiting for a feature
         self._handle: asyncio.TimerHandle | None = None
@@ -303,9 +305,9 @@ class _StoreSessions:
             self._schedule()
         return item
 
-    def write(self, fn) -> None:
-        """Run fn(con) in its own transaction at the next session."""
-        self._writes.append(fn)
+    def write(self, fn, committed=None) -> None:
+        """Run fn(con) in a transaction at the next session, then committed() once that transaction is."""
+        self._writes.append((fn, committed))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -350,12 +352,27 @@ class _StoreSessions:
             return
         self._before_writes()
         while self._writes:
-            fn = self._writes.pop(0)
-            with self.store.writing() as con:
-                fn(con)
+            chunk, self._writes = self._writes[:WRITES_PER_COMMIT], self._writes[WRITES_PER_COMMIT:]
+            try:
+                self._commit(chunk)
+            except Exception:  # noqa: BLE001 - one write failed: the others are stored on their own, as before
+                for i, write in enumerate(chunk):
+                    try:
+                        self._commit([write])
+                    except Exception:
+                        self._writes[:0] = chunk[i + 1 :]
+                        raise
             await asyncio.sleep(0)
         with self.store.writing() as con:
             self._after_writes(con)
+
+    def _commit(self, writes: list[tuple[Any, Any]]) -> None:
+        with self.store.writing() as con:
+            for fn, _ in writes:
+                fn(con)
+        for _, committed in writes:
+            if committed is not None:
+                committed()
 
     def _close(self, checkpoint: bool) -> None:
         recent = time.monotonic() - self._last_checkpoint < self.checkpoint_every_s
@@ -452,9 +469,8 @@ class _Job:
                 explanation_id=result.explanation_id,
                 error=result.error,
             )
-            self.results.append(result)
 
-        self.sessions.write(transaction)
+        self.sessions.write(transaction, lambda: self.results.append(result))
 
     def _failed(
         self, feature: int, stage: str, exc: BaseException, raw: str | None = None, baseline: BaselineLabel | None = None
