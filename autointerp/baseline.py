@@ -1,6 +1,7 @@
 """The non-LLM baseline beside an LLM label: the baseline explainer's label (`explain.explain_baseline`,
 counting tokens on the train split) scored by the embedding scorer on the same test split, so that a reader
-sees at once when the LLM did worse than counting tokens. No LLM call; computed where the job runs the embedding scorer, whose window embeddings it shares.
+sees at once when the LLM did worse than counting tokens. No LLM call; the labeling job computes it where it runs
+the embedding scorer, whose window embeddings it shares.
 """
 
 from __future__ import annotations

@@ -109,10 +109,14 @@ def resample_counts(
     """
     strata = _hashable(np.asarray(strata))
     clusters = None if clusters is None else _hashable(np.asarray(clusters))
-    key = (strata.dtype.str, strata.tobytes(), None if clusters is None else (clusters.dtype.str, clusters.tobytes()), n_resamples, seed)
+    cluster_key = None if clusters is None else (clusters.dtype.str, clusters.tobytes())
+    key = (strata.dtype.str, strata.tobytes(), cluster_key, n_resamples, seed)
     counts = _COUNTS_CACHE.get(key)
     if counts is None:
-        counts = _cluster_counts(strata, clusters, n_resamples, seed) if clusters is not None else _draw(strata, n_resamples, seed)
+        if clusters is None:
+            counts = _draw(strata, n_resamples, seed)
+        else:
+            counts = _cluster_counts(strata, clusters, n_resamples, seed)
         counts.flags.writeable = False
         _COUNTS_CACHE[key] = counts
         if len(_COUNTS_CACHE) > _COUNTS_CACHE_SIZE:
