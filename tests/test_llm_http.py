@@ -47,6 +47,7 @@ def paid_api_key() -> str:
 
 def test_only_compatible_servers_get_the_lean_client(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     assert make_llm("openai:m", base_url="http://127.0.0.1:8000/v1").uses_lean_http()
