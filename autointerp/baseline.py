@@ -1,6 +1,7 @@
 """The non-LLM baseline beside an LLM label: the baseline explainer's label (`explain.explain_baseline`,
 counting tokens on the train split) scored by the embedding scorer on the same test split, so that a reader
-sees at once when the LLM did worse than counting tokens. No LLM call; ~50 ms a feature once MiniLM is loaded.
+sees at once when the LLM did worse than counting tokens. No LLM call; the labeling job computes it where it runs
+the embedding scorer, whose window embeddings it shares.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from autointerp.errors import AutointerpError
 from autointerp.explain import explain_baseline
 from autointerp.records import FeatureExamples, Score
 from autointerp.scoring import make_scorer
+from autointerp.scoring.embedding import EmbeddingScorer
+from autointerp.stage_clock import staged
 
 SCORER = "embedding"  # no LLM: cheap, and the same number for the LLM label and the baseline label
 
@@ -37,14 +40,21 @@ class BaselineLabel:
         return cls(data.get("label"), data.get("method", ""), score, data.get("error"))
 
 
-async def score_baseline(examples: FeatureExamples, scorer_options: dict[str, Any] | None = None) -> BaselineLabel:
-    """The baseline label of a feature and its embedding score on the test split (an error is kept, not raised)."""
+@staged("baseline")
+async def score_baseline(
+    examples: FeatureExamples, scorer_options: dict[str, Any] | None = None, *, scorer: EmbeddingScorer | None = None
+) -> BaselineLabel:
+    """The baseline label of a feature and its embedding score on the test split (an error is kept, not raised).
+
+    Pass the job's own embedding `scorer` for this feature to share its window embeddings (one MiniLM pass
+    over the test windows for both labels) instead of a new scorer with `scorer_options`."""
     try:
         explanation = explain_baseline(examples)
     except AutointerpError as exc:
         return BaselineLabel(None, "token log-odds, train split", error=str(exc))
     method = explanation.details.get("method", "")
-    scores = await make_scorer(SCORER, None, **(scorer_options or {})).score(explanation, examples, split="test")
+    scorer = scorer or make_scorer(SCORER, None, **(scorer_options or {}))
+    scores = await scorer.score(explanation, examples, split="test", subsets=("all",))
     return BaselineLabel(explanation.label, method, ranking.headline(scores, SCORER, reliable_only=False))
 
 

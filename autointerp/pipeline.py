@@ -50,6 +50,7 @@ from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample
 from autointerp.scoring import Scorer, any_needs_llm
 from autointerp.scoring.output import OutputContext, output_context
+from autointerp.stage_clock import stage as cpu_stage, staged
 from autointerp.stages import simulator_spec
 from autointerp.store import jobs
 from autointerp.store import output_evidence_queries as output_queries
@@ -59,6 +60,7 @@ from autointerp.store.db import Store, job_lock
 # LLM failures that every later call would hit too: the job stops instead of failing feature after feature.
 FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
 FEATURE_TRIES = 3  # per feature and job, for failures of a transient kind (TRANSIENT)
+WRITES_PER_COMMIT = 32  # finished features stored per transaction
 
 
 @dataclass
@@ -271,8 +273,9 @@ class _StoreSessions:
     """The job's store work, batched: features are sampled ahead (up to `prefetch` ready) and finished
     features' rows queued, and both are served together in one connection session at most every
     `min_interval_s`, so the file is opened about once a second whatever the concurrency and is free for
-    other processes (the web catalog) in between. Each queued write is still its own transaction, and a
-    session yields to the event loop between steps so that LLM answers keep flowing. Closing checkpoints
+    other processes (the web catalog) in between. Queued writes go in transactions of up to `WRITES_PER_COMMIT`
+    (a commit costs more than a feature's rows), and a session yields to the event loop between
+    transactions so that LLM answers keep flowing. Closing checkpoints
     the write-ahead log only every `checkpoint_every_s` (a checkpoint costs more than the rest of a session;
     between them, opening the file replays a short log)."""
 
@@ -297,7 +300,7 @@ class _StoreSessions:
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint = time.monotonic()
         self._ready: asyncio.Queue = asyncio.Queue()
-        self._writes: list[Any] = []
+        self._writes: list[tuple[Any, Any]] = []  # (fn(con), and what to call once it is committed)
         self._exhausted = False
         self._wanted = 0  # workers waiting for a feature
         self._handle: asyncio.TimerHandle | None = None
@@ -326,9 +329,9 @@ class _StoreSessions:
             self._schedule()
         return item
 
-    def write(self, fn) -> None:
-        """Run fn(con) in its own transaction at the next session."""
-        self._writes.append(fn)
+    def write(self, fn, committed=None) -> None:
+        """Run fn(con) in a transaction at the next session, then committed() once that transaction is."""
+        self._writes.append((fn, committed))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -340,6 +343,7 @@ class _StoreSessions:
         self._handle = None
         self._task = asyncio.get_running_loop().create_task(self._session(sample_more=True))
 
+    @staged("store")
     async def _session(self, sample_more: bool) -> None:
         try:
             _ = self.store.con  # one connection for the whole session
@@ -348,7 +352,7 @@ class _StoreSessions:
             if sample_more and not self._exhausted and need > 0:
                 batch = list(itertools.islice(self._todo, need))
                 self._exhausted = len(batch) < need
-                with contextlib.closing(self._sample_batch(batch)) as sampled:
+                with cpu_stage("sample"), contextlib.closing(self._sample_batch(batch)) as sampled:
                     for item in sampled:
                         self._ready.put_nowait(item)
                         await asyncio.sleep(0)
@@ -366,17 +370,33 @@ class _StoreSessions:
         elif self._writes or waiting > 0:
             self._schedule()
 
+    @staged("write")
     async def _write_queued(self) -> None:
         if not self._writes:
             return
         self._before_writes()
         while self._writes:
-            fn = self._writes.pop(0)
-            with self.store.writing() as con:
-                fn(con)
+            chunk, self._writes = self._writes[:WRITES_PER_COMMIT], self._writes[WRITES_PER_COMMIT:]
+            try:
+                self._commit(chunk)
+            except Exception:  # noqa: BLE001 - one write failed: the others are stored on their own, as before
+                for i, write in enumerate(chunk):
+                    try:
+                        self._commit([write])
+                    except Exception:
+                        self._writes[:0] = chunk[i + 1 :]
+                        raise
             await asyncio.sleep(0)
         with self.store.writing() as con:
             self._after_writes(con)
+
+    def _commit(self, writes: list[tuple[Any, Any]]) -> None:
+        with self.store.writing() as con:
+            for fn, _ in writes:
+                fn(con)
+        for _, committed in writes:
+            if committed is not None:
+                committed()
 
     def _close(self, checkpoint: bool) -> None:
         recent = time.monotonic() - self._last_checkpoint < self.checkpoint_every_s
@@ -483,9 +503,8 @@ class _Job:
                 explanation_id=result.explanation_id,
                 error=result.error,
             )
-            self.results.append(result)
 
-        self.sessions.write(transaction)
+        self.sessions.write(transaction, lambda: self.results.append(result))
 
     def _failed(
         self, feature: int, stage: str, exc: BaseException, raw: str | None = None, baseline: BaselineLabel | None = None
@@ -519,8 +538,10 @@ class _Job:
     ) -> Iterator[tuple[int, FeatureExamples | AutointerpError]]:
         return stages.sample_features(self.store, self.job, self.source, features, firing)
 
-    async def score(self, explanation: Explanation, examples: FeatureExamples, on_stage=None) -> list[Score]:
-        return await stages.score(explanation, examples, self.make_scorers(), on_stage)
+    async def score(
+        self, explanation: Explanation, examples: FeatureExamples, on_stage=None, scorers: list[Scorer] | None = None
+    ) -> list[Score]:
+        return await stages.score(explanation, examples, scorers or self.make_scorers(), on_stage)
 
     async def label_feature(self, feature: int, sampled: FeatureExamples | AutointerpError) -> None:
         if isinstance(sampled, TooFewActivations):
@@ -540,10 +561,14 @@ class _Job:
             stage = name
 
         try:
-            baseline = await score_baseline(examples, self.job.scorer_options.get("embedding"))
+            scorers = self.make_scorers()
+            embedding = next((s for s in scorers if s.name == "embedding"), None)
+            if embedding is not None:  # the baseline is an embedding score: only beside the job's own
+                baseline = await score_baseline(examples, scorer=embedding)
             explanation = await stages.explain(examples, self.llm(self.job.explainer), self.job)
-            explanation.details["baseline"] = baseline.to_details()
-            scores = await self.score(explanation, examples, entering)
+            if baseline is not None:
+                explanation.details["baseline"] = baseline.to_details()
+            scores = await self.score(explanation, examples, entering, scorers)
             stage = "write"
             vector = await stages.label_vector(explanation.label)
         except ExplanationParseError as exc:

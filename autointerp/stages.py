@@ -6,19 +6,19 @@ sends its LLM requests as provider batches. Per-feature state between stages liv
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from autointerp.catalog import write_label
 from autointerp.config import JobConfig
-from autointerp.embeddings import embed_texts
+from autointerp.embeddings import embed_texts_async
 from autointerp.errors import AutointerpError
 from autointerp.explain import best_of_k
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample_many
 from autointerp.scoring import NEEDS_CONTEXT, Scorer, make_scorer, needs_llm
+from autointerp.stage_clock import staged
 from autointerp.store.activations import SourceInfo
 from autointerp.store.db import Store
 
@@ -41,6 +41,7 @@ def sample_features(
 # --- explain, select -------------------------------------------------------------------------------------
 
 
+@staged("explain")
 async def explain(examples: FeatureExamples, llm: Any, job: JobConfig) -> Explanation:
     """k candidate labels, the best on the valid split kept (raises ExplanationParseError when none parses)."""
     explanation = await best_of_k(examples, llm, prompt=job.prompt, k=job.k, evidence=job.evidence)
@@ -74,6 +75,7 @@ def make_scorers(
     return scorers
 
 
+@staged("score")
 async def score(
     explanation: Explanation, examples: FeatureExamples, scorers: list[Scorer], on_stage: Callable[[str], None] | None = None
 ) -> list[Score]:
@@ -90,8 +92,8 @@ async def score(
 
 
 async def label_vector(label: str) -> Any:
-    """The label's embedding for semantic search, off the event loop."""
-    return (await asyncio.to_thread(embed_texts, [label]))[0]
+    """The label's embedding for semantic search, off the event loop (batched with other features' labels)."""
+    return (await embed_texts_async([label]))[0]
 
 
 def write(

@@ -126,3 +126,38 @@ def test_an_unreachable_base_url_stops_the_job_at_once_with_one_clear_message(db
     assert f"cannot reach {base_url} (connection refused or unknown host): is the server running?" in err
     assert "Traceback" not in err
     assert set(stored(db, "SELECT attempts FROM llm_calls")) == {(1,)}  # no retries with backoff
+
+
+def test_finished_features_share_a_commit_but_a_failing_write_loses_none_of_the_others(tmp_path):
+    """The job stores finished features in transactions of many; when one write fails, the others of its
+    transaction are still stored (each on its own), and what was queued after it stays queued."""
+    import asyncio
+
+    from autointerp.pipeline import _StoreSessions
+    from autointerp.store import jobs
+
+    store = Store(tmp_path / "s.duckdb", create=True)
+    committed = []
+
+    def failure_row(feature):
+        return lambda con: jobs.record_failure(con, run_id="r", source_id=None, feature=feature, stage="t", error="e")
+
+    def broken(con):
+        raise OSError("No space left on device")
+
+    async def go():
+        sessions = _StoreSessions(store, [], lambda batch: iter(()), lambda: None, lambda con: None, prefetch=2)
+        for feature in (0, 1, 2):
+            sessions.write(failure_row(feature), lambda f=feature: committed.append(f))
+        sessions.write(broken)
+        sessions.write(failure_row(9), lambda: committed.append(9))
+        sessions._handle.cancel()  # no timed session: this test runs the writes itself
+        with pytest.raises(OSError, match="No space"):
+            await sessions._write_queued()
+        assert committed == [0, 1, 2]
+        await sessions._write_queued()  # the write queued after the failing one is still there
+        assert committed == [0, 1, 2, 9]
+
+    asyncio.run(go())
+    store.close()
+    assert sorted(r[0] for r in stored(tmp_path / "s.duckdb", "SELECT feature FROM failures")) == [0, 1, 2, 9]

@@ -26,6 +26,13 @@ def openai_llm(paid_api, store=None, retries=FAST):
     return make_llm("openai:gpt-4o-mini", base_url=paid_api.openai_base_url, store=store, retries=retries)
 
 
+def openai_sdk_llm(paid_api, store=None, retries=FAST):
+    """The same adapter through the official SDK (what api.openai.com gets) instead of the lean HTTP client."""
+    llm = openai_llm(paid_api, store, retries)
+    llm.lean_http = False
+    return llm
+
+
 def claude(paid_api, store=None, retries=FAST):
     return make_llm("anthropic:claude-3-5-haiku", base_url=paid_api.anthropic_base_url, store=store, retries=retries)
 
@@ -45,7 +52,7 @@ def calls_ledger(store):
         return list_calls(con)
 
 
-@pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("make", [openai_llm, openai_sdk_llm, claude], ids=["openai", "openai-sdk", "anthropic"])
 def test_429_waits_as_long_as_retry_after_says(paid_api, tmp_path, make):
     store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(Reply(429, body={"error": {"message": "slow down"}}, headers={"retry-after": "1"}))
@@ -58,7 +65,7 @@ def test_429_waits_as_long_as_retry_after_says(paid_api, tmp_path, make):
     assert calls_ledger(store)[0]["attempts"] == 2
 
 
-@pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("make", [openai_llm, openai_sdk_llm, claude], ids=["openai", "openai-sdk", "anthropic"])
 def test_server_error_then_success(paid_api, make):
     paid_api.script(Reply(500, body={"error": {"message": "internal"}}), Reply(503, body={"error": {"message": "busy"}}))
     assert call(make(paid_api)).text
@@ -75,7 +82,7 @@ def test_server_errors_until_attempts_run_out(paid_api, tmp_path):
     assert row["attempts"] == 4 and "HTTP 502" in row["error"] and row["response"] is None
 
 
-@pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("make", [openai_llm, openai_sdk_llm, claude], ids=["openai", "openai-sdk", "anthropic"])
 def test_timeout_is_retried(paid_api, make):
     paid_api.script(Reply(delay_s=3.0))
     quick = Retries(max_attempts=2, min_wait_s=0.01, max_wait_s=0.05, timeout_s=0.5)
@@ -91,7 +98,11 @@ def test_timeouts_until_attempts_run_out(paid_api):
     assert failed.value.kind == "timeout"
 
 
-@pytest.mark.parametrize("make, env", [(openai_llm, "OPENAI_API_KEY"), (claude, "ANTHROPIC_API_KEY")], ids=["openai", "anthropic"])
+@pytest.mark.parametrize(
+    "make, env",
+    [(openai_llm, "OPENAI_API_KEY"), (openai_sdk_llm, "OPENAI_API_KEY"), (claude, "ANTHROPIC_API_KEY")],
+    ids=["openai", "openai-sdk", "anthropic"],
+)
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors_name_the_variable_and_are_not_retried(paid_api, tmp_path, make, env, status):
     store = Store(tmp_path / "x.duckdb", create=True)
@@ -103,7 +114,7 @@ def test_auth_errors_name_the_variable_and_are_not_retried(paid_api, tmp_path, m
 
 
 @pytest.mark.parametrize("raw", ['{"choices": []}', '{"content": "not a list of blocks"}'])
-@pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("make", [openai_llm, openai_sdk_llm, claude], ids=["openai", "openai-sdk", "anthropic"])
 def test_json_of_the_wrong_shape_is_recorded_and_raised_without_retry(paid_api, tmp_path, make, raw):
     store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(Reply(raw=raw))
@@ -125,7 +136,7 @@ UNREADABLE = {
 
 
 @pytest.mark.parametrize("fault", list(UNREADABLE))
-@pytest.mark.parametrize("make", [openai_llm, claude], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("make", [openai_llm, openai_sdk_llm, claude], ids=["openai", "openai-sdk", "anthropic"])
 def test_unreadable_bodies_are_retried_like_server_errors(paid_api, tmp_path, make, fault):
     store = Store(tmp_path / "x.duckdb", create=True)
     paid_api.script(UNREADABLE[fault], UNREADABLE[fault])

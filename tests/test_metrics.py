@@ -156,3 +156,36 @@ def test_cluster_resampling_keeps_a_contexts_items_together():
     for b in range(20):
         yy, pp = _materialise(counts[b], truth, pred)
         assert reps[b] == pytest.approx(balanced_accuracy_score(yy, pp))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_point_estimates_equal_sklearn_on_random_inputs_with_ties(seed):
+    """The numpy metrics against scikit-learn (the reference): sizes from 2, unbalanced classes, many ties."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    y = rng.integers(0, 2, n)
+    y[rng.integers(n)] = 1 - y[0] if n > 1 else y[0]  # usually both classes; sometimes still one
+    score = np.round(rng.random(n) + 0.4 * y, int(rng.integers(0, 3)))  # 0-2 decimals: ties, often many
+    pred = rng.integers(0, 2, n) if seed % 3 else np.zeros(n, dtype=int)
+    if len(np.unique(y)) < 2:
+        assert metrics.auroc(y, score) is None and metrics.balanced_accuracy(y, pred) is None and metrics.f1(y, pred) is None
+        return
+    assert metrics.auroc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert metrics.balanced_accuracy(y, pred) == balanced_accuracy_score(y, pred)
+    assert metrics.f1(y, pred) == f1_score(y, pred, zero_division=0.0)
+
+
+def test_auroc_refuses_nan_scores_as_sklearn_does():
+    with pytest.raises(ValueError):
+        metrics.auroc([1, 0, 1], [0.2, float("nan"), 0.4])
+
+
+def test_resample_counts_are_drawn_once_and_shared_read_only():
+    a = metrics.resample_counts([1, 1, 0, 0, 0], n_resamples=30, seed=4, clusters=[7, 7, 8, 9, 9])
+    b = metrics.resample_counts(np.array([1, 1, 0, 0, 0]), n_resamples=30, seed=4, clusters=np.array([7, 7, 8, 9, 9]))
+    assert a is b and not a.flags.writeable
+    assert metrics.resample_counts([1, 1, 0, 0, 0], n_resamples=30, seed=5, clusters=[7, 7, 8, 9, 9]) is not a
+    # object arrays are keyed by value: equal strings from different objects share, different ones do not
+    s1 = metrics.resample_counts(np.array(["x" + "", "y"], dtype=object), 10, 0)
+    assert metrics.resample_counts(np.array(["".join("x"), "y"], dtype=object), 10, 0) is s1
+    assert metrics.resample_counts(np.array(["x", "z"], dtype=object), 10, 0) is not s1

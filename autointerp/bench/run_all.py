@@ -32,6 +32,10 @@ PERFORMANCE: dict[str, list[str]] = {
     "cli_startup": ["--repeats", "3"],
     "llm_throughput": ["--latency", "0.5", "--concurrency", "1,8,32", "--waves", "2"],
     "pipeline_throughput": ["--latency", "0.5", "--levels", "1,8,32", "--seconds", "10", "--rows", "1000000"],
+    # the same module at zero latency: features/s bound by client CPU, and CPU per feature by stage
+    "pipeline_throughput:zero_latency": [
+        "--latency", "0", "--levels", "128", "--features", "200", "--sampling", "default", "--rows", "1000000",
+    ],
     "tokens": ["--features", "4"],
     "prompt_tokens": ["--rules", "file_words,digits,negation,inside_parentheses"],
     "search": ["--sizes", "10000,100000", "--queries", "30"],
@@ -51,9 +55,11 @@ class Outcome:
 
 
 def run_module(name: str, args: list[str], time_limit_s: float = TIME_LIMIT_S) -> Outcome:
-    """One performance benchmark in a child process; its stdout becomes the section body."""
-    command = [sys.executable, "-m", f"autointerp.bench.{name}", *args]
-    shown = f"python -m autointerp.bench.{name} {' '.join(args)}".strip()
+    """One performance benchmark in a child process; its stdout becomes the section body. `name` is the
+    module, or module:case for a second configuration of the same module."""
+    module = name.split(":")[0]
+    command = [sys.executable, "-m", f"autointerp.bench.{module}", *args]
+    shown = f"python -m autointerp.bench.{module} {' '.join(args)}".strip()
     started = time.monotonic()
     try:
         proc = subprocess.run(

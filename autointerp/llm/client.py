@@ -23,6 +23,7 @@ from autointerp.llm.ledger import Ledger
 from autointerp.llm.limits import RateLimiter, RateLimits, estimate_tokens
 from autointerp.llm.prices import PriceTable
 from autointerp.llm.retry import Retries, with_retries
+from autointerp.stage_clock import stage as cpu_stage
 from autointerp.store.db import Store
 from autointerp.store.llm_calls import LLMCall
 
@@ -174,6 +175,12 @@ class ProviderLLM:
         return self._client
 
     async def _call(
+        self, endpoint: str, request: dict[str, Any], temperature: float, stage: str | None, est_tokens: int
+    ) -> LLMResponse:
+        with cpu_stage("llm"):
+            return await self._cached_or_sent(endpoint, request, temperature, stage, est_tokens)
+
+    async def _cached_or_sent(
         self, endpoint: str, request: dict[str, Any], temperature: float, stage: str | None, est_tokens: int
     ) -> LLMResponse:
         key = self.ledger.key(endpoint, request)

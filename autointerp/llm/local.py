@@ -209,6 +209,7 @@ class LocalLLM(OpenAICompatibleLLM):
     key_env = None
     supports_grammar = True
     default_base_url = ""
+    lean_http = True  # a llama.cpp server on 127.0.0.1
 
     def __init__(self, *, base_url: str | None = None, **kwargs):
         self._owns_server = base_url is None
@@ -221,11 +222,10 @@ class LocalLLM(OpenAICompatibleLLM):
     def _where(self) -> str:
         return self.base_url or "the local model server"
 
-    def _make_client(self):
+    def _before_connect(self) -> None:
         if self._owns_server and not self._holds_server:
             self.base_url = acquire_shared_server()
             self._holds_server = True
-        return super()._make_client()
 
     async def complete(self, prompt: str, *, echo: bool = False, **kwargs) -> LLMResponse:
         """With echo, a prompt not starting with BOS gets it prepended (then removed from the text) so that the

@@ -11,6 +11,7 @@ import numpy as np
 from autointerp.errors import AutointerpError
 from autointerp.records import Example, FeatureExamples, ItemJudgement, Score, Split
 from autointerp.scoring import items
+from autointerp.stage_clock import stage
 
 T = TypeVar("T")
 SCORABLE_SPLITS = ("test", "valid")
@@ -78,32 +79,33 @@ def item_scores(
     Unanswered items leave n and are counted (n_unparsed); AUROC rows appear only where items carry a
     probability. Every row holds the same `items` list.
     """
-    scores = []
-    for subset in subsets:
-        mask = items.subset_mask(judged, subset)
-        chosen = [j for j, m in zip(judged, mask) if m]
-        for metric in metric_names:
-            if metric == "auroc" and not any(j.probability is not None for j in chosen):
-                continue
-            got = items.compute(metric, chosen, n_resamples, seed)
-            row = {**details, **_counts(chosen, metric, subset, split)}
-            row["by_quantile"] = items.by_quantile(metric, chosen, n_resamples, seed)
-            scores.append(
-                Score(
-                    scorer=scorer,
-                    metric=metric,
-                    value=got.value,
-                    ci_low=got.ci_low,
-                    ci_high=got.ci_high,
-                    n=got.n,
-                    subset=subset,
-                    split=split,
-                    scorer_model=scorer_model,
-                    details=row,
-                    items=judged,
+    with stage("metrics"):
+        scores = []
+        for subset in subsets:
+            mask = items.subset_mask(judged, subset)
+            chosen = [j for j, m in zip(judged, mask) if m]
+            for metric in metric_names:
+                if metric == "auroc" and not any(j.probability is not None for j in chosen):
+                    continue
+                got = items.compute(metric, chosen, n_resamples, seed)
+                row = {**details, **_counts(chosen, metric, subset, split)}
+                row["by_quantile"] = items.by_quantile(metric, chosen, n_resamples, seed)
+                scores.append(
+                    Score(
+                        scorer=scorer,
+                        metric=metric,
+                        value=got.value,
+                        ci_low=got.ci_low,
+                        ci_high=got.ci_high,
+                        n=got.n,
+                        subset=subset,
+                        split=split,
+                        scorer_model=scorer_model,
+                        details=row,
+                        items=judged,
+                    )
                 )
-            )
-    return scores
+        return scores
 
 
 def _counts(chosen: list[ItemJudgement], metric: str, subset: str, split: str) -> dict[str, Any]:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 from pydantic import NonNegativeInt, PositiveInt
 
 from autointerp import render
-from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
+from autointerp.embeddings import EMBEDDING_MODEL, embed_texts_async
 from autointerp.llm.base import LLM
 from autointerp.records import Example, Explanation, FeatureExamples, Score
 from autointerp.scoring import metrics
 from autointerp.scoring.common import NEGATIVE_SUBSETS, item_scores, judged_item, rng_for, scoring_split
+
+SUBSETS = ("all", *NEGATIVE_SUBSETS)
 
 
 class EmbeddingScorer:
@@ -41,7 +41,7 @@ class EmbeddingScorer:
     async def _embed(self, texts: list[str]) -> np.ndarray:
         missing = sorted({t for t in texts if t not in self._cache})
         if missing:
-            vectors = await asyncio.to_thread(embed_texts, missing)
+            vectors = await embed_texts_async(missing)
             self._cache.update(zip(missing, vectors))
         return np.stack([self._cache[t] for t in texts])
 
@@ -56,10 +56,13 @@ class EmbeddingScorer:
                 e, render.window_center(e, examples.characteristic_tokens, rng), self.before, self.after
             )
             texts.append("".join(render.display_tokens(tokens)).strip())
-        label_vec = (await asyncio.to_thread(embed_texts, [label]))[0]
+        label_vec = (await embed_texts_async([label]))[0]
         return contexts, (await self._embed(texts)) @ label_vec
 
-    async def score(self, explanation: Explanation, examples: FeatureExamples, split: str = "test") -> list[Score]:
+    async def score(
+        self, explanation: Explanation, examples: FeatureExamples, split: str = "test", subsets: tuple[str, ...] = SUBSETS
+    ) -> list[Score]:
+        """Scores on `subsets` (all of them unless a caller needs fewer, as the baseline needs only "all")."""
         contexts, cosines = await self.cosines(explanation.label, examples, split)
         judged = [
             judged_item(self.name, k, e, truth=int(e.is_positive), probability=float(cosine))
@@ -68,7 +71,7 @@ class EmbeddingScorer:
         return item_scores(
             self.name,
             judged,
-            ("all", *NEGATIVE_SUBSETS),
+            subsets,
             ("auroc",),
             split=split,
             scorer_model=EMBEDDING_MODEL,

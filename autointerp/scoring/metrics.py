@@ -1,15 +1,18 @@
 """Metrics as plain functions of arrays, and bootstrap 95% confidence intervals that resample contexts.
 
-Point estimates come from scikit-learn / numpy. Bootstrap replicates are computed exactly from resampling
-counts (a resample is a vector of how often each unit was drawn), so a thousand replicates cost one matrix
-product instead of a thousand scikit-learn calls; tests check each replicate against scikit-learn on the
-materialised resample.
+Point estimates are numpy (no per-call input validation: a scoring job computes a hundred of them per
+feature); tests check them against scikit-learn, the reference, on random inputs with ties. Bootstrap
+replicates are computed exactly from resampling counts (a resample is a vector of how often each unit was
+drawn), so a thousand replicates cost one matrix product; tests check each replicate against scikit-learn
+on the materialised resample. Counts for the same strata and seed are drawn once and reused (`resample_counts`
+is memoised), since every metric of a subset resamples the same contexts.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -18,28 +21,61 @@ SEED = 0
 ArrayLike = np.ndarray | list
 
 
+def _binary_truth(y_true: ArrayLike) -> np.ndarray | None:
+    """y_true as ints, or None unless both classes are present."""
+    y_true = np.asarray(y_true, dtype=int)
+    if len(y_true) == 0 or y_true.min() == y_true.max():
+        return None
+    return y_true
+
+
 def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float | None:
     """Mean of per-class recall; None unless both classes are present."""
-    y_true = np.asarray(y_true, dtype=int)
-    if len(np.unique(y_true)) < 2:
+    y_true = _binary_truth(y_true)
+    if y_true is None:
         return None
-    return float(balanced_accuracy_score(y_true, np.asarray(y_pred, dtype=int)))
+    y_pred = np.asarray(y_pred, dtype=int)
+    classes = np.unique(y_true)
+    recalls = [np.count_nonzero(y_pred[y_true == c] == c) / np.count_nonzero(y_true == c) for c in classes]
+    return float(np.mean(recalls))
 
 
 def auroc(y_true: ArrayLike, y_score: ArrayLike) -> float | None:
-    """Area under the ROC curve; None unless both classes are present."""
-    y_true = np.asarray(y_true, dtype=int)
-    if len(np.unique(y_true)) < 2:
+    """Area under the ROC curve (the Mann-Whitney U over average ranks: ties count half); y_true in {0, 1};
+    None unless both classes are present."""
+    y_true = _binary_truth(y_true)
+    if y_true is None:
         return None
-    return float(roc_auc_score(y_true, np.asarray(y_score, dtype=float)))
+    y_score = np.asarray(y_score, dtype=float)
+    if not np.isfinite(y_score).all():
+        raise ValueError("auroc: scores contain NaN or infinity")
+    pos = y_true == 1
+    n_pos = int(np.count_nonzero(pos))
+    n_neg = len(y_true) - n_pos
+    return float((_average_ranks(y_score)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks (scipy's rankdata(method="average"))."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(x), dtype=float)
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranks
 
 
 def f1(y_true: ArrayLike, y_pred: ArrayLike) -> float | None:
-    """F1 of class 1 (delphi's headline for detection and fuzzing); None unless both classes are present."""
-    y_true = np.asarray(y_true, dtype=int)
-    if len(np.unique(y_true)) < 2:
+    """F1 of class 1 (delphi's headline for detection and fuzzing), 2TP / (2TP + FP + FN), 0 when nothing is
+    predicted or true positive; None unless both classes are present."""
+    y_true = _binary_truth(y_true)
+    if y_true is None:
         return None
-    return float(f1_score(y_true, np.asarray(y_pred, dtype=int), pos_label=1, zero_division=0.0))
+    y_pred = np.asarray(y_pred, dtype=int)
+    tp = int(np.count_nonzero((y_true == 1) & (y_pred == 1)))
+    denominator = int(np.count_nonzero(y_true == 1)) + int(np.count_nonzero(y_pred == 1))
+    return 2 * tp / denominator if denominator else 0.0
 
 
 def pearson(x: ArrayLike, y: ArrayLike) -> float | None:
@@ -57,6 +93,10 @@ def pooled_pearson(true_per_context: list[ArrayLike], pred_per_context: list[Arr
     return pearson(np.concatenate(true_per_context), np.concatenate(pred_per_context))
 
 
+_COUNTS_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_COUNTS_CACHE_SIZE = 32
+
+
 def resample_counts(
     strata: ArrayLike, n_resamples: int = N_RESAMPLES, seed: int = SEED, clusters: ArrayLike | None = None
 ) -> np.ndarray:
@@ -64,26 +104,51 @@ def resample_counts(
 
     With `clusters` (e.g. context ids), whole clusters are drawn and every unit of a drawn cluster comes with
     it: fuzzing's true and decoy highlighting of one context stay a pair. A cluster whose units lie in
-    different strata is drawn in a stratum of its own kind ("mixed").
+    different strata is drawn in a stratum of its own kind ("mixed"). The result is read-only and shared by
+    every caller asking for the same resamples.
     """
-    if clusters is not None:
-        return _cluster_counts(np.asarray(strata), np.asarray(clusters), n_resamples, seed)
-    strata = np.asarray(strata)
+    strata = _hashable(np.asarray(strata))
+    clusters = None if clusters is None else _hashable(np.asarray(clusters))
+    cluster_key = None if clusters is None else (clusters.dtype.str, clusters.tobytes())
+    key = (strata.dtype.str, strata.tobytes(), cluster_key, n_resamples, seed)
+    counts = _COUNTS_CACHE.get(key)
+    if counts is None:
+        if clusters is None:
+            counts = _draw(strata, n_resamples, seed)
+        else:
+            counts = _cluster_counts(strata, clusters, n_resamples, seed)
+        counts.flags.writeable = False
+        _COUNTS_CACHE[key] = counts
+        if len(_COUNTS_CACHE) > _COUNTS_CACHE_SIZE:
+            _COUNTS_CACHE.popitem(last=False)
+    else:
+        _COUNTS_CACHE.move_to_end(key)
+    return counts
+
+
+def _hashable(a: np.ndarray) -> np.ndarray:
+    """Object arrays as strings, so that their bytes (the cache key) are their values, not pointers."""
+    return a.astype(str) if a.dtype == object else a
+
+
+def _draw(strata: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Uniform draws with replacement within each stratum, tallied per resample (one bincount per stratum)."""
     rng = np.random.default_rng(seed)
     counts = np.zeros((n_resamples, len(strata)), dtype=np.int64)
+    rows = np.arange(n_resamples)[:, None]
     for value in np.unique(strata):
         idx = np.flatnonzero(strata == value)
-        counts[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_resamples)
+        k = len(idx)
+        drawn = rng.integers(0, k, size=(n_resamples, k)) + k * rows
+        counts[:, idx] = np.bincount(drawn.ravel(), minlength=n_resamples * k).reshape(n_resamples, k)
     return counts
 
 
 def _cluster_counts(strata: np.ndarray, clusters: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    ids, inverse = np.unique(clusters, return_inverse=True)
-    kinds = []
-    for c in range(len(ids)):
-        values = {str(v) for v in strata[inverse == c]}
-        kinds.append(values.pop() if len(values) == 1 else "mixed")
-    return resample_counts(np.array(kinds), n_resamples, seed)[:, inverse]
+    ids, first, inverse = np.unique(clusters, return_index=True, return_inverse=True)
+    pure = np.array([(strata[inverse == c] == strata[first[c]]).all() for c in range(len(ids))])
+    kinds = np.where(pure, strata[first].astype(str), "mixed")
+    return _draw(kinds, n_resamples, seed)[:, inverse]
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import duckdb
 
 from autointerp.records import ItemJudgement
+from autointerp.store.bulk import insert_rows
 
 _COLUMNS = (
     "scorer", "item", "context_id", "item_group", "kind", "quantile", "truth", "prediction", "probability",
@@ -21,13 +22,10 @@ _FIELDS = (
 def insert_items(
     con: duckdb.DuckDBPyConnection, explanation_id: int, split: str, items: Sequence[ItemJudgement], run_id: str | None
 ) -> None:
-    if not items:
-        return
-    con.executemany(
-        f"""
-        INSERT INTO score_items (explanation_id, split, run_id, {', '.join(_COLUMNS)})
-        VALUES (?, ?, ?, {', '.join('?' for _ in _COLUMNS)})
-        """,
+    insert_rows(
+        con,
+        "score_items",
+        ("explanation_id", "split", "run_id", *_COLUMNS),
         [[explanation_id, split, run_id, *(getattr(i, f) for f in _FIELDS)] for i in items],
     )
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
-import pyarrow as pa
+
+from autointerp.store.bulk import insert_rows
 
 
 @dataclass
@@ -42,29 +43,19 @@ _COLUMNS = (
 
 
 def insert_calls(con: duckdb.DuckDBPyConnection, calls: list[LLMCall], skip_known: bool = False) -> None:
-    """One INSERT from an Arrow table: a few ms for hundreds of rows, where executemany takes ms per row.
-    skip_known: leave out rows whose call_uid is already stored (folding a journal that may hold them)."""
-    if not calls:
-        return
+    """One INSERT for all the calls. skip_known: leave out rows whose call_uid is already stored (folding a
+    journal that may hold them)."""
     names = [name.strip() for name in _COLUMNS.split(",")]
-    columns: dict[str, list[Any]] = {name: [] for name in names}
-    for call in calls:
-        for name in names:
-            value = getattr(call, name)
-            if name in ("request", "response") and value is not None:
-                value = json.dumps(value)
-            columns[name].append(value)
-    pending = pa.table(columns)
-    con.register("_pending_llm_calls", pending)
-    try:
-        where = (
-            " WHERE call_uid NOT IN (SELECT call_uid FROM llm_calls WHERE call_uid IN (SELECT call_uid FROM _pending_llm_calls))"
-            if skip_known
-            else ""
-        )
-        con.execute(f"INSERT INTO llm_calls ({_COLUMNS}) SELECT {_COLUMNS} FROM _pending_llm_calls{where}")
-    finally:
-        con.unregister("_pending_llm_calls")
+    rows = [
+        [json.dumps(v) if n in ("request", "response") and v is not None else v for n, v in ((n, getattr(c, n)) for n in names)]
+        for c in calls
+    ]
+    where = (
+        "WHERE call_uid NOT IN (SELECT call_uid FROM llm_calls WHERE call_uid IN (SELECT call_uid FROM {rows}))"
+        if skip_known
+        else ""
+    )
+    insert_rows(con, "llm_calls", names, rows, where)
 
 
 def answer_counts(con: duckdb.DuckDBPyConnection, provider: str, model: str) -> dict[str, int]:
