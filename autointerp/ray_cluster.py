@@ -91,3 +91,21 @@ def _package_runtime_env() -> dict[str, Any]:
     """Ships this very autointerp package to the workers, so they run the driver's code (a job-level setting:
     a cluster this process was already connected to runs whatever autointerp its workers have installed)."""
     return {"py_modules": [str(Path(__file__).resolve().parent)]}
+
+
+@contextlib.contextmanager
+def worker_errors(ray: Any, retries: int, unfinished: str, kept: str) -> Iterator[None]:
+    """Around getting a Ray task's result: the task's own AutointerpError raised as is, and a worker lost for good
+    (dead after `retries` restarts) made one clear error naming what it left `unfinished` and what is `kept`."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, AutointerpError):
+            raise exc.cause from None
+        raise
+    except ray.exceptions.RayActorError as exc:
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise AutointerpError(
+            f"a Ray worker died and was restarted {retries} times without finishing {unfinished} ({first_line}); "
+            f"{kept} is kept: rerun the same command to resume"
+        ) from None

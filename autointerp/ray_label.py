@@ -32,7 +32,7 @@ from autointerp.config import JobConfig
 from autointerp.errors import AutointerpError
 from autointerp.llm.ledger import Ledger
 from autointerp.pipeline import JobSummary, Meter, _label_job, check_job, make_job_llm
-from autointerp.ray_cluster import AUTO, connected
+from autointerp.ray_cluster import AUTO, connected, worker_errors
 from autointerp.records import FeatureExamples
 from autointerp.store.db import Store, job_lock
 from autointerp.scoring import NEEDS_LLM
@@ -221,19 +221,8 @@ def meter_of(rows: list[LLMCall]) -> Meter:
 
 
 async def _result(ray: Any, ref: Any, feature: int) -> Any:
-    """The task's result; a worker's own AutointerpError raised as is, a worker lost for good made one clear error."""
-    try:
+    with worker_errors(ray, MAX_RETRIES, f"feature {feature}", "every label stored before"):
         return await ref
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, AutointerpError):
-            raise exc.cause from None
-        raise
-    except ray.exceptions.RayActorError as exc:
-        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise AutointerpError(
-            f"a Ray worker died and was restarted {MAX_RETRIES} times without finishing feature {feature} ({first_line}); "
-            "every label stored before is kept: rerun the same command to resume"
-        ) from None
 
 
 def _specs(job: JobConfig) -> set[str]:
