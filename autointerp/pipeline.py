@@ -1,6 +1,7 @@
 """The batch labeling job: per feature, sample -> explain (best of k on valid) -> score on test -> one
 transaction storing the label, its scores, its provenance and the feature's job row. The stages are those of
-`autointerp.stages`; this is their streaming driver (`autointerp.batch_job` drives them through provider batches).
+`autointerp.stages`; this is their streaming driver (`autointerp.batch_job` drives them through provider batches;
+`autointerp.ray_label` is this driver with the explain and score stages on Ray workers).
 
 Features run concurrently on one event loop (`concurrency` workers; remote models also get `concurrency`
 requests in flight). Store work happens on that loop's thread in short sessions about once a second

@@ -35,8 +35,6 @@ from autointerp.pipeline import JobSummary, Meter, _label_job, check_job, make_j
 from autointerp.ray_cluster import AUTO, connected, worker_errors
 from autointerp.records import FeatureExamples
 from autointerp.store.db import Store, job_lock
-from autointerp.scoring import NEEDS_LLM
-from autointerp.stages import simulator_spec
 from autointerp.store.llm_calls import LLMCall, answer_counts, stored_answers
 
 MAX_RETRIES = 3  # restarts of a dead worker, and re-runs of each feature it had in hand
@@ -225,10 +223,6 @@ async def _result(ray: Any, ref: Any, feature: int) -> Any:
         return await ref
 
 
-def _specs(job: JobConfig) -> set[str]:
-    return {job.explainer, simulator_spec(job)} if set(job.scorers) & NEEDS_LLM else {job.explainer}
-
-
 def _provider_model(spec: str, job: JobConfig) -> tuple[str, str]:
     """The provider and model names that the ledger files a model spec's calls under."""
     llm = make_job_llm(spec, job, store=None, run_id=None)
@@ -263,7 +257,7 @@ async def alabel_on_ray(
         if n > cpus:  # a worker takes one CPU: more would wait for ever
             raise AutointerpError(f"`ray_workers` ({n}) is more than the cluster's {cpus} CPUs; ask for fewer")
         with store.reading() as con:
-            stored = {key: n for spec in _specs(job) for key, n in answer_counts(con, *_provider_model(spec, job)).items()}
+            stored = {key: n for spec in stages.model_specs(job) for key, n in answer_counts(con, *_provider_model(spec, job)).items()}
         store.close()
         book = ray.remote(AnswerBook).options(num_cpus=0).remote(stored)
         worker = ray.remote(LabelWorker).options(

@@ -60,6 +60,11 @@ def simulator_spec(job: JobConfig) -> str:
     return job.simulator or job.explainer
 
 
+def model_specs(job: JobConfig) -> list[str]:
+    """The models the job's stages ask."""
+    return list(dict.fromkeys([job.explainer, simulator_spec(job)] if set(job.scorers) & NEEDS_LLM else [job.explainer]))
+
+
 def make_scorers(job: JobConfig, llm_for: Callable[[str], Any]) -> list[Scorer]:
     """Fresh scorers (per feature: scorers may cache per-context work that is no use for the next feature)."""
     return [
