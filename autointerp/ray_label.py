@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ from autointerp.ray_cluster import AUTO, connected, worker_errors
 from autointerp.records import FeatureExamples
 from autointerp.store.db import Store, job_lock
 from autointerp.store.llm_calls import LLMCall, answer_counts, stored_answers
+
+log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3  # restarts of a dead worker, and re-runs of each feature it had in hand
 
@@ -191,8 +194,12 @@ class RayStages:
         """Fetch the stored answers the book is asked for (runs until cancelled)."""
         while True:
             slots = [tuple(slot) for slot in await self.book.wanted.remote()]
-            with store.reading() as con:
-                answers = stored_answers(con, slots)
+            try:
+                with store.reading() as con:
+                    answers = stored_answers(con, slots)
+            except Exception as exc:  # noqa: BLE001 - the workers must not wait for ever: they ask the model instead
+                log.warning("stored LLM answers could not be read for the Ray workers: %s", exc)
+                answers = {}
             await self.book.found.remote(slots, answers)
 
     def flush(self) -> None:

@@ -108,7 +108,7 @@ def test_a_worker_killed_mid_feature_is_retried_without_paying_twice(ray_cluster
     """One worker kills its own process as feature 1 enters its detection scoring (its explanation already
     answered): Ray restarts the worker and runs the feature again, whose explanation then comes from the answer
     book. The server answers exactly as many requests as for the in-process job, every feature is labeled once,
-    and the stored catalog equals the in-process one."""
+    and the stored catalog equals the in-process one. Then a Ray job finds every answer it needs in the store."""
     base_url, answered = fake_provider
     job = tiny_job(explainer="openai:fake", base_url=base_url, concurrency=1)
     here = synthetic_db(tmp_path / "here.duckdb")
@@ -136,6 +136,14 @@ def test_a_worker_killed_mid_feature_is_retried_without_paying_twice(ray_cluster
     assert rows(there, "SELECT count(*) FROM llm_calls WHERE NOT cached AND error IS NULL") == [(paid_in_process,)]
     assert rows(there, "SELECT max(n) FROM (SELECT count(*) n FROM llm_calls WHERE NOT cached GROUP BY cache_key)") == [(1,)]
     assert rows(there, "SELECT count(*) FROM llm_calls WHERE cached AND stage = 'explain'") == [(1,)]
+
+    # answers already in the store are the workers' too: another configuration asking the same requests
+    # (detection alone) labels every feature again from the ledger, the server asked nothing
+    paid = answered()
+    again = label_on_ray(Store(here), dataclasses.replace(ray_job, scorers=("detection",)), progress=False)
+    assert answered() == paid
+    assert {r.feature: r.label for r in again.with_status("done")} == {r.feature: r.label for r in reference.results if r.label}
+    assert again.usage.calls == again.usage.cached > 0
 
 
 def _free_port() -> int:
