@@ -92,8 +92,8 @@ class Meter:
         self.cost_usd += response.cost_usd
 
     def merge(self, other: Meter) -> None:
-        for name in ("calls", "cached", "prompt_tokens", "completion_tokens", "cost_usd"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass
@@ -380,6 +380,20 @@ class _StoreSessions:
         await self._session(sample_more=False)
 
 
+class StagesRunner(Protocol):
+    """Where a driver other than this process runs each feature's explain and score stages (`autointerp.ray_label`)."""
+
+    in_flight: int  # features handed out at once
+
+    async def run(self, run_id: str, examples: FeatureExamples) -> tuple[stages.StagesOutcome, Meter]:
+        """The feature's outcome and what its LLM calls used; the calls' ledger rows are kept for `flush`."""
+        ...
+
+    def flush(self) -> None:
+        """Write the ledger rows of the calls made so far into the store (before the labels they produced)."""
+        ...
+
+
 class _Job:
     """One running job or scoring: its run row, LLMs (made on first use, one per model spec), tallies and
     the per-feature steps."""
@@ -611,20 +625,6 @@ async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobS
         return await alabel_on_ray(store, job, progress=progress)
     with job_lock(store.path, "label job"):
         return await _label_job(store, job, progress)
-
-
-class StagesRunner(Protocol):
-    """Where a driver other than this process runs each feature's explain and score stages (`autointerp.ray_label`)."""
-
-    in_flight: int  # features handed out at once
-
-    async def run(self, run_id: str, examples: FeatureExamples) -> tuple[stages.StagesOutcome, Meter]:
-        """The feature's outcome and what its LLM calls used; the calls' ledger rows are kept for `flush`."""
-        ...
-
-    def flush(self) -> None:
-        """Write the ledger rows of the calls made so far into the store (before the labels they produced)."""
-        ...
 
 
 async def _label_job(store: Store, job: JobConfig, progress: bool, runner: StagesRunner | None = None) -> JobSummary:
