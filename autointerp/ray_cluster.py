@@ -102,10 +102,21 @@ def worker_errors(ray: Any, retries: int, unfinished: str, kept: str) -> Iterato
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, AutointerpError):
             raise exc.cause from None
+        if isinstance(exc.cause, ray.exceptions.OutOfMemoryError):
+            raise _out_of_memory(kept) from None
         raise
+    except ray.exceptions.OutOfMemoryError:
+        raise _out_of_memory(kept) from None
     except ray.exceptions.RayActorError as exc:
         first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise AutointerpError(
             f"a Ray worker died and was restarted {retries} times without finishing {unfinished} ({first_line}); "
             f"{kept} is kept: rerun the same command to resume"
         ) from None
+
+
+def _out_of_memory(kept: str) -> AutointerpError:
+    return AutointerpError(
+        f"the Ray cluster ran low on memory and killed a worker: free memory or ask for fewer workers; {kept} is "
+        "kept: rerun the same command to resume"
+    )
