@@ -53,7 +53,6 @@ from autointerp.pipeline import (
 )
 from autointerp.records import Explanation, FeatureExamples
 from autointerp.sampling import TooFewActivations
-from autointerp.scoring import any_needs_llm
 from autointerp.store import batches as bstore
 from autointerp.store import jobs
 from autointerp.store.activations import SourceInfo, get_source
@@ -152,7 +151,7 @@ def progress_line(state: BatchProgress, elapsed_s: float) -> str:
 
 async def advance(store: Store, job: JobConfig, limits: BatchLimits = BatchLimits()) -> BatchProgress:
     check_job(job)
-    for spec in _specs(job):
+    for spec in stages.model_specs(job):
         if spec.partition(":")[0] not in BATCH_PROVIDERS:
             raise AutointerpError(f"{spec} has no batch API: --batch works with openai:<model> and anthropic:<model>")
     chash = job_config_hash(job)
@@ -171,14 +170,6 @@ async def advance(store: Store, job: JobConfig, limits: BatchLimits = BatchLimit
     finally:
         await driver.aclose()
         store.close()
-
-
-def _specs(job: JobConfig) -> list[str]:
-    """The models the job's stages ask."""
-    specs = [job.explainer]
-    if any_needs_llm(job.scorers, job.scorer_options):
-        specs.append(stages.simulator_spec(job))
-    return list(dict.fromkeys(specs))
 
 
 @dataclass

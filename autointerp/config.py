@@ -151,6 +151,8 @@ class JobConfig:
     tpm: Annotated[float, Field(gt=0, strict=True)] | None = None
     prices: str | None = None  # TOML file overriding the built-in price table
     batch: Switch = False  # send the LLM requests as provider batches (openai, anthropic): half price, within 24 h
+    ray: str | None = None  # run the explain and score stages on a Ray cluster: "auto" (a local one) or its address
+    ray_workers: AtLeastOne | None = None  # Ray workers, `concurrency` features each (default: one per CPU of the cluster)
 
     @pydantic.field_validator("scorers")
     @classmethod

@@ -1,6 +1,7 @@
 """The batch labeling job: per feature, sample -> explain (best of k on valid) -> score on test -> one
 transaction storing the label, its scores, its provenance and the feature's job row. The stages are those of
-`autointerp.stages`; this is their streaming driver (`autointerp.batch_job` drives them through provider batches).
+`autointerp.stages`; this is their streaming driver (`autointerp.batch_job` drives them through provider batches;
+`autointerp.ray_label` is this driver with the explain and score stages on Ray workers).
 
 Features run concurrently on one event loop (`concurrency` workers; remote models also get `concurrency`
 requests in flight). Store work happens on that loop's thread in short sessions about once a second
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
 import secrets
 import sys
@@ -32,15 +32,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from autointerp import __version__
 from autointerp import ranking, stages
-from autointerp.baseline import BaselineLabel, llm_vs_baseline, score_baseline
+from autointerp.baseline import BaselineLabel, llm_vs_baseline
 from autointerp.catalog import load_labels
 from autointerp.config import JobConfig, SamplingConfig, config_hash
 from autointerp.errors import AutointerpError
-from autointerp.explain import STYLES, ExplanationParseError
+from autointerp.explain import STYLES
 from autointerp.label_checks import NearDuplicate, near_duplicate_labels
 from autointerp.llm import LLMCallError, PriceTable, RateLimits, make_llm
 from autointerp.llm.base import LLMResponse
@@ -94,6 +94,10 @@ class Meter:
         self.prompt_tokens += response.usage.prompt_tokens
         self.completion_tokens += response.usage.completion_tokens
         self.cost_usd += response.cost_usd
+
+    def merge(self, other: Meter) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass
@@ -192,6 +196,10 @@ def check_job(job: JobConfig) -> None:
             f"`evidence` adds token counts from the examples, which the {job.prompt} prompt does not show; "
             "use the combined prompt for examples, token counts and output evidence together"
         )
+    if job.ray and job.batch:
+        raise AutointerpError("`ray` and `batch` do not go together (provider batches need no workers): leave one out")
+    if job.ray_workers is not None and not job.ray:
+        raise AutointerpError("`ray_workers` needs `ray` (auto, or a Ray cluster's address)")
 
 
 def parse_feature_spec(spec: str) -> tuple[int | None, list[int]]:
@@ -416,17 +424,34 @@ class _StoreSessions:
         await self._session(sample_more=False)
 
 
+class StagesRunner(Protocol):
+    """Where a driver other than this process runs each feature's explain and score stages (`autointerp.ray_label`)."""
+
+    in_flight: int  # features handed out at once
+
+    async def run(self, run_id: str, examples: FeatureExamples) -> tuple[stages.StagesOutcome, Meter]:
+        """The feature's outcome and what its LLM calls used; the calls' ledger rows are kept for `flush`."""
+        ...
+
+    def flush(self) -> None:
+        """Write the ledger rows of the calls made so far into the store (before the labels they produced)."""
+        ...
+
+
 class _Job:
     """One running job or scoring: its run row, LLMs (made on first use, one per model spec), tallies and
     the per-feature steps."""
 
-    def __init__(self, store: Store, job: JobConfig, run_id: str, chash: str, source: SourceInfo):
+    def __init__(
+        self, store: Store, job: JobConfig, run_id: str, chash: str, source: SourceInfo, runner: StagesRunner | None = None
+    ):
         self.store, self.job, self.run_id, self.chash, self.source = store, job, run_id, chash, source
         self.meter = Meter()
         self.results: list[FeatureResult] = []
         self.sessions: _StoreSessions | None = None
         self._llms: dict[str, _MeteredLLM] = {}
         self._tries: dict[int, int] = {}
+        self._runner = runner
         self.later: list[tuple[int, FeatureExamples]] = []  # transient failures, to try again after the rest
         self._output_context: OutputContext | None = None
         self.make_scorers()  # fail on unknown scorers or options before any feature starts
@@ -459,6 +484,8 @@ class _Job:
             ledger = getattr(llm.llm, "ledger", None)
             if ledger is not None:
                 ledger.flush()
+        if self._runner is not None:
+            self._runner.flush()
 
     def _counts(self) -> dict[str, Any]:
         statuses = [r.status for r in self.results]
@@ -506,11 +533,13 @@ class _Job:
 
         self.sessions.write(transaction, lambda: self.results.append(result))
 
-    def _failed(
-        self, feature: int, stage: str, exc: BaseException, raw: str | None = None, baseline: BaselineLabel | None = None
-    ) -> None:
-        error = str(exc) if isinstance(exc, AutointerpError) else f"{type(exc).__name__}: {exc}"
+    def _failed(self, feature: int, stage: str, exc: BaseException) -> None:
+        self._record_failure(feature, stage, stages.describe_error(exc), stages.rerun_may_help(exc))
 
+    def _record_failure(
+        self, feature: int, stage: str, error: str, rerun_may_help: bool, raw: str | None = None,
+        baseline: BaselineLabel | None = None,
+    ) -> None:
         def write(con) -> None:
             jobs.record_failure(
                 con,
@@ -523,7 +552,7 @@ class _Job:
             )
 
         result = FeatureResult(
-            feature, "failed", stage=stage, error=error, rerun_may_help=_rerun_may_help(exc), baseline=baseline
+            feature, "failed", stage=stage, error=error, rerun_may_help=rerun_may_help, baseline=baseline
         )
         self._store_result(result, write)
 
@@ -552,43 +581,34 @@ class _Job:
         if isinstance(sampled, AutointerpError):
             self._failed(feature, "sample", sampled)
             return
-        examples = sampled
-        stage = "explain"
-        baseline = None
+        self.record_outcome(feature, sampled, await self.run_stages(sampled))
 
-        def entering(name: str) -> None:
-            nonlocal stage
-            stage = name
+    async def run_stages(self, examples: FeatureExamples) -> stages.StagesOutcome:
+        """Explain and score one feature: here, or on the job's runner (`autointerp.ray_label`)."""
+        if self._runner is None:
+            return await stages.explain_and_score(examples, self.llm, self.job, context_for=self.output_context)
+        outcome, used = await self._runner.run(self.run_id, examples)
+        self.meter.merge(used)
+        return outcome
 
-        try:
-            scorers = self.make_scorers()
-            embedding = next((s for s in scorers if s.name == "embedding"), None)
-            if embedding is not None:  # the baseline is an embedding score: only beside the job's own
-                baseline = await score_baseline(examples, scorer=embedding)
-            explanation = await stages.explain(examples, self.llm(self.job.explainer), self.job)
-            if baseline is not None:
-                explanation.details["baseline"] = baseline.to_details()
-            scores = await self.score(explanation, examples, entering, scorers)
-            stage = "write"
-            vector = await stages.label_vector(explanation.label)
-        except ExplanationParseError as exc:
-            raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
-            self._failed(feature, stage, exc, raw, baseline)
-            return
-        except LLMCallError as exc:
-            if exc.kind in FATAL_LLM_ERRORS:
-                raise
-            if exc.kind in TRANSIENT and self._try_later(feature, examples):
+    def record_outcome(self, feature: int, examples: FeatureExamples, outcome: stages.StagesOutcome) -> None:
+        """Queue a feature's label or failure; a fatal LLM error stops the job, a transient one tries it later."""
+        if outcome.error is not None:
+            if outcome.llm_kind in FATAL_LLM_ERRORS:
+                raise LLMCallError(outcome.error, outcome.llm_kind)
+            if outcome.llm_kind in TRANSIENT and self._try_later(feature, examples):
                 return
-            self._failed(feature, stage, exc, baseline=baseline)
+            self._record_failure(
+                feature, outcome.stage, outcome.error, outcome.rerun_may_help, outcome.raw, outcome.baseline
+            )
             return
-        except Exception as exc:  # noqa: BLE001 - one feature's failure never stops the job
-            self._failed(feature, stage, exc, baseline=baseline)
-            return
-        result = FeatureResult(feature, "done", label=explanation.label, scores=scores, baseline=baseline)
+        explanation = outcome.explanation
+        result = FeatureResult(
+            feature, "done", label=explanation.label, scores=outcome.scores, baseline=outcome.baseline
+        )
 
         def write(con) -> None:
-            result.explanation_id = self.write_label(con, explanation, examples, scores, vector)
+            result.explanation_id = self.write_label(con, explanation, examples, outcome.scores, outcome.vector)
 
         self._store_result(result, write)
 
@@ -613,14 +633,6 @@ class _Job:
 
     def write_label(self, con, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> int:
         return stages.write(con, explanation, examples, scores, vector, run_id=self.run_id, config_hash=self.chash)
-
-
-def _rerun_may_help(exc: BaseException) -> bool:
-    """False for failures a rerun repeats: an answer that does not parse comes back from the ledger unchanged,
-    and a sampling or request error follows from the data and the configuration."""
-    if isinstance(exc, LLMCallError):
-        return exc.kind in TRANSIENT
-    return not isinstance(exc, AutointerpError)
 
 
 def _job_record(job: JobConfig) -> dict[str, Any]:
@@ -660,12 +672,18 @@ def run_label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSum
 
 
 async def label_job(store: Store, job: JobConfig, progress: bool = True) -> JobSummary:
-    """The job as a coroutine (for callers that already run an event loop); see `run_label_job`."""
+    """The job as a coroutine (for callers that already run an event loop); see `run_label_job`. With `job.ray`
+    set, the explain and score stages run on that Ray cluster (`autointerp.ray_label`)."""
+    if job.ray:
+        from autointerp.ray_label import alabel_on_ray
+
+        return await alabel_on_ray(store, job, progress=progress)
     with job_lock(store.path, "label job"):
         return await _label_job(store, job, progress)
 
 
-async def _label_job(store: Store, job: JobConfig, progress: bool) -> JobSummary:
+async def _label_job(store: Store, job: JobConfig, progress: bool, runner: StagesRunner | None = None) -> JobSummary:
+    """The job; with a `runner`, the explain and score stages run there and this process samples and writes."""
     started = time.monotonic()
     check_job(job)
     chash = job_config_hash(job)
@@ -676,16 +694,17 @@ async def _label_job(store: Store, job: JobConfig, progress: bool) -> JobSummary
         firing = jobs.firing_features(con, source.source_id, features)
     finished = {f for f in features if statuses.get(f) in jobs.FINISHED_STATUSES}
     todo = [f for f in features if f not in finished]
-    state = _Job(store, job, new_run_id("label"), chash, source)
+    state = _Job(store, job, new_run_id("label"), chash, source, runner)
     state.create_run("label", len(features))
     state.results.extend(_already_done(store, chash, source, sorted(finished), statuses))
+    in_flight = job.concurrency if runner is None else runner.in_flight
     sessions = state.sessions = _StoreSessions(
         store,
         todo,
         lambda batch: state.sample_batch(batch, firing),
         state.flush_ledgers,
         state.write_counts,
-        prefetch=max(2, job.concurrency),
+        prefetch=max(2, in_flight),
     )
     status = "failed"
     bar = _progress_bar(len(todo), progress)
@@ -698,10 +717,10 @@ async def _label_job(store: Store, job: JobConfig, progress: bool) -> JobSummary
                 bar.set_postfix_str(f"{m.prompt_tokens + m.completion_tokens:,} tok, ${m.cost_usd:.4f}", refresh=False)
                 bar.update(1)
 
-        tasks = [asyncio.create_task(worker()) for _ in range(min(job.concurrency, len(todo)))]
+        tasks = [asyncio.create_task(worker()) for _ in range(min(in_flight, len(todo)))]
         try:
             await asyncio.gather(*tasks)
-            await state.label_again(job.concurrency)
+            await state.label_again(in_flight)
         finally:
             for task in tasks:
                 task.cancel()

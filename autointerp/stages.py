@@ -7,17 +7,22 @@ sends its LLM requests as provider batches. Per-feature state between stages liv
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from autointerp.baseline import BaselineLabel, score_baseline
 from autointerp.catalog import write_label
 from autointerp.config import JobConfig
 from autointerp.embeddings import embed_texts_async
 from autointerp.errors import AutointerpError
-from autointerp.explain import best_of_k
+from autointerp.explain import ExplanationParseError, best_of_k
+from autointerp.llm import LLMCallError
+from autointerp.llm.errors import TRANSIENT
 from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample_many
-from autointerp.scoring import NEEDS_CONTEXT, Scorer, make_scorer, needs_llm
+from autointerp.scoring import NEEDS_CONTEXT, Scorer, any_needs_llm, make_scorer, needs_llm
 from autointerp.stage_clock import staged
 from autointerp.store.activations import SourceInfo
 from autointerp.store.db import Store
@@ -56,6 +61,12 @@ def simulator_spec(job: JobConfig) -> str:
     return job.simulator or job.explainer
 
 
+def model_specs(job: JobConfig) -> list[str]:
+    """The models the job's stages ask."""
+    needs_simulator = any_needs_llm(job.scorers, job.scorer_options)
+    return list(dict.fromkeys([job.explainer, simulator_spec(job)] if needs_simulator else [job.explainer]))
+
+
 def make_scorers(
     job: JobConfig, llm_for: Callable[[str], Any], context_for: Callable[[], Any] | None = None
 ) -> list[Scorer]:
@@ -86,6 +97,80 @@ async def score(
             on_stage(f"score:{scorer.name}")
         scores += await scorer.score(explanation, examples, split="test")
     return scores
+
+
+# --- explain + score, for one feature ----------------------------------------------------------------------
+
+
+@dataclass
+class StagesOutcome:
+    """What the explain and score stages made of one feature's examples, as plain data that a driver stores
+    (or that travels back from a Ray worker). A failure keeps where it happened and why, never the exception."""
+
+    explanation: Explanation | None = None
+    scores: list[Score] = field(default_factory=list)
+    vector: Any = None  # the label's embedding
+    baseline: BaselineLabel | None = None
+    stage: str | None = None  # where a failure happened: explain | score:<scorer> | write
+    error: str | None = None
+    raw: str | None = None  # the model output that did not parse
+    llm_kind: str | None = None  # LLMCallError.kind of a failed call
+    rerun_may_help: bool = False
+
+
+async def explain_and_score(
+    examples: FeatureExamples,
+    llm_for: Callable[[str], Any],
+    job: JobConfig,
+    on_stage: Callable[[str], None] | None = None,
+    context_for: Callable[[], Any] | None = None,
+) -> StagesOutcome:
+    """Baseline, explain, score and the label's embedding for one feature; any failure is returned, not raised."""
+    outcome = StagesOutcome(stage="explain")
+
+    def entering(name: str) -> None:
+        outcome.stage = name
+        if on_stage:
+            on_stage(name)
+
+    try:
+        scorers = make_scorers(job, llm_for, context_for)
+        embedding = next((s for s in scorers if s.name == "embedding"), None)
+        if embedding is not None:  # the baseline is an embedding score: only beside the job's own
+            outcome.baseline = await score_baseline(examples, scorer=embedding)
+        entering("explain")
+        explanation = await explain(examples, llm_for(job.explainer), job)
+        if outcome.baseline is not None:
+            explanation.details["baseline"] = outcome.baseline.to_details()
+        outcome.scores = await score(explanation, examples, scorers, entering)
+        entering("write")
+        outcome.vector = await label_vector(explanation.label)
+    except ExplanationParseError as exc:
+        outcome.raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
+        return _failure(outcome, exc)
+    except Exception as exc:  # noqa: BLE001 - one feature's failure never stops the job (the driver decides)
+        return _failure(outcome, exc)
+    outcome.explanation, outcome.stage = explanation, None
+    return outcome
+
+
+def _failure(outcome: StagesOutcome, exc: BaseException) -> StagesOutcome:
+    outcome.scores, outcome.error, outcome.rerun_may_help = [], describe_error(exc), rerun_may_help(exc)
+    if isinstance(exc, LLMCallError):
+        outcome.llm_kind = exc.kind
+    return outcome
+
+
+def describe_error(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, AutointerpError) else f"{type(exc).__name__}: {exc}"
+
+
+def rerun_may_help(exc: BaseException) -> bool:
+    """False for failures a rerun repeats: an answer that does not parse comes back from the ledger unchanged,
+    and a sampling or request error follows from the data and the configuration."""
+    if isinstance(exc, LLMCallError):
+        return exc.kind in TRANSIENT
+    return not isinstance(exc, AutointerpError)
 
 
 # --- write -----------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ LLM fixtures (the real bundled model, no network):
   Speed on 2 CPU cores: ~100 generated tokens/s, ~18/s with top_logprobs, ~50 ms per prompt token with
   echo logprobs: keep prompts and max_tokens small.
 
+Ray:
+- `ray_cluster` (session): one private local Ray cluster with two CPU slots (as on this machine), shared by the
+  Ray tests (start-up costs seconds); yields the connected `ray` module.
+
 Paid-API double:
 - `paid_api` (function): a started `PaidAPIDouble` (tests/doubles/paid_api.py, a test double of the OpenAI
   and Anthropic HTTP APIs, not the real services) with fake API keys in the environment. Point
@@ -26,6 +30,7 @@ import pytest
 from doubles.paid_api import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, PaidAPIDouble
 
 from autointerp.llm import LocalServer, make_llm
+from autointerp.ray_cluster import AUTO, connected
 from autointerp.store.db import Store
 
 
@@ -40,6 +45,12 @@ def local_llm(tmp_path, local_llm_server):
     llm = make_llm("local", base_url=local_llm_server, store=Store(tmp_path / "llm.duckdb", create=True), run_id="test")
     yield llm
     asyncio.run(llm.aclose())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    with connected(AUTO, num_cpus=2) as ray_module:
+        yield ray_module
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from autointerp.collect.collector import CollectConfig, collect
 from autointerp.collect.models import load_subject_model
 from autointerp.collect.ray_collect import collect_on_ray, store_shard
 from autointerp.errors import AutointerpError
-from autointerp.ray_cluster import AUTO, connected, require_ray
+from autointerp.ray_cluster import require_ray
 from autointerp.store import Store
 from autointerp.store.activations import create_source
 
@@ -29,11 +29,10 @@ SMALL = dict(layer=6, dataset="stdlib-docs", tokens=512, context_len=32, batch_s
 CLI_ARGS = ["--layer", "6", "--tokens", "512", "--context-len", "32", "--batch-size", "4", "--chunk-tokens", "64"]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One local Ray cluster for the module (start-up costs seconds), two CPU slots as on this machine."""
-    with connected(AUTO, num_cpus=2) as ray_module:
-        yield ray_module
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's local Ray cluster (tests/conftest.py), two CPU slots as on this machine."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ import os
 import resource
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

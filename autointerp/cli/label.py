@@ -67,6 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send the requests as provider batches (openai, anthropic: half price, done within 24 h per phase); "
         "run the same command again to collect answers and submit the next phase",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="explain and score on the workers of a Ray cluster (needs `pip install 'autointerp[ray]'`): a running "
+        "cluster's HOST:PORT or ray://HOST:PORT, or `auto` (the default when ADDRESS is left out) for a local "
+        "cluster; the store is written by this process only",
+    )
+    parser.add_argument(
+        "--ray-workers", type=int, help="Ray workers, --concurrency features each (default: one per CPU of the cluster)"
+    )
     parser.add_argument("--wait", action="store_true", help="with --batch: stay, poll and continue until the job is done")
     parser.add_argument(
         "--poll", type=float, default=60.0, metavar="SECONDS", help="with --wait: seconds between polls (default 60)"
@@ -90,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         prices=args.prices,
         seed=args.seed,
         batch=args.batch,
+        ray=args.ray,
+        ray_workers=args.ray_workers,
     )
     from autointerp.estimate import estimate_job
     from autointerp.pipeline import run_label_job

@@ -42,7 +42,7 @@ from autointerp.collect.collector import (
 )
 from autointerp.collect.models import load_subject_model, load_tokenizer
 from autointerp.errors import AutointerpError
-from autointerp.ray_cluster import AUTO, connected
+from autointerp.ray_cluster import AUTO, connected, worker_errors
 from autointerp.store import Store
 from autointerp.store.importing import import_chunk
 
@@ -171,16 +171,5 @@ def store_shard(
 
 
 def _get(ray: Any, ref: Any) -> Any:
-    """ray.get, with a worker's own AutointerpError raised as is and a worker lost for good made one clear error."""
-    try:
+    with worker_errors(ray, MAX_RETRIES, "its chunks", "every chunk stored before"):
         return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, AutointerpError):
-            raise exc.cause from None
-        raise
-    except ray.exceptions.RayActorError as exc:
-        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise AutointerpError(
-            f"a Ray worker died and was restarted {MAX_RETRIES} times without finishing its chunks ({first_line}); "
-            "every chunk stored before is kept: rerun the same command to resume"
-        ) from None
