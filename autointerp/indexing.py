@@ -73,6 +73,7 @@ class IndexKeeper:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen: tuple | None = None
+        self._full = False
 
     def start(self) -> None:
         if self._thread is None:
@@ -86,6 +87,11 @@ class IndexKeeper:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def request_rebuild(self) -> None:
+        """Build a new index from scratch in the background (recovery); searches use the current one meanwhile."""
+        self._full = True
+        self._wake.set()
 
     def poke(self) -> None:
         """Look at the store now instead of at the next interval."""
@@ -105,14 +111,14 @@ class IndexKeeper:
     def step(self) -> bool:
         """One look at the store: update the index if the store changed. Returns whether it looked."""
         state = _file_state(self.path)
-        if state == self._seen and self.index is not None:
+        if state == self._seen and self.index is not None and not self._full:
             return False
+        full, self._full = self._full or self.index is None or self.error is not None, False
         with self.reading() as con:
-            incremental = self.index is not None and self.error is None and hasattr(self.index, "update")
-            if incremental:
+            if not full and hasattr(self.index, "update"):
                 if self.index.is_stale(con):
                     self.index.update(con)
-            elif self.index is None or self.error is not None or self.index.is_stale(con):
+            elif full or self.index.is_stale(con):
                 fresh = self.make_index()  # built beside the index in use, then swapped in
                 fresh.build(con)
                 self.index = fresh
@@ -179,7 +185,7 @@ def rebuild_in_background(store_path: str | Path) -> BackgroundRebuild:
     except OSError as exc:
         raise AutointerpError(f"cannot write {log} ({exc.strerror}): the store's folder must be writable") from None
     with out:
-        argv = [sys.executable, "-m", "autointerp", "index", "--db", str(store_path), "--rebuild"]
+        argv = [sys.executable, "-m", "autointerp.cli", "index", "--db", str(store_path), "--rebuild"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     return BackgroundRebuild(pid=proc.pid, log=log)

@@ -1,0 +1,250 @@
+"""Serving the catalog while it changes: reads side by side, a writer of another process let in between
+them, the search index kept fresh in the background (searches never wait for a rebuild), and the
+recovery rebuild command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autointerp import indexing
+from autointerp.catalog import write_label
+from autointerp.cli import main as cli
+from autointerp.errors import AutointerpError
+from autointerp.indexing import IndexKeeper
+from autointerp.records import Explanation
+from autointerp.search import SearchIndex, search
+from autointerp.store import Store
+from autointerp.store import catalog_queries as q
+from autointerp.web.access import CatalogAccess
+from catalog_fixtures import SOURCE_B, catalog_copy
+
+REPO = Path(__file__).resolve().parents[1]
+SAFETY = 120  # seconds: a hung test fails instead of hanging; no test asserts on time
+
+
+@pytest.fixture()
+def db(tmp_path):
+    return catalog_copy(tmp_path)
+
+
+def add_label(path, feature: int, text: str) -> int:
+    with Store(path).writing() as con:
+        return write_label(con, Explanation(SOURCE_B, feature, text), [], run_id="test", config_hash=None,
+                           sampling_config=None, seed=None, embedding=np.ones(384, dtype=np.float32) / np.sqrt(384))
+
+
+def n_labels(con) -> int:
+    return q.labels_version(con)[0]
+
+
+def test_reads_run_side_by_side(db):
+    access = CatalogAccess(db)
+    first_in, release = threading.Event(), threading.Event()
+
+    def hold():
+        with access.reading() as con:
+            n_labels(con)
+            first_in.set()
+            release.wait(SAFETY)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert first_in.wait(SAFETY)
+        with access.reading() as con:  # would wait for `hold` if reads took turns
+            assert n_labels(con) == 14
+        assert holder.is_alive()
+    finally:
+        release.set()
+        holder.join()
+        access.close()
+
+
+def test_an_own_write_waits_for_reads_and_the_next_read_sees_it(db):
+    access = CatalogAccess(db)
+    order: list[str] = []
+    reading, release = threading.Event(), threading.Event()
+
+    def hold():
+        with access.reading() as con:
+            reading.set()
+            release.wait(SAFETY)
+            order.append(f"read {n_labels(con)}")
+
+    def write():
+        with access.writing() as con:
+            order.append("write")
+            write_label(con, Explanation(SOURCE_B, 5, "harpsichord"), [], run_id=None, config_hash=None,
+                        sampling_config=None, seed=None, embedding=np.ones(384, dtype=np.float32) / np.sqrt(384))
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert reading.wait(SAFETY)
+    writer = threading.Thread(target=write)
+    writer.start()
+    release.set()
+    holder.join()
+    writer.join()
+    with access.reading() as con:
+        order.append(f"read {n_labels(con)}")
+    access.close()
+    assert order == ["read 14", "write", "read 15"]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from autointerp.catalog import write_label
+    from autointerp.records import Explanation
+    from autointerp.store import Store
+
+    with Store(sys.argv[1]).writing() as con:
+        write_label(con, Explanation("toy-L1", 7, "harpsichord from another process"), [], run_id="job",
+                    config_hash=None, sampling_config=None, seed=None, embedding=np.ones(384, dtype=np.float32))
+    print("wrote")
+    """
+)
+
+
+def test_a_writer_of_another_process_gets_in_between_overlapping_reads(db, tmp_path):
+    """Two readers whose reads always overlap (and the linger) keep the file open; the waiting writer's gate
+    makes them let it in, and they go on reading, the new label included."""
+    access = CatalogAccess(db)
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[Exception] = []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                with access.reading() as con:
+                    seen.append(n_labels(con))
+                    time.sleep(0.05)
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    readers[0].start()
+    while not seen:
+        time.sleep(0.01)
+    readers[1].start()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's code, not the installed one
+    writer = subprocess.Popen([sys.executable, str(script), str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        out, err = writer.communicate(timeout=SAFETY)
+        after = len(seen)
+        while len(seen) < after + 4 and not errors:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for r in readers:
+            r.join()
+        access.close()
+    assert writer.returncode == 0, err
+    assert out.strip() == "wrote"
+    assert not errors
+    assert seen[0] == 14 and seen[-1] == 15 and set(seen) == {14, 15}
+
+
+class GatedIndex(SearchIndex):
+    """A real index whose builds after the first wait for `gate`: a slow rebuild, on cue."""
+
+    gate = threading.Event()
+    built = 0
+
+    def build(self, con):
+        GatedIndex.built += 1
+        if GatedIndex.built > 1:
+            assert GatedIndex.gate.wait(SAFETY)
+        return super().build(con)
+
+
+def test_searches_use_the_last_good_index_while_a_new_one_builds(db):
+    access = CatalogAccess(db)
+    keeper = IndexKeeper(db, access.reading, interval=0.05, make_index=GatedIndex)
+    keeper.start()
+    try:
+        old = keeper.current()
+        add_label(db, 3, "harpsichord recitals")
+        keeper.request_rebuild()
+        while GatedIndex.built < 2:
+            time.sleep(0.01)
+        with access.reading() as con:  # the rebuild is in progress: this search does not wait for it
+            during = search(con, keeper.current(), "harpsichord", mode="keyword")
+        assert keeper.current() is old and during.hits == []
+        GatedIndex.gate.set()
+        deadline = time.monotonic() + SAFETY
+        while keeper.current() is old and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with access.reading() as con:
+            after = search(con, keeper.current(), "harpsichord", mode="keyword")
+        assert [h.label for h in after.hits] == ["harpsichord recitals"]
+        assert keeper.error is None
+    finally:
+        keeper.stop()
+        access.close()
+
+
+def test_the_keeper_opens_the_store_only_when_it_changed(db):
+    access = CatalogAccess(db)
+    keeper = IndexKeeper(db, access.reading)
+    try:
+        assert keeper.step() is True  # the first build
+        assert keeper.step() is False  # nothing written since: not even opened
+        add_label(db, 4, "harpsichord sonatas")
+        assert keeper.step() is True
+        with access.reading() as con:
+            assert [h.label for h in search(con, keeper.current(), "sonatas", mode="keyword").hits] == [
+                "harpsichord sonatas"]
+    finally:
+        access.close()
+
+
+def test_index_command_rebuilds_in_the_foreground_and_in_the_background(db, capsys):
+    assert cli(["index", "--db", str(db), "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "14 labels" in out
+    assert cli(["index", "--db", str(db), "--rebuild", "--background"]) == 0
+    out = capsys.readouterr().out
+    log = indexing.rebuild_log(db)
+    assert str(log) in out and "pid" in out
+    pid = int(re.search(r"pid (\d+)", out).group(1))
+    deadline = time.monotonic() + SAFETY
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "14 labels" in log.read_text(), log.read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return waited == 0
+
+
+def test_a_second_rebuild_of_one_store_is_refused(db):
+    with indexing._rebuild_lock(db):
+        with pytest.raises(AutointerpError, match="already running"):
+            indexing.rebuild(db)
+    assert indexing.rebuild(db).labels == 14
+
+
+def test_index_command_on_a_missing_store_says_so(tmp_path, capsys):
+    assert cli(["index", "--db", str(tmp_path / "nope.duckdb"), "--rebuild", "--background"]) == 2
+    assert "no store at" in capsys.readouterr().err
