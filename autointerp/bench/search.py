@@ -156,6 +156,12 @@ def write_activation_source(store: Store, words: list[str], seed: int) -> None:
         q.bulk_insert_labels(con, source.source_id, table, EMBEDDING_MODEL, "bench")
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     ms = np.asarray(seconds) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
@@ -177,10 +183,19 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
     exact = write_labels(store, n, words, word_vectors, query_vectors, seed=n)
     write_activation_source(store, words, seed=1)
     row: dict = {"size": n, "write_s": time.perf_counter() - start}
+    store_files = (path, path.with_name(path.name + ".wal"))
+    row["store_bytes"] = sum(p.stat().st_size for p in store_files if p.exists())
     with Store(path, read_only=True) as reader:
         con = reader.con
+        rss_before = resident_bytes()
         index = SearchIndex()
         row["build_s"] = min(index.build(con) for _ in range(2))  # the rebuild a changed catalog pays
+        row["rss_bytes"], row["rss_index_bytes"] = resident_bytes(), resident_bytes() - rss_before
+        # index files beside the store, where the index keeps any (everything there but the store itself)
+        row["index_bytes"] = sum(
+            p.stat().st_size for p in folder.rglob("*")
+            if p.is_file() and p not in store_files and p.relative_to(folder).parts[0].startswith(path.name)
+        )
         row["compact"] = not index._vectors.exact
         if row["compact"]:
             row["brute_force"] = brute_force_times(n, query_vectors)
@@ -232,6 +247,7 @@ def feature_page_times(path: Path) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     features = rng.choice(PAGE_FEATURES, 30, replace=False)
     with TestClient(create_app(path)) as client:
+        client.app.state.index_keeper.current()  # steady state: the server's first index build is done
         client.get(f"/features/{PAGE_SOURCE}/{features[0]}")  # warm-up
 
         def get(feature):
@@ -272,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 p50, p95 = row["brute_force"]
                 print(f"           exact float32 cosine alone (matrix-vector + top-k): p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
             print(f"           feature page     p50 {row['page'][0]:7.1f} ms  p95 {row['page'][1]:7.1f} ms")
+            print(f"           store on disk {row['store_bytes'] / 2**30:6.2f} GiB  index files {row['index_bytes'] / 2**20:7.1f} MiB  "
+                  f"resident memory {row['rss_bytes'] / 2**30:5.2f} GiB (index in memory ~{row['rss_index_bytes'] / 2**30:5.2f} GiB)")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
