@@ -1,58 +1,60 @@
 """Search over the catalog's labels: keyword (BM25), semantic (cosine over label embeddings) and hybrid
 (reciprocal rank fusion of the two; the default).
 
-The index lives in the searching process, built from a read-only look at the store, so that searching
-never needs the store's write lock (a labeling job may hold it):
-- keyword: DuckDB's full-text index (`PRAGMA create_fts_index`: tokenizer, English stopwords, Porter
-  stemmer) built in a private in-memory database; its postings are then held as BM25 term weights in
-  arrays and scored with DuckDB's own formula (k1=1.2, b=0.75, log10 idf; a test checks the ranking and
-  scores against `match_bm25`). Scoring arrays instead of running `match_bm25` per query keeps common
-  terms fast at 1M labels (match_bm25 takes ~0.5 s there for a term that is in every label).
-- semantic: the label embedding matrix. Up to EXACT_LIMIT labels, exact float32 cosine. Above it, a first
-  pass over a PCA-reduced float32 copy (REDUCED_DIM) picks RERANK_MIN or more candidates, re-ranked by
-  cosine with an int8 copy of the full vectors: 4*REDUCED_DIM + 388 bytes per label instead of 1536, and
-  ~4x less memory to stream per query. It is approximate: `python -m autointerp.bench.search` reports its
-  recall against exact cosine.
-Both are static: `SearchIndex.refresh` rebuilds them when the labels version (count and highest id of
-labels, count of embeddings) changed. One hit per feature: its best-ranked label. Filters on source, model
-and layer run on the ranked ids in memory; filters on scores, density and review state run in SQL on the
-ranked candidates (an IN list of bound ids, answered from the primary-key index), before paging. The
-candidate pool grows until the page is full or every match was considered, so a page is never short
-because of a filter. An empty query lists features, each by its best label (`autointerp.ranking`) when
-that passes the filters. A score filter counts only reliable scores; a filter that cannot match by
-mistake (unknown source, scorer or metric; inverted density range) is an error, not an empty page.
+The indexes are derived from the store and kept as files beside it (`<store>.search/`), so a process
+opens them instead of rebuilding, and a damaged or missing set is rebuilt from the store:
+- keyword: `autointerp.keyword_index` (DuckDB's fts tokenizer, BM25 scored as DuckDB's `match_bm25`),
+  updated incrementally;
+- semantic: `autointerp.vector_index` (a faiss HNSW graph; approximate, recall@10 against exact cosine in
+  `python -m autointerp.bench.search`), updated incrementally.
+`SearchIndex.update` adds labels written since the index last looked and drops deleted ones, in
+milliseconds for a few labels; `rebuild_indexes` rebuilds from scratch. Searching reads the store
+read-only, so it never needs the store's write lock (a labeling job may hold it).
+
+Filters run inside the ranking, not after it: the labels passing them (source, model and layer from the
+index's own per-label source; scores, density and review state from one store query, remembered until the
+index changes) are handed to both rankers, which only ever return allowed labels; so a filtered page is
+never short. One hit per feature: its best-ranked label. An empty query lists features, each by its best
+label (`autointerp.ranking`) when that passes the filters. A score filter counts only reliable scores; a
+filter that cannot match by mistake (unknown source, scorer or metric; inverted density range) is an
+error, not an empty page.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
-from autointerp import ranking
+from autointerp import index_files, ranking
 from autointerp.catalog import REVIEW_STATES, resolve_metric
 from autointerp.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError
+from autointerp.keyword_index import KeywordIndex, Postings, QueryTokenizer, tokenize
+from autointerp.rwlock import ReadWriteLock
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import get_source, list_sources
+from autointerp.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
 
 MODES = ("hybrid", "keyword", "semantic")
 RRF_K = 60
-BM25_K1, BM25_B = 1.2, 0.75
-EXACT_LIMIT = 200_000
-REDUCED_DIM = 64
-PCA_SAMPLE = 20_000
-RERANK_FACTOR = 8
-RERANK_MIN = 1024  # candidates the compact first pass hands to the exact re-rank, at least
 LOAD_BATCH = 65_536
 MAX_LIMIT = 500
 QUERY_CACHE = 256
+ALLOWED_CACHE = 16
+SAVE_AFTER = 10_000  # an update saves the files once this many labels (or 5% of them) changed since the last save
 MIN_CANDIDATES = 64  # the first candidate pool is the larger of this and CANDIDATES_PER_RESULT * (offset + limit);
-CANDIDATES_PER_RESULT = 4  # it grows 4x while filters leave the page short
-SQL_FILTER_FACTOR = 4  # and starts this much larger when score, density or review filters may drop many
+CANDIDATES_PER_RESULT = 4  # it grows 4x while several labels of one feature leave the page short
 
 
 @dataclass
@@ -112,93 +114,6 @@ def parse_min_score(con: duckdb.DuckDBPyConnection, text: str | None) -> tuple[s
     return resolved[0], resolved[1], threshold
 
 
-class _KeywordIndex:
-    """BM25 term weights per (label, term), grouped by term (CSC layout)."""
-
-    def __init__(self, fts: duckdb.DuckDBPyConnection, labels) -> None:
-        q.build_fts_index(fts, labels)
-        data = q.fts_postings(fts)
-        docs, terms, pairs = data["docs"], data["terms"], data["pairs"]
-        self.ids = np.asarray(docs["name"], dtype=np.int64)  # row = docid (0..n-1)
-        self.term_column = {t: i for i, t in enumerate(terms["term"])}
-        n_docs, avgdl = data["n_docs"], data["avgdl"] or 1.0
-        df = np.asarray(terms["df"], dtype=np.float64)
-        idf = np.log10((n_docs - df + 0.5) / (df + 0.5) + 1.0)  # DuckDB's log() is base 10
-        termid = np.asarray(pairs["termid"], dtype=np.int64)
-        docid = np.asarray(pairs["docid"], dtype=np.int64)
-        tf = np.asarray(pairs["tf"], dtype=np.float64)
-        length = np.asarray(docs["len"], dtype=np.float64)[docid]
-        weight = idf[termid] * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / avgdl))
-        order = np.argsort(termid, kind="stable")
-        self.rows = docid[order].astype(np.int32)
-        self.weights = weight[order].astype(np.float32)
-        self.indptr = np.zeros(len(terms["term"]) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(termid, minlength=len(terms["term"])), out=self.indptr[1:])
-
-    def scores(self, terms: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of every label matching at least one term."""
-        cols = [self.term_column[t] for t in terms if t in self.term_column]
-        if not cols:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if len(cols) == 1:
-            a, b = self.indptr[cols[0]], self.indptr[cols[0] + 1]
-            return self.rows[a:b].astype(np.int64), self.weights[a:b]
-        rows = np.concatenate([self.rows[self.indptr[c] : self.indptr[c + 1]] for c in cols])
-        weights = np.concatenate([self.weights[self.indptr[c] : self.indptr[c + 1]] for c in cols])
-        total = np.bincount(rows, weights=weights, minlength=len(self.ids))
-        hit = np.flatnonzero(total)
-        return hit, total[hit].astype(np.float32)
-
-
-class _VectorIndex:
-    """Label embeddings; exact below EXACT_LIMIT labels, PCA first pass + int8 re-rank above it."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, model: str) -> None:
-        ids, full, fine, scale = [], [], [], []
-        for batch in q.label_vector_batches(con, model, LOAD_BATCH):
-            ids.append(batch.column(0).to_numpy())
-            vectors = batch.column(1).flatten().to_numpy().reshape(-1, EMBEDDING_DIM).astype(np.float32)
-            full.append(vectors)
-            if sum(len(i) for i in ids) > EXACT_LIMIT:  # switch to compact storage from here on
-                for v in full:
-                    s = np.maximum(np.abs(v).max(axis=1, keepdims=True), 1e-12) / 127.0
-                    fine.append(np.rint(v / s).astype(np.int8))
-                    scale.append(s.astype(np.float32))
-                full = []
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-        self.exact = not fine
-        if self.exact:
-            self.vectors = np.concatenate(full) if full else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-            return
-        self.fine = np.concatenate(fine)
-        self.scale = np.concatenate(scale)[:, 0]
-        rng = np.random.default_rng(0)
-        sample = rng.choice(len(self.ids), size=min(PCA_SAMPLE, len(self.ids)), replace=False)
-        # Uncentered PCA: dot products of unit vectors are preserved best by the top right singular vectors.
-        _, _, vt = np.linalg.svd(self.fine[sample].astype(np.float32) * self.scale[sample, None], full_matrices=False)
-        self.basis = np.ascontiguousarray(vt[:REDUCED_DIM].T)  # [384, REDUCED_DIM]
-        self.reduced = np.empty((len(self.ids), self.basis.shape[1]), dtype=np.float32)
-        for start in range(0, len(self.ids), LOAD_BATCH):
-            stop = start + LOAD_BATCH
-            block = self.fine[start:stop].astype(np.float32) * self.scale[start:stop, None]
-            self.reduced[start:stop] = block @ self.basis
-
-    def top(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cosine) of the k nearest labels, best first."""
-        n = len(self.ids)
-        k = min(k, n)
-        if k == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if self.exact:
-            sims = self.vectors @ query
-            rows = _top_rows(sims, k)
-            return rows, sims[rows]
-        pool = _top_rows(self.reduced @ (query @ self.basis), min(n, max(k * RERANK_FACTOR, RERANK_MIN)))
-        sims = (self.fine[pool].astype(np.float32) @ query) * self.scale[pool]
-        best = np.argsort(-sims, kind="stable")[:k]
-        return pool[best], sims[best]
-
-
 def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest scores, best first."""
     if k >= len(scores):
@@ -207,84 +122,265 @@ def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
-class SearchIndex:
-    """The in-process search index of one store. Build or refresh it from a (read-only) connection."""
+@dataclass
+class _Change:
+    """What an update read from the store, before it touches the index."""
 
-    def __init__(self, embedding_model: str = EMBEDDING_MODEL, embed: Callable[[list[str]], np.ndarray] = embed_texts):
+    version: tuple[int, ...]
+    labels: Any  # Arrow table of new labels (explanation_id, source_id, feature, label)
+    postings: Postings
+    removed_labels: np.ndarray
+    vector_ids: np.ndarray
+    vectors: np.ndarray
+    removed_vectors: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.postings.ids) + len(self.removed_labels) + len(self.vector_ids) + len(self.removed_vectors)
+
+
+class SearchIndex:
+    """The search indexes of one store: keyword (`KeywordIndex`) and semantic (`VectorIndex`), plus each
+    label's source and feature. Derived from the store and kept as files beside it (`index_folder`); a
+    search opens them (or builds them when missing or damaged), `update` brings them up to date cheaply,
+    `build` rebuilds them from scratch. Searches share the index; an update holds it alone only while it
+    changes the in-memory arrays (reading the store and tokenizing happen before)."""
+
+    def __init__(self, embedding_model: str = EMBEDDING_MODEL, embed: Callable[[list[str]], np.ndarray] = embed_texts,
+                 *, persist: bool = True):
         self.embedding_model = embedding_model
         self.embed = embed
-        self.version: tuple[int, int, int] | None = None
-        self.seen_version: tuple[int, int, int] | None = None
+        self.persist = persist
+        self.version: tuple[int, ...] | None = None
+        self.seen_version: tuple[int, ...] | None = None
         self.build_seconds = 0.0
         self.built_at = 0.0
-        self._fts: duckdb.DuckDBPyConnection | None = None
-        self._keyword: _KeywordIndex | None = None
-        self._vectors: _VectorIndex | None = None
+        self.update_seconds = 0.0
+        self.synced_at = 0.0
+        self.loaded_from: Path | None = None  # the folder the index was read from, when it was
+        self._lock = ReadWriteLock()
+        self._updating = threading.Lock()
+        self._tokenizer: QueryTokenizer | None = None
+        self._keyword = KeywordIndex()
+        self._vectors = VectorIndex(EMBEDDING_DIM)
         self._source_of = np.zeros(1, dtype=np.int32)  # by explanation id
-        self._query_vectors: dict[str, np.ndarray] = {}
         self._feature_of = np.zeros(1, dtype=np.int64)
+        self._label_max = 0  # highest label id indexed (keyword); embeddings: _vector_max
+        self._vector_max = 0
+        self._unsaved = 0
+        self._allowed_cache: dict[tuple, np.ndarray] = {}
+        self._query_vectors: dict[str, np.ndarray] = {}
+
+    # ---- keeping the index in step with the store ----------------------------------------------------
+
+    def _version(self, con: duckdb.DuckDBPyConnection) -> tuple[int, ...]:
+        return q.index_version(con, self.embedding_model)
 
     def is_stale(self, con: duckdb.DuckDBPyConnection) -> bool:
-        """Whether labels were added since the build (one cheap query; remembered for `stale`)."""
-        self.seen_version = q.labels_version(con)
+        """Whether labels were added or deleted since the index last looked (one cheap query)."""
+        self.seen_version = self._version(con)
         return self.version != self.seen_version
 
     @property
     def stale(self) -> bool:
-        """Whether the last look at the store (build, refresh or is_stale) found labels the index lacks."""
+        """Whether the last look at the store found labels the index lacks (or has that were deleted)."""
         return self.seen_version != self.version
 
     def build(self, con: duckdb.DuckDBPyConnection) -> float:
-        """Rebuild both indexes from the store; return the seconds it took."""
+        """Rebuild both indexes from the store (and save them beside it); return the seconds it took."""
         start = time.perf_counter()
-        version = q.labels_version(con)
-        fts = q.open_fts_database()
-        labels = q.label_texts(con)
-        keyword = _KeywordIndex(fts, labels)
-        vectors = _VectorIndex(con, self.embedding_model)
-        ids = labels.column("explanation_id").to_numpy()
-        size = int(ids.max()) + 1 if len(ids) else 1
-        self._source_of = np.zeros(size, dtype=np.int32)
-        self._feature_of = np.zeros(size, dtype=np.int64)
-        self._source_of[ids] = labels.column("source_id").to_numpy()
-        self._feature_of[ids] = labels.column("feature").to_numpy()
-        # a search in flight keeps its reference to the old database; it closes when unreferenced
-        self._fts, self._keyword, self._vectors = fts, keyword, vectors
-        self.version = self.seen_version = version
+        with self._updating, _snapshot(con) as cur:
+            version = self._version(cur)
+            labels = q.label_texts(cur)
+            keyword = KeywordIndex.build(labels)
+            vectors = VectorIndex(EMBEDDING_DIM)
+            for ids, batch in _vector_batches(cur, self.embedding_model, after=-1):
+                vectors.add(ids, batch)
+            with self._lock.write():
+                self._keyword, self._vectors = keyword, vectors
+                self._source_of = np.zeros(1, dtype=np.int32)
+                self._feature_of = np.zeros(1, dtype=np.int64)
+                self._place(labels)
+                self._label_max = version[1]
+                self._vector_max = version[4]
+                self._allowed_cache.clear()
+                self.version = self.seen_version = version
+            self._unsaved = 0
+            self._save(con)
         self.build_seconds = time.perf_counter() - start
-        self.built_at = time.time()
+        self.built_at = self.synced_at = time.time()
         return self.build_seconds
 
+    def open(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read the index files beside the store and catch up with it; rebuild when they are missing,
+        damaged or made for another embedding model."""
+        folder = index_folder(con) if self.persist else None
+        if folder is not None and self._load(folder):
+            self.update(con)
+        else:
+            self.build(con)
+
+    def update(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Index labels added since the index last looked and drop deleted ones, keyword and semantic; return
+        how many labels changed. Cheap when little changed: the new labels are read by id, the whole id
+        lists only when counts show a deletion. Opens (or builds) the index when it has none yet."""
+        if self.version is None:
+            self.open(con)
+            return 0
+        start = time.perf_counter()
+        with self._updating:
+            with _snapshot(con) as cur:
+                change = self._read_change(cur)
+            if change is None:
+                self.seen_version = self.version
+                return 0
+            with self._lock.write():
+                self._keyword.remove(change.removed_labels)
+                self._keyword.add(change.postings)
+                self._vectors.remove(change.removed_vectors)
+                self._vectors.add(change.vector_ids, change.vectors)
+                self._place(change.labels)
+                self._label_max = max(self._label_max, change.version[1])
+                self._vector_max = max(self._vector_max, change.version[4])
+                self._allowed_cache.clear()
+                self.version = self.seen_version = change.version
+            self._unsaved += change.size
+            if self._unsaved >= max(SAVE_AFTER, self.n_labels // 20):
+                self._save(con)
+        self.update_seconds = time.perf_counter() - start
+        self.synced_at = time.time()
+        return change.size
+
+    def _read_change(self, cur: duckdb.DuckDBPyConnection) -> _Change | None:
+        version = self._version(cur)
+        if version == self.version:
+            return None
+        n_labels, _, _, n_vectors, _, _ = version
+        labels = q.label_texts_after(cur, self._label_max)
+        removed_labels = np.zeros(0, dtype=np.int64)
+        if self._keyword.labels.n_alive + labels.num_rows != n_labels:  # a deletion, or a late commit
+            removed_labels, missing = _difference(self._keyword.labels.live_ids, q.all_label_ids(cur),
+                                                  labels.column("explanation_id").to_numpy())
+            if len(missing):
+                labels = pa.concat_tables([labels, q.label_texts_of(cur, missing)])
+        vector_ids, vectors = _concat(list(_vector_batches(cur, self.embedding_model, after=self._vector_max)))
+        removed_vectors = np.zeros(0, dtype=np.int64)
+        if self._vectors.labels.n_alive + len(vector_ids) != n_vectors:
+            removed_vectors, missing = _difference(self._vectors.labels.live_ids,
+                                                   q.embedded_label_ids(cur, self.embedding_model), vector_ids)
+            if len(missing):
+                more_ids, more = _concat(list(_vector_batches(cur, self.embedding_model, ids=missing)))
+                vector_ids, vectors = np.concatenate([vector_ids, more_ids]), np.concatenate([vectors, more])
+        return _Change(version, labels, tokenize(labels), removed_labels, vector_ids, vectors, removed_vectors)
+
     def refresh(self, con: duckdb.DuckDBPyConnection, min_interval_factor: float = 0.0) -> bool:
-        """Rebuild if labels changed; with min_interval_factor f, not sooner than f times the last build's
-        duration after it (bounds rebuild work while a job keeps adding labels). Return whether it rebuilt."""
-        if self.version is not None:
-            if not self.is_stale(con):
+        """Open the index, or update it if labels changed; with min_interval_factor f, not sooner than f
+        times the last update's (or build's) duration after it. Return whether it changed anything."""
+        if self.version is None:
+            self.open(con)
+            return True
+        if not self.is_stale(con):
+            return False
+        last = self.update_seconds or self.build_seconds
+        if time.time() - self.synced_at < min_interval_factor * last:
+            return False
+        return self.update(con) > 0
+
+    def _place(self, labels) -> None:
+        """Record new labels' source and feature (by explanation id)."""
+        if not labels.num_rows:
+            return
+        ids = labels.column("explanation_id").to_numpy()
+        top = int(ids.max()) + 1
+        if top > len(self._source_of):
+            grow = top - len(self._source_of)
+            self._source_of = np.concatenate([self._source_of, np.zeros(grow, dtype=np.int32)])
+            self._feature_of = np.concatenate([self._feature_of, np.zeros(grow, dtype=np.int64)])
+        self._source_of[ids] = labels.column("source_id").to_numpy()
+        self._feature_of[ids] = labels.column("feature").to_numpy()
+
+    # ---- the files beside the store ------------------------------------------------------------------
+
+    def _save(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write the index beside the store (best effort: a folder that cannot be written leaves the index
+        in memory only, and says so in the log)."""
+        folder = index_folder(con) if self.persist else None
+        if folder is None:
+            return
+        try:
+            with self._lock.read():
+                index_files.write(folder, self._manifest(), {
+                    "keyword.npz": self._keyword.save,
+                    "vectors.faiss": self._vectors.save_graph,
+                    "vectors.npz": self._vectors.save_rows,
+                    "features.npz": lambda path: _save_arrays(path, source_of=self._source_of,
+                                                             feature_of=self._feature_of),
+                })
+            self._unsaved = 0
+        except OSError as exc:
+            log.warning("search index kept in memory only: cannot write %s (%s)", folder, exc)
+
+    def _manifest(self) -> dict:
+        return {"embedding_model": self.embedding_model, "dim": EMBEDDING_DIM, "version": list(self.version),
+                "label_max": self._label_max, "vector_max": self._vector_max}
+
+    def _load(self, folder: Path) -> bool:
+        """Read the index files; False (and a log line) when they are missing or damaged."""
+        try:
+            loaded = index_files.read(folder)
+            if loaded is None:
                 return False
-            if time.time() - self.built_at < min_interval_factor * self.build_seconds:
+            manifest, files = loaded
+            if manifest["embedding_model"] != self.embedding_model or manifest["dim"] != EMBEDDING_DIM:
                 return False
-        self.build(con)
+            keyword = KeywordIndex.load(files["keyword.npz"])
+            vectors = VectorIndex.load(files["vectors.faiss"], files["vectors.npz"], EMBEDDING_DIM)
+            with np.load(files["features.npz"], allow_pickle=False) as data:
+                source_of, feature_of = data["source_of"], data["feature_of"]
+        except Exception as exc:  # damaged files of any kind: the store rebuilds them
+            log.warning("rebuilding the search index: cannot read %s (%s)", folder, exc)
+            return False
+        with self._lock.write():
+            self._keyword, self._vectors = keyword, vectors
+            self._source_of, self._feature_of = source_of, feature_of
+            self._label_max, self._vector_max = manifest["label_max"], manifest["vector_max"]
+            self.version = self.seen_version = tuple(manifest["version"])
+            self._allowed_cache.clear()
+        self.loaded_from = folder
         return True
+
+    # ---- ranking --------------------------------------------------------------------------------------
 
     @property
     def n_labels(self) -> int:
-        return 0 if self._keyword is None else len(self._keyword.ids)
+        return self._keyword.labels.n_alive
 
-    def ranker(self, query: str, mode: str) -> Callable[[int], tuple[np.ndarray, np.ndarray, bool]]:
+    def _terms(self, query: str) -> list[str]:
+        if self._tokenizer is None:
+            self._tokenizer = QueryTokenizer()
+        return self._tokenizer.terms(query)
+
+    def ranker(self, query: str, mode: str, allowed: np.ndarray | None = None
+               ) -> Callable[[int], tuple[np.ndarray, np.ndarray, bool]]:
         """A function k -> (explanation ids, scores, whether every match is in) for the k best labels in
-        `mode`; the query is tokenized and embedded once, however often the caller asks for more."""
-        terms = q.fts_query_terms(self._fts, query) if mode != "semantic" else []
+        `mode`, among the labels `allowed` (explanation ids; all when None); the query is tokenized and
+        embedded once, however often the caller asks for more."""
+        terms = self._terms(query) if mode != "semantic" else []
         vector = self._embed_query(query) if mode != "keyword" else None
-        keyword_index, vector_index = self._keyword, self._vectors
+        matches: list = []
 
         def keyword(k: int) -> tuple[np.ndarray, np.ndarray, bool]:
-            rows, scores = keyword_index.scores(terms)
+            if not matches:
+                with self._lock.read():
+                    rows = None if allowed is None else self._keyword.labels.mask(allowed)
+                    matches.append(self._keyword.scores(terms, rows))
+            ids, scores = matches[0]
             top = _top_rows(scores, min(k, len(scores)))
-            return keyword_index.ids[rows[top]], scores[top], k >= len(scores)
+            return ids[top], scores[top], k >= len(scores)
 
         def semantic(k: int) -> tuple[np.ndarray, np.ndarray, bool]:
-            rows, sims = vector_index.top(vector, k)
-            return vector_index.ids[rows], sims, k >= len(vector_index.ids)
+            with self._lock.read():
+                return self._vectors.search(vector, k, allowed)
 
         def hybrid(k: int) -> tuple[np.ndarray, np.ndarray, bool]:
             """Reciprocal rank fusion: score = sum over both rankings of 1 / (RRF_K + rank)."""
@@ -337,17 +433,81 @@ class SearchIndex:
     def clear_query_cache(self) -> None:
         self._query_vectors.clear()
 
-    def narrow(self, ids: np.ndarray, source_ids: list[int] | None) -> np.ndarray:
-        """Positions of the ids whose label belongs to one of `source_ids` (all when None)."""
-        if source_ids is None:
-            return np.arange(len(ids))
-        return np.flatnonzero(np.isin(self._source_of[ids], source_ids))
+    def allowed(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The allowed label ids of one set of filters, remembered until the index changes (the next page
+        of a filtered search asks the store nothing)."""
+        key = (key, self.version)
+        found = self._allowed_cache.get(key)
+        if found is None:
+            found = compute()
+            if len(self._allowed_cache) >= ALLOWED_CACHE:
+                self._allowed_cache.pop(next(iter(self._allowed_cache)))
+            self._allowed_cache[key] = found
+        return found
+
+    def labels_of_sources(self, source_ids: list[int]) -> np.ndarray:
+        """Ids of the indexed labels of these sources (no store query)."""
+        ids = self._keyword.labels.live_ids
+        return np.sort(ids[np.isin(self._source_of[ids], source_ids)])
 
     def first_per_feature(self, ids: np.ndarray) -> np.ndarray:
         """Positions of each feature's first (best-ranked) label among ranked ids."""
         keys = self._source_of[ids].astype(np.int64) << 32 | self._feature_of[ids]
         _, first = np.unique(keys, return_index=True)
         return np.sort(first)
+
+
+@contextlib.contextmanager
+def _snapshot(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor reading one consistent snapshot of the store (its own transaction)."""
+    cur = con.cursor()
+    try:
+        cur.begin()
+        yield cur
+    finally:
+        cur.close()
+
+
+def _vector_batches(cur, model: str, *, after: int = -1, ids=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for batch in q.label_vector_batches(cur, model, LOAD_BATCH, after=after, ids=ids):
+        yield (batch.column(0).to_numpy(),
+               batch.column(1).flatten().to_numpy().reshape(-1, EMBEDDING_DIM).astype(np.float32))
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _difference(indexed: np.ndarray, stored: np.ndarray, incoming: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids indexed but no longer stored, ids stored but neither indexed nor incoming)."""
+    indexed = np.unique(indexed)
+    removed = np.setdiff1d(indexed, stored, assume_unique=True)
+    missing = np.setdiff1d(stored, np.union1d(indexed, incoming), assume_unique=True)
+    return removed, missing
+
+
+def _save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def index_folder(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """Where a store's search index files live: `<store>.search/` beside the DuckDB file (None in memory)."""
+    path = q.database_path(con)
+    return None if path is None else path.with_name(path.name + ".search")
+
+
+def rebuild_indexes(store: str | Path | duckdb.DuckDBPyConnection) -> float:
+    """Rebuild a store's search index files from the store (recovery, or after a bulk import); return the
+    seconds it took. Reads the store only: a labeling job may keep writing meanwhile."""
+    if isinstance(store, duckdb.DuckDBPyConnection):
+        return SearchIndex().build(store)
+    from autointerp.store import Store
+
+    with Store(Path(store), read_only=True) as opened:
+        return SearchIndex().build(opened.con)
 
 
 def _check_density(low: float | None, high: float | None) -> None:
@@ -374,6 +534,24 @@ def _matching_sources(con: duckdb.DuckDBPyConnection, filters: SearchFilters) ->
     return found
 
 
+def _allowed_labels(
+    con: duckdb.DuckDBPyConnection, index: SearchIndex, filters: SearchFilters,
+    min_score: tuple[str, str, float] | None, source_ids: list[int] | None,
+) -> np.ndarray | None:
+    """Ids of the labels every filter allows (None: no filter). Source, model and layer alone need no
+    store query: the index knows each label's source."""
+    in_sql = {"density_min": filters.density_min, "density_max": filters.density_max, "review": filters.review}
+    if min_score is None and all(v is None for v in in_sql.values()):
+        if source_ids is None:
+            return None
+        return index.allowed(("sources", tuple(source_ids)), lambda: index.labels_of_sources(source_ids))
+    every = {"source": filters.source, "model": filters.model, "layer": filters.layer, **in_sql}
+    return index.allowed(
+        (tuple(sorted(every.items())), min_score),
+        lambda: q.allowed_label_ids(con, rule=ranking.sql_parameters(), filters=every, min_score=min_score),
+    )
+
+
 def search(
     con: duckdb.DuckDBPyConnection,
     index: SearchIndex,
@@ -385,7 +563,8 @@ def search(
     offset: int = 0,
 ) -> SearchResults:
     """One page of features whose labels match `query`, best first, one hit per feature (its best-matching
-    label). An empty query lists labeled features by source and feature. `index` must have been built."""
+    label). An empty query lists labeled features by source and feature. An index not opened yet is opened
+    (or built) from the store."""
     start = time.perf_counter()
     filters = filters or SearchFilters()
     if mode not in MODES:
@@ -397,38 +576,26 @@ def search(
     min_score = parse_min_score(con, filters.min_score)
     _check_density(filters.density_min, filters.density_max)
     source_ids = _matching_sources(con, filters)
-    # Filters on scores, density or review state need the store; source, model and layer do not.
-    in_sql = {"density_min": filters.density_min, "density_max": filters.density_max, "review": filters.review}
-    needs_sql = min_score is not None or any(v is not None for v in in_sql.values())
     rule = ranking.sql_parameters()
     query = query.strip()
     if not query:
-        every = {"source": filters.source, "model": filters.model, "layer": filters.layer, **in_sql}
+        every = {"source": filters.source, "model": filters.model, "layer": filters.layer,
+                 "density_min": filters.density_min, "density_max": filters.density_max, "review": filters.review}
         rows = q.list_feature_hits(con, rule=rule, filters=every, min_score=min_score, limit=limit, offset=offset)
     else:
         if index.version is None:
-            index.build(con)
-        rank = index.ranker(query, mode)
-        k = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * (offset + limit)) * (SQL_FILTER_FACTOR if needs_sql else 1)
+            index.open(con)
+        rank = index.ranker(query, mode, _allowed_labels(con, index, filters, min_score, source_ids))
+        k = max(MIN_CANDIDATES, CANDIDATES_PER_RESULT * (offset + limit))
         while True:
             ids, scores, complete = rank(k)
-            keep = index.narrow(ids, source_ids)
-            ids, scores = ids[keep], scores[keep]
-            if needs_sql:
-                rows = q.filter_candidates(
-                    con, ids, scores, rule=rule, filters=in_sql, min_score=min_score, limit=limit, offset=offset
-                )
-                if len(rows) == limit or complete:
-                    break
-            else:
-                first = index.first_per_feature(ids)
-                if len(first) >= offset + limit or complete:
-                    page = first[offset : offset + limit]
-                    rows = q.filter_candidates(
-                        con, ids[page], scores[page], rule=rule, filters={}, min_score=None, limit=limit, offset=0
-                    )
-                    break
+            first = index.first_per_feature(ids)
+            if len(first) >= offset + limit or complete:
+                break
             k *= 4
+        page = first[offset : offset + limit]
+        rows = q.filter_candidates(con, ids[page], scores[page], rule=rule, filters={}, min_score=None,
+                                   limit=limit, offset=0)
     hits = [SearchHit(*row) for row in rows]
     return SearchResults(
         query=query,

@@ -1,20 +1,24 @@
-"""Search on a small labeled catalog: BM25 keyword hits, semantic synonyms, hybrid, filters, pagination,
-hostile queries, staleness, and the compact (PCA + int8) semantic path."""
+"""Search on a small labeled catalog: BM25 keyword hits, semantic synonyms, hybrid, filters inside the
+ranking, pagination, hostile queries, incremental updates, index files and their recovery, and the
+recall of the HNSW index against exact cosine."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from autointerp import catalog, search as search_module
 from autointerp.cli import main as cli
+from autointerp.embeddings import EMBEDDING_DIM
 from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, Score
 from autointerp.search import SearchFilters, SearchIndex, search
 from autointerp.store import Store
 from autointerp.store import catalog_queries as q
+from autointerp.vector_index import VectorIndex
 from catalog_fixtures import FEATURES_A, FEATURES_B, HOSTILE_LABEL, SOURCE_A, SOURCE_B, catalog_copy
 
 INJECTION = "'; DROP TABLE explanations; --"
@@ -53,7 +57,8 @@ def test_keyword_finds_exact_words_with_stemming(con, index):
 
 
 def test_keyword_ranking_matches_duckdb_match_bm25(con, index):
-    fts = index._fts
+    fts = q.open_fts_database()
+    q.build_fts_index(fts, q.label_texts(con))
     for query in ("dogs puppies", "stock market", "loops code range", "and streams", "kettles"):
         ours = index.keyword(query, 50)
         reference = q.fts_match_bm25(fts, query, 50)
@@ -135,22 +140,21 @@ def test_pages_are_never_short_and_never_overlap(con, index, mode):
 
 @pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
 @pytest.mark.parametrize("filters", [SearchFilters(source=SOURCE_B), SearchFilters(min_score="detection:0.85")])
-def test_candidate_pool_grows_until_the_filtered_page_is_full(con, index, monkeypatch, mode, filters):
+def test_filters_run_inside_the_ranking_so_the_first_pool_fills_the_page(con, index, monkeypatch, mode, filters):
     monkeypatch.setattr(search_module, "MIN_CANDIDATES", 1)
     monkeypatch.setattr(search_module, "CANDIDATES_PER_RESULT", 1)
-    monkeypatch.setattr(search_module, "SQL_FILTER_FACTOR", 1)
     pools = []
     real = index.ranker
 
-    def counting_ranker(query, mode):
-        rank = real(query, mode)
+    def counting_ranker(query, mode, allowed=None):
+        rank = real(query, mode, allowed)
         return lambda k: pools.append(k) or rank(k)
 
     monkeypatch.setattr(index, "ranker", counting_ranker)
     query = "kitchen kettle teapots cats"  # feature 8's labels rank first but fail both filters
     results = search(con, index, query, mode=mode, filters=filters, limit=1)
     assert [(h.source, h.feature) for h in results.hits] == [(SOURCE_B, 0)]
-    assert len(pools) > 1 and pools == sorted(pools)
+    assert pools == [1]  # the best allowed label came first: nothing was fetched only to be dropped
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "keyword", "semantic"])
@@ -231,14 +235,18 @@ def test_empty_query_lists_labeled_features(con):
     assert [(h.source, h.feature) for h in results.hits][:2] == [(SOURCE_A, 0), (SOURCE_A, 1)]
 
 
+def write(store, source, feature, text) -> int:
+    with store.writing() as w:
+        return catalog.write_label(w, Explanation(source, feature, text), [], run_id=None, config_hash=None,
+                                   sampling_config=None, seed=None)
+
+
 def test_index_goes_stale_on_new_labels_and_refresh_finds_them(tmp_path):
     with Store(catalog_copy(tmp_path)) as store:
         index = SearchIndex()
         index.build(store.con)
         assert not index.is_stale(store.con) and index.build_seconds > 0
-        with store.writing() as w:
-            catalog.write_label(w, Explanation(SOURCE_B, 1, "harpsichord recitals"), [], run_id=None,
-                                config_hash=None, sampling_config=None, seed=None)
+        write(store, SOURCE_B, 1, "harpsichord recitals")
         assert index.is_stale(store.con)
         stale = search(store.con, index, "harpsichord", mode="keyword")
         assert stale.stale and stale.hits == []
@@ -248,18 +256,106 @@ def test_index_goes_stale_on_new_labels_and_refresh_finds_them(tmp_path):
         assert not fresh.stale and labels(fresh) == ["harpsichord recitals"]
 
 
-def test_compact_semantic_path_ranks_like_the_exact_one(con, monkeypatch):
-    exact = SearchIndex()
-    exact.build(con)
-    monkeypatch.setattr(search_module, "EXACT_LIMIT", 4)
-    compact = SearchIndex()
-    compact.build(con)
-    assert exact._vectors.exact and not compact._vectors.exact
-    for query in ("canine", "finance", "music", "code"):
-        e_ids, e_sims, _ = exact.semantic(query, 5)
-        c_ids, c_sims, _ = compact.semantic(query, 5)
-        assert list(c_ids[:3]) == list(e_ids[:3])
-        assert np.allclose(c_sims, e_sims, atol=0.02)
+def test_update_adds_new_labels_and_drops_deleted_ones_without_a_rebuild(tmp_path):
+    from autointerp.store import inventory_queries
+
+    with Store(catalog_copy(tmp_path)) as store:
+        index = SearchIndex()
+        index.build(store.con)
+        builds = index.built_at
+        new = write(store, SOURCE_B, 1, "harpsichord recitals")
+        assert index.update(store.con) == 2  # its text and its embedding
+        assert index.built_at == builds and index.n_labels == 15
+        assert labels(search(store.con, index, "harpsichord", mode="keyword")) == ["harpsichord recitals"]
+        assert labels(search(store.con, index, "baroque keyboard concert", mode="semantic", limit=1)) == [
+            "harpsichord recitals"]
+        assert index.update(store.con) == 0  # nothing changed: nothing to do
+        dog = catalog.best_label(store.con, SOURCE_A, 0).explanation_id
+        with store.writing() as w:
+            inventory_queries.delete_explanations(w, [new, dog])
+        assert index.update(store.con) == 4
+        assert index.n_labels == 13 and index.built_at == builds
+        for mode in ("keyword", "semantic", "hybrid"):
+            found = {h.explanation_id for h in search(store.con, index, "harpsichord dogs puppies", mode=mode,
+                                                      limit=50).hits}
+            assert dog not in found and new not in found
+        assert search(store.con, index, "harpsichord", mode="keyword").hits == []
+        assert len(search(store.con, index, "harpsichord", mode="semantic", limit=50).hits) == 11  # features left
+
+
+def test_labels_committed_out_of_id_order_are_found(tmp_path):
+    """A label whose id is below the highest indexed one (a slower writer committing late) still gets in."""
+    with Store(catalog_copy(tmp_path)) as store:
+        index = SearchIndex()
+        index.build(store.con)
+        late = write(store, SOURCE_B, 1, "harpsichord recitals")
+        index._keyword.remove(np.array([late]))  # as if the index had looked before that label committed
+        index._vectors.remove(np.array([late]))
+        index._label_max = index._vector_max = late + 10
+        write(store, SOURCE_B, 0, "lute songs")
+        index.update(store.con)
+        assert labels(search(store.con, index, "harpsichord", mode="keyword")) == ["harpsichord recitals"]
+        assert "harpsichord recitals" in labels(search(store.con, index, "harpsichord", mode="semantic"))
+
+
+def test_index_files_beside_the_store_are_reused_and_rebuilt_when_damaged(tmp_path, caplog):
+    db = catalog_copy(tmp_path)
+    folder = db.with_name(db.name + ".search")
+    with Store(db) as store:
+        first = SearchIndex()
+        first.build(store.con)
+        assert (folder / "manifest.json").exists()
+        write(store, SOURCE_B, 1, "harpsichord recitals")
+        opened = SearchIndex()
+        opened.open(store.con)  # reads the files, then catches up with the new label
+        assert opened.loaded_from == folder and opened.n_labels == 15
+        assert labels(search(store.con, opened, "harpsichord", mode="keyword")) == ["harpsichord recitals"]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        graph = folder / manifest["generation"] / "vectors.faiss"
+        graph.write_bytes(b"not an index" + graph.read_bytes()[12:])
+        damaged = SearchIndex()
+        damaged.open(store.con)
+        assert damaged.loaded_from is None and "damaged" in caplog.text  # rebuilt from the store
+        assert labels(search(store.con, damaged, "harpsichord", mode="keyword")) == ["harpsichord recitals"]
+        shutil.rmtree(folder)
+        gone = SearchIndex()
+        assert search(store.con, gone, "canine", mode="semantic").hits[0].label == "dogs and puppies"
+        assert gone.loaded_from is None and (folder / "manifest.json").exists()
+
+
+def test_rebuild_indexes_writes_the_files_from_the_store(tmp_path):
+    db = catalog_copy(tmp_path)
+    assert search_module.rebuild_indexes(db) > 0
+    with Store(db, read_only=True) as store:
+        index = SearchIndex()
+        index.open(store.con)
+        assert index.loaded_from == db.with_name(db.name + ".search") and index.n_labels == 14
+        assert search_module.rebuild_indexes(store.con) > 0
+
+
+def test_semantic_recall_against_exact_cosine():
+    """The HNSW index finds the exact cosine top 10 (recall@10 >= 0.95), filtered or not, on 3,000 vectors."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((30, EMBEDDING_DIM)).astype(np.float32)
+    vectors = centers[rng.integers(0, 30, 3000)] + 0.6 * rng.standard_normal((3000, EMBEDDING_DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, 3001)
+    index = VectorIndex(EMBEDDING_DIM)
+    index.add(ids, vectors)
+    subsets = {"all": None, "30% allowed": ids[rng.random(3000) < 0.3], "40 allowed (exact path)": ids[:40]}
+    recalls: dict[str, list[float]] = {name: [] for name in subsets}
+    queries = centers[rng.integers(0, 30, 40)] + 0.6 * rng.standard_normal((40, EMBEDDING_DIM)).astype(np.float32)
+    for query in queries:  # drawn as the labels are: a query is about something labels are about
+        query /= np.linalg.norm(query)
+        for name, subset in subsets.items():
+            pool = ids if subset is None else subset
+            exact = set(pool[np.argsort(-(vectors[pool - 1] @ query))[:10]].tolist())
+            found, sims, _ = index.search(query, 10, subset)
+            assert len(found) == 10 and set(found.tolist()) <= set(pool.tolist())
+            assert np.allclose(sims, vectors[found - 1] @ query, atol=1e-4)
+            recalls[name].append(len(exact & set(found.tolist())) / 10)
+    means = {name: float(np.mean(r)) for name, r in recalls.items()}
+    assert means["all"] >= 0.95 and means["30% allowed"] >= 0.95 and means["40 allowed (exact path)"] == 1.0, means
 
 
 def test_cli_search(db, con, capsys):

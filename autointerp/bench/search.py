@@ -63,6 +63,22 @@ def make_queries(rng: np.random.Generator, words: list[str], n: int) -> list[str
     return out
 
 
+def synthetic_labels(rng: np.random.Generator, m: int, words: list[str], word_vectors: np.ndarray):
+    """m synthetic (label texts, unit vectors [m, 384])."""
+    picks = zipf_choice(rng, len(words), (m, 4))
+    template = rng.integers(0, len(TEMPLATES), m)
+    n_words = np.array([t.count("{") for t in TEMPLATES])[template]
+    mask = np.arange(4)[None, :] < n_words[:, None]
+    vectors = (word_vectors[picks] * mask[:, :, None]).sum(axis=1)
+    vectors += NOISE * rng.standard_normal(vectors.shape).astype(np.float32) / np.sqrt(EMBEDDING_DIM)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = [
+        TEMPLATES[t].format(a=words[p[0]], b=words[p[1]], c=words[p[2]], d=words[p[3]])
+        for t, p in zip(template, picks)
+    ]
+    return labels, vectors.astype(np.float32)
+
+
 def write_labels(store: Store, n: int, words: list[str], word_vectors: np.ndarray, queries: np.ndarray, seed: int):
     """Bulk-write n synthetic labels; return the exact top-10 features per query (cosine, brute force)."""
     rng = np.random.default_rng(seed)
@@ -73,17 +89,7 @@ def write_labels(store: Store, n: int, words: list[str], word_vectors: np.ndarra
     best_features = np.zeros((len(queries), 10), dtype=np.int64)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        picks = zipf_choice(rng, len(words), (m, 4))
-        template = rng.integers(0, len(TEMPLATES), m)
-        n_words = np.array([t.count("{") for t in TEMPLATES])[template]
-        mask = np.arange(4)[None, :] < n_words[:, None]
-        vectors = (word_vectors[picks] * mask[:, :, None]).sum(axis=1)
-        vectors += NOISE * rng.standard_normal(vectors.shape).astype(np.float32) / np.sqrt(EMBEDDING_DIM)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        labels = [
-            TEMPLATES[t].format(a=words[p[0]], b=words[p[1]], c=words[p[2]], d=words[p[3]])
-            for t, p in zip(template, picks)
-        ]
+        labels, vectors = synthetic_labels(rng, m, words, word_vectors)
         features = np.arange(start, start + m, dtype=np.int32)
         table = pa.table(
             {

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
+import numpy as np
 
 from autointerp.embeddings import EMBEDDING_DIM
 from autointerp.errors import AutointerpError
@@ -371,16 +372,25 @@ def run_features(con: duckdb.DuckDBPyConnection, run_id: str, limit: int) -> lis
 # ---- search ------------------------------------------------------------------------------------------
 
 
-def labels_version(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
-    """(number of labels, highest explanation id, number of label embeddings): changes whenever labels are
-    added (explanations are append-only; an edit adds a new one). Cheap: counts and a max, no scan of text."""
+def index_version(con: duckdb.DuckDBPyConnection, model: str) -> tuple[int, ...]:
+    """(count, highest id, sum of ids) of labels, then of `model`'s label embeddings: changes whenever a label
+    or embedding is added or deleted. Cheap: aggregates over one id column each, no text."""
     row = con.execute(
         """
         SELECT (SELECT count(*) FROM explanations), (SELECT coalesce(max(explanation_id), 0) FROM explanations),
-               (SELECT count(*) FROM label_embeddings)
-        """
+               (SELECT coalesce(sum(explanation_id), 0) FROM explanations),
+               count(*), coalesce(max(explanation_id), 0), coalesce(sum(explanation_id), 0)
+        FROM label_embeddings WHERE model = ?
+        """,
+        [model],
     ).fetchone()
-    return int(row[0]), int(row[1]), int(row[2])
+    return tuple(int(v) for v in row)
+
+
+def database_path(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The file of the connection's database (None when in memory)."""
+    row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    return Path(row[0]) if row and row[0] else None
 
 
 def label_texts(con: duckdb.DuckDBPyConnection):
@@ -406,11 +416,54 @@ def source_ids_matching(
     ]
 
 
-def label_vector_batches(con: duckdb.DuckDBPyConnection, model: str, batch_rows: int):
-    """Arrow record batches of (explanation_id, vector) for every label embedded with `model`."""
+def label_vector_batches(
+    con: duckdb.DuckDBPyConnection, model: str, batch_rows: int, *, after: int = -1, ids: Sequence[int] | None = None
+):
+    """Arrow record batches of (explanation_id, vector) of the labels embedded with `model`: those with a
+    higher id than `after`, or only those of `ids`."""
+    if ids is None:
+        return con.execute(
+            "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? AND explanation_id > ? "
+            "ORDER BY explanation_id",
+            [model, after],
+        ).to_arrow_reader(batch_rows)
     return con.execute(
-        "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? ORDER BY explanation_id", [model]
+        """
+        SELECT explanation_id, vector FROM label_embeddings
+        WHERE model = $model AND explanation_id IN (SELECT unnest($ids::BIGINT[])) ORDER BY explanation_id
+        """,
+        {"model": model, "ids": [int(i) for i in ids]},
     ).to_arrow_reader(batch_rows)
+
+
+def label_texts_after(con: duckdb.DuckDBPyConnection, after_id: int):
+    """Arrow table of (explanation_id, source_id, feature, label) of labels with a higher id than `after_id`."""
+    return con.execute(
+        "SELECT explanation_id, source_id, feature, label FROM explanations WHERE explanation_id > ? "
+        "ORDER BY explanation_id",
+        [after_id],
+    ).to_arrow_table()
+
+
+def label_texts_of(con: duckdb.DuckDBPyConnection, ids: Sequence[int]):
+    """Arrow table of (explanation_id, source_id, feature, label) of the labels `ids`."""
+    return con.execute(
+        "SELECT explanation_id, source_id, feature, label FROM explanations "
+        "WHERE explanation_id IN (SELECT unnest($ids::BIGINT[])) ORDER BY explanation_id",
+        {"ids": [int(i) for i in ids]},
+    ).to_arrow_table()
+
+
+def all_label_ids(con: duckdb.DuckDBPyConnection) -> np.ndarray:
+    """Every explanation id, ascending."""
+    return con.execute("SELECT explanation_id FROM explanations ORDER BY 1").fetchnumpy()["explanation_id"]
+
+
+def embedded_label_ids(con: duckdb.DuckDBPyConnection, model: str) -> np.ndarray:
+    """Ids of the labels embedded with `model`, ascending."""
+    return con.execute(
+        "SELECT explanation_id FROM label_embeddings WHERE model = ? ORDER BY 1", [model]
+    ).fetchnumpy()["explanation_id"]
 
 
 _HIT_JOINS = f"""
@@ -452,6 +505,27 @@ HIT_FILTERS = ("source", "model", "layer", "density_min", "density_max", "review
 def _filter_params(filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
     """Bound values of _HIT_FILTERS: `filters` holds HIT_FILTERS names (absent or None: no filter)."""
     return {**{k: filters.get(k) for k in HIT_FILTERS}, "limit": limit, "offset": offset}
+
+
+def allowed_label_ids(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    rule: dict[str, Any],
+    filters: dict[str, Any],
+    min_score: tuple[str, str, float] | None,
+) -> np.ndarray:
+    """Ids of every label passing the filters (`filters`, `min_score` as in `filter_candidates`), ascending:
+    the allowed set a filtered search ranks within."""
+    score_filter, score_params = _score_filter(min_score, "", rule)
+    return con.execute(
+        f"""
+        SELECT e.explanation_id FROM explanations e
+        {_HIT_JOINS}
+        WHERE {_HIT_FILTERS} {score_filter}
+        ORDER BY 1
+        """,
+        {**score_params, **{k: filters.get(k) for k in HIT_FILTERS}},
+    ).fetchnumpy()["explanation_id"]
 
 
 def filter_candidates(
