@@ -26,10 +26,11 @@ from typing import Callable, ContextManager
 import duckdb
 
 from autointerp import search
+from autointerp.embeddings import EMBEDDING_MODEL
 from autointerp.errors import AutointerpError
 from autointerp.search import SearchIndex
 from autointerp.store import Store
-from autointerp.store.catalog_queries import labels_version
+from autointerp.store.catalog_queries import index_version
 from autointerp.store.journal import jobs_dir
 
 INTERVAL_SECONDS = 1.0
@@ -66,7 +67,7 @@ class IndexKeeper:
         self.make_index = make_index
         self.index: SearchIndex | None = None
         self.updates = 0  # index updates done (incremental or not)
-        self.builds = 0  # full builds done
+        self.builds = 0  # new indexes made: the first (opened from its files or built), and rebuilds
         self.error: str | None = None  # the last update's failure, shown by the server; cleared by a success
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -113,16 +114,18 @@ class IndexKeeper:
         state = _file_state(self.path)
         if state == self._seen and self.index is not None and not self._full:
             return False
-        full, self._full = self._full or self.index is None or self.error is not None, False
+        requested, self._full = self._full, False
         with self.reading() as con:
-            if not full and hasattr(self.index, "update"):
-                if self.index.is_stale(con):
-                    self.index.update(con)
-            elif full or self.index.is_stale(con):
-                fresh = self.make_index()  # built beside the index in use, then swapped in
-                fresh.build(con)
+            if requested or self.index is None or self.error is not None:
+                fresh = self.make_index()  # made beside the index in use, then swapped in
+                if self.index is None and not requested:
+                    fresh.open(con)  # the files beside the store, brought up to date; built when missing
+                else:
+                    fresh.build(con)
                 self.index = fresh
                 self.builds += 1
+            elif self.index.is_stale(con):
+                self.index.update(con)
             self.updates += 1
         self._seen = state
         self.error = None
@@ -146,22 +149,34 @@ class IndexKeeper:
 class Rebuilt:
     labels: int
     seconds: float
-    saved: bool  # whether the index was written beside the store (else it was built in memory only)
+    folder: Path | None  # where the index files are
 
 
 def rebuild(store_path: str | Path) -> Rebuilt:
-    """Rebuild the search indexes of a store from its labels (the store stays the record; the indexes are
-    derived from it). One rebuild per store at a time: a second one is refused."""
+    """Rebuild the search index files of a store from its labels (the store stays the record; the files
+    are derived from it). One rebuild per store at a time: a second one is refused."""
     with _rebuild_lock(store_path):
-        start = time.perf_counter()
-        rebuild_indexes = getattr(search, "rebuild_indexes", None)
         with Store(store_path, read_only=True) as store:
-            if rebuild_indexes is not None:
-                rebuild_indexes(store.con)
-            else:
-                SearchIndex().build(store.con)
-            labels = labels_version(store.con)[0]
-        return Rebuilt(labels=labels, seconds=time.perf_counter() - start, saved=rebuild_indexes is not None)
+            seconds = search.rebuild_indexes(store.con)
+            labels = index_version(store.con, EMBEDDING_MODEL)[0]
+            folder = search.index_folder(store.con)
+        return Rebuilt(labels=labels, seconds=seconds, folder=folder)
+
+
+@dataclass
+class Checked:
+    labels: int
+    loaded: bool  # read from the files beside the store (else built: they were missing or damaged)
+    folder: Path | None
+
+
+def check(store_path: str | Path) -> Checked:
+    """Open a store's search index as a server would (its files, or a build when they are unusable) and
+    catch it up with the store."""
+    with Store(store_path, read_only=True) as store:
+        index = SearchIndex()
+        index.open(store.con)  # reads the files and catches up with the store, or builds
+        return Checked(index.n_labels, index.loaded_from is not None, search.index_folder(store.con))
 
 
 def rebuild_log(store_path: str | Path) -> Path:

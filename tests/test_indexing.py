@@ -19,6 +19,7 @@ import pytest
 from autointerp import indexing
 from autointerp.catalog import write_label
 from autointerp.cli import main as cli
+from autointerp.embeddings import EMBEDDING_MODEL
 from autointerp.errors import AutointerpError
 from autointerp.indexing import IndexKeeper
 from autointerp.records import Explanation
@@ -38,13 +39,14 @@ def db(tmp_path):
 
 
 def add_label(path, feature: int, text: str) -> int:
+    """A label as a job writes it, with its MiniLM embedding."""
     with Store(path).writing() as con:
         return write_label(con, Explanation(SOURCE_B, feature, text), [], run_id="test", config_hash=None,
-                           sampling_config=None, seed=None, embedding=np.ones(384, dtype=np.float32) / np.sqrt(384))
+                           sampling_config=None, seed=None)
 
 
 def n_labels(con) -> int:
-    return q.labels_version(con)[0]
+    return q.index_version(con, EMBEDDING_MODEL)[0]
 
 
 def test_reads_run_side_by_side(db):
@@ -180,21 +182,43 @@ def test_searches_use_the_last_good_index_while_a_new_one_builds(db):
     keeper.start()
     try:
         old = keeper.current()
-        add_label(db, 3, "harpsichord recitals")
         keeper.request_rebuild()
         while GatedIndex.built < 2:
             time.sleep(0.01)
-        with access.reading() as con:  # the rebuild is in progress: this search does not wait for it
-            during = search(con, keeper.current(), "harpsichord", mode="keyword")
-        assert keeper.current() is old and during.hits == []
+        with access.reading() as con:  # the rebuild is under way (and stays so until the gate opens)
+            dogs = search(con, keeper.current(), "dogs", mode="keyword")
+        assert keeper.current() is old and [h.label for h in dogs.hits] == ["dogs and puppies"]
         GatedIndex.gate.set()
         deadline = time.monotonic() + SAFETY
         while keeper.current() is old and time.monotonic() < deadline:
             time.sleep(0.01)
         with access.reading() as con:
-            after = search(con, keeper.current(), "harpsichord", mode="keyword")
-        assert [h.label for h in after.hits] == ["harpsichord recitals"]
-        assert keeper.error is None
+            after = search(con, keeper.current(), "dogs", mode="keyword")
+        assert keeper.current() is not old and [h.label for h in after.hits] == ["dogs and puppies"]
+        assert keeper.error is None and keeper.builds == 2
+    finally:
+        keeper.stop()
+        access.close()
+
+
+def test_a_label_written_by_a_job_is_found_within_seconds_without_a_rebuild(db):
+    access = CatalogAccess(db)
+    keeper = IndexKeeper(db, access.reading, interval=0.05)
+    keeper.start()
+    try:
+        index = keeper.current()
+        built_at = index.built_at
+        add_label(db, 6, "harpsichord toccatas")
+        found, deadline = [], time.monotonic() + SAFETY
+        while not found and time.monotonic() < deadline:
+            with access.reading() as con:
+                found = search(con, keeper.current(), "toccatas", mode="keyword").hits
+            time.sleep(0.05)
+        assert [h.label for h in found] == ["harpsichord toccatas"]
+        with access.reading() as con:
+            assert [h.label for h in search(con, keeper.current(), "toccatas", mode="semantic", limit=1).hits] == [
+                "harpsichord toccatas"]  # its embedding is in too
+        assert keeper.current() is index and index.built_at == built_at and keeper.builds == 1  # updated, not rebuilt
     finally:
         keeper.stop()
         access.close()
@@ -216,9 +240,18 @@ def test_the_keeper_opens_the_store_only_when_it_changed(db):
 
 
 def test_index_command_rebuilds_in_the_foreground_and_in_the_background(db, capsys):
+    assert cli(["index", "--db", str(db)]) == 0
+    assert "14 labels, built into" in capsys.readouterr().out
+    assert cli(["index", "--db", str(db)]) == 0
+    assert "14 labels, opened from" in capsys.readouterr().out
+    add_label(db, 8, "harpsichord fugues")
+    assert cli(["index", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "15 labels, opened from" in out and "caught up" in out
+    (db.parent / (db.name + ".search") / "manifest.json").write_text("{damaged")
     assert cli(["index", "--db", str(db), "--rebuild"]) == 0
     out = capsys.readouterr().out
-    assert "14 labels" in out
+    assert "15 labels" in out
     assert cli(["index", "--db", str(db), "--rebuild", "--background"]) == 0
     out = capsys.readouterr().out
     log = indexing.rebuild_log(db)
@@ -227,7 +260,7 @@ def test_index_command_rebuilds_in_the_foreground_and_in_the_background(db, caps
     deadline = time.monotonic() + SAFETY
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "14 labels" in log.read_text(), log.read_text()
+    assert "15 labels" in log.read_text(), log.read_text()
 
 
 def _alive(pid: int) -> bool:
