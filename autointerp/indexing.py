@@ -12,13 +12,9 @@ writes its progress to a log beside the store.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -30,6 +26,7 @@ from autointerp.embeddings import EMBEDDING_MODEL
 from autointerp.errors import AutointerpError
 from autointerp.search import SearchIndex
 from autointerp.store import Store
+from autointerp.store.db import job_lock
 from autointerp.store.catalog_queries import index_version
 from autointerp.store.journal import jobs_dir
 
@@ -155,7 +152,7 @@ class Rebuilt:
 def rebuild(store_path: str | Path) -> Rebuilt:
     """Rebuild the search index files of a store from its labels (the store stays the record; the files
     are derived from it). One rebuild per store at a time: a second one is refused."""
-    with _rebuild_lock(store_path):
+    with job_lock(store_path, "search index rebuild", name="index.lock", rerun=f" (its log: {rebuild_log(store_path)})"):
         with Store(store_path, read_only=True) as store:
             seconds = search.rebuild_indexes(store.con)
             labels = index_version(store.con, EMBEDDING_MODEL)[0]
@@ -204,23 +201,3 @@ def rebuild_in_background(store_path: str | Path) -> BackgroundRebuild:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     return BackgroundRebuild(pid=proc.pid, log=log)
-
-
-@contextlib.contextmanager
-def _rebuild_lock(store_path: str | Path):
-    folder = jobs_dir(store_path)
-    try:
-        folder.mkdir(exist_ok=True)
-        fd = os.open(folder / "index.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise AutointerpError(f"cannot write {folder} ({exc.strerror}): the store's folder must be writable") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AutointerpError(
-                f"an index rebuild of {store_path} is already running (see {rebuild_log(store_path)}); wait for it"
-            ) from None
-        yield
-    finally:
-        os.close(fd)

@@ -25,6 +25,7 @@ from autointerp.indexing import IndexKeeper
 from autointerp.records import Explanation
 from autointerp.search import SearchIndex, search
 from autointerp.store import Store
+from autointerp.store.db import job_lock
 from autointerp.store import catalog_queries as q
 from autointerp.web.access import CatalogAccess
 from catalog_fixtures import SOURCE_B, catalog_copy
@@ -272,7 +273,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_second_rebuild_of_one_store_is_refused(db):
-    with indexing._rebuild_lock(db):
+    with job_lock(db, "search index rebuild", name="index.lock"):
         with pytest.raises(AutointerpError, match="already running"):
             indexing.rebuild(db)
     assert indexing.rebuild(db).labels == 14

@@ -272,14 +272,16 @@ class Store:
 
 
 @contextlib.contextmanager
-def job_lock(store_path: str | Path, what: str) -> Iterator[None]:
-    """Held while a labeling job runs on the store, so that a second one refuses at once instead of labeling
-    the same features. An flock: the kernel releases it when the holder dies, so a killed job leaves no
-    stale lock."""
+def job_lock(
+    store_path: str | Path, what: str, name: str = "job.lock", rerun: str = "; a rerun continues where it stopped"
+) -> Iterator[None]:
+    """Held while a labeling job (or another job of kind `name`: an index rebuild) runs on the store, so that
+    a second one refuses at once instead of doing the same work. An flock: the kernel releases it when the
+    holder dies, so a killed job leaves no stale lock."""
     folder = jobs_dir(store_path)
     try:
         folder.mkdir(exist_ok=True)
-        fd = os.open(folder / "job.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise AutointerpError(f"cannot write {folder} ({exc.strerror}): the store's folder must be writable") from None
     try:
@@ -289,7 +291,7 @@ def job_lock(store_path: str | Path, what: str) -> Iterator[None]:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise AutointerpError(
                 f"{holder} is already running on the store {store_path}: wait for it to finish (or stop it), "
-                "then run again; a rerun continues where it stopped"
+                f"then run again{rerun}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"a {what} (pid {os.getpid()})".encode(), 0)
