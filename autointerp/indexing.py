@@ -152,12 +152,13 @@ class Rebuilt:
 def rebuild(store_path: str | Path) -> Rebuilt:
     """Rebuild the search index files of a store from its labels (the store stays the record; the files
     are derived from it). One rebuild per store at a time: a second one is refused."""
-    with job_lock(store_path, "search index rebuild", name="index.lock", rerun=f" (its log: {rebuild_log(store_path)})"):
-        with Store(store_path, read_only=True) as store:
-            seconds = search.rebuild_indexes(store.con)
-            labels = index_version(store.con, EMBEDDING_MODEL)[0]
-            folder = search.index_folder(store.con)
-        return Rebuilt(labels=labels, seconds=seconds, folder=folder)
+    with Store(store_path, read_only=True) as store, job_lock(  # a missing store: an error, and no lock file
+        store_path, "search index rebuild", name="index.lock", rerun=f" (its log: {rebuild_log(store_path)})"
+    ):
+        seconds = search.rebuild_indexes(store.con)
+        labels = index_version(store.con, EMBEDDING_MODEL)[0]
+        folder = search.index_folder(store.con)
+    return Rebuilt(labels=labels, seconds=seconds, folder=folder)
 
 
 @dataclass

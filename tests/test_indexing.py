@@ -279,6 +279,8 @@ def test_a_second_rebuild_of_one_store_is_refused(db):
     assert indexing.rebuild(db).labels == 14
 
 
-def test_index_command_on_a_missing_store_says_so(tmp_path, capsys):
-    assert cli(["index", "--db", str(tmp_path / "nope.duckdb"), "--rebuild", "--background"]) == 2
+@pytest.mark.parametrize("flags", [[], ["--rebuild"], ["--rebuild", "--background"]])
+def test_index_command_on_a_missing_store_says_so_and_leaves_nothing(tmp_path, capsys, flags):
+    assert cli(["index", "--db", str(tmp_path / "nope.duckdb"), *flags]) == 2
     assert "no store at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
