@@ -284,3 +284,69 @@ def test_index_command_on_a_missing_store_says_so_and_leaves_nothing(tmp_path, c
     assert cli(["index", "--db", str(tmp_path / "nope.duckdb"), *flags]) == 2
     assert "no store at" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+JOB = textwrap.dedent(
+    """
+    import sys, time
+    from autointerp.catalog import write_label
+    from autointerp.records import Explanation, Score
+    from autointerp.store import Store
+
+    path, n = sys.argv[1], int(sys.argv[2])
+    for i in range(n):
+        with Store(path).writing() as con:
+            write_label(con, Explanation("toy-L1", 200 + i, f"harpsichord job label {i}"),
+                        [Score("detection", "balanced_accuracy", 0.5, 0.4, 0.6, 10)],
+                        run_id="job", config_hash=None, sampling_config=None, seed=None)
+        time.sleep(0.05)
+    print("wrote", n)
+    """
+)
+
+
+def test_two_readers_browse_through_the_web_app_while_a_job_writes(db, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from autointerp.web import create_app
+
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    n = 8
+    problems: list[str] = []
+    seen: set[int] = set()
+    with TestClient(create_app(db, index_interval=0.05)) as client:
+        client.app.state.index_keeper.current()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        job = subprocess.Popen([sys.executable, str(script), str(db), str(n)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+
+        def browse():
+            while job.poll() is None:
+                for url, params in (("/api/search", {"q": "harpsichord job", "mode": "keyword", "limit": 50}),
+                                    (f"/api/features/{SOURCE_B}/0", {}), ("/search", {"q": ""})):
+                    response = client.get(url, params=params)
+                    if response.status_code != 200:
+                        problems.append(f"{url}: {response.status_code} {response.text[:200]}")
+                    elif url == "/api/search":
+                        hits = response.json()["hits"]
+                        seen.update(h["feature"] for h in hits)
+                        # a page is one snapshot: every hit is a label the job wrote, each feature once
+                        if any(not h["label"].startswith("harpsichord job label") for h in hits) or (
+                                len({h["feature"] for h in hits}) != len(hits)):
+                            problems.append(f"inconsistent page: {hits}")
+
+        readers = [threading.Thread(target=browse) for _ in range(2)]
+        for r in readers:
+            r.start()
+        out, err = job.communicate(timeout=SAFETY)
+        for r in readers:
+            r.join()
+        assert job.returncode == 0, err
+        found: set = set()
+        deadline = time.monotonic() + SAFETY
+        while found != set(range(200, 200 + n)) and time.monotonic() < deadline:
+            hits = client.get("/api/search", params={"q": "harpsichord job", "mode": "keyword", "limit": 50}).json()["hits"]
+            found = {h["feature"] for h in hits}
+    assert not problems, problems[:3]
+    assert found == set(range(200, 200 + n)) and seen <= found
