@@ -30,7 +30,7 @@ def db(tmp_path):
 
 @pytest.fixture()
 def client(db):
-    with TestClient(create_app(db, refresh_factor=0.0)) as c:
+    with TestClient(create_app(db, index_interval=0.05)) as c:
         yield c
 
 
@@ -139,7 +139,7 @@ def test_missing_things_are_404_with_a_message(client):
 
 def test_the_status_comes_from_the_error_type_not_its_wording(db):
     """A user error that reads like "feature ..." is still a 400; a NotFound is a 404 whatever it says."""
-    app = create_app(db, refresh_factor=0.0)
+    app = create_app(db, index_interval=0.05)
 
     @app.get("/api/_wording")
     def wording():
@@ -271,8 +271,14 @@ def test_catalog_stays_browsable_while_another_process_writes(client, db, tmp_pa
     assert writer.returncode == 0, err
     assert out.strip() == f"wrote {n}"
     assert statuses and set(statuses) == {200}, statuses
-    final = client.get("/api/search", params={"q": "harpsichord", "mode": "keyword", "limit": 50}).json()
-    assert {h["feature"] for h in final["hits"]} == set(range(100, 100 + n))
+    wanted = set(range(100, 100 + n))
+    found: set = set()
+    deadline = time.monotonic() + 60  # the index keeper looks every 0.05 s here; a full build takes ~1 s
+    while found != wanted and time.monotonic() < deadline:
+        final = client.get("/api/search", params={"q": "harpsichord", "mode": "keyword", "limit": 50}).json()
+        found = {h["feature"] for h in final["hits"]}
+        time.sleep(0.05)
+    assert found == wanted
     assert len(client.get(f"/api/explanations/{best}").json()["reviews"]) >= 1
 
 
@@ -300,7 +306,7 @@ def test_feature_page_says_why_a_score_is_undefined(db):
             [Score("embedding", "auroc", None, None, None, 20, subset="random_negatives", details={"note": why})],
             run_id=None, config_hash=None, sampling_config=None, seed=None,
         )
-    with TestClient(create_app(db, refresh_factor=0.0)) as c:
+    with TestClient(create_app(db, index_interval=0.05)) as c:
         page = c.get(f"/features/{SOURCE_A}/3").text
     assert f"({why})" in page
 
@@ -331,7 +337,7 @@ def test_feature_page_shows_the_baseline_label_beside_the_llm_label(db):
             _scores(0.99), run_id=RUN_ID, config_hash="cfg-hash", sampling_config={}, seed=0,
         )
     store.close()
-    with TestClient(create_app(db, refresh_factor=0.0)) as client:
+    with TestClient(create_app(db, index_interval=0.05)) as client:
         page = client.get(f"/features/{SOURCE_A}/2").text
         assert 'id="best-label">for loops over ranges<' in page
         assert 'class="baseline-label">for, range, in<' in page and "embedding auroc <b>0.734</b>" in page and "n=30" in page

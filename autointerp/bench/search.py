@@ -161,6 +161,12 @@ def write_activation_source(store: Store, words: list[str], seed: int) -> None:
         q.bulk_insert_labels(con, source.source_id, table, EMBEDDING_MODEL, "bench")
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     ms = np.asarray(seconds) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
@@ -187,10 +193,14 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
     write_activation_source(store, words, seed=1)
     store.close()
     row: dict = {"size": n, "write_s": time.perf_counter() - start}
+    store_files = (path, path.with_name(path.name + ".wal"))
+    row["store_bytes"] = sum(p.stat().st_size for p in store_files if p.exists())
     with Store(path, read_only=True) as reader:
         con = reader.con
+        rss_before = resident_bytes()
         index = SearchIndex()
         row["build_s"] = index.build(con)  # what recovery (`rebuild_indexes`) pays
+        row["rss_bytes"], row["rss_index_bytes"] = resident_bytes(), resident_bytes() - rss_before
         row["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         row["disk_mb"] = folder_mb(index_folder(con))
         start = time.perf_counter()
@@ -271,6 +281,7 @@ def feature_page_times(path: Path) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     features = rng.choice(PAGE_FEATURES, 30, replace=False)
     with TestClient(create_app(path)) as client:
+        client.app.state.index_keeper.current()  # steady state: the server's first index build is done
         client.get(f"/features/{PAGE_SOURCE}/{features[0]}")  # warm-up
 
         def get(feature):
@@ -313,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"1,000 deleted {row['delete_1000_s']:.2f}s (then searchable / gone)")
             print(f"           best label of every feature (catalog.best_labels) {row['best_labels_s']:6.2f}s")
             print(f"           feature page       p50 {row['page'][0]:7.1f} ms  p95 {row['page'][1]:7.1f} ms")
+            print(f"           store on disk {row['store_bytes'] / 2**30:6.2f} GiB  resident memory {row['rss_bytes'] / 2**30:5.2f} GiB "
+                  f"(index in memory ~{row['rss_index_bytes'] / 2**30:5.2f} GiB)")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]

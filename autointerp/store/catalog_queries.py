@@ -317,21 +317,28 @@ def feature_context_picks(
 def contexts_with_activations(
     con: duckdb.DuckDBPyConnection, source_id: int, feature: int, context_ids: Sequence[int]
 ) -> dict[int, tuple[list[str], list[int], list[float]]]:
-    """context_id -> (tokens, positions where the feature fires, its values there)."""
+    """context_id -> (tokens, positions where the feature fires, its values there). Two plain reads joined
+    here: grouping the activations into lists in SQL (an ordered aggregate keyed by the token list) cost
+    most of a feature page's time."""
     id_list, params = _id_list(context_ids, "c")
+    params["source"] = source_id
+    out: dict[int, tuple[list[str], list[int], list[float]]] = {
+        int(c): (list(t), [], []) for c, t in con.execute(
+            f"SELECT context_id, tokens FROM contexts WHERE source_id = $source AND context_id IN ({id_list})", params
+        ).fetchall()
+    }
     rows = con.execute(
         f"""
-        SELECT c.context_id, c.tokens, list(a.pos ORDER BY a.pos) FILTER (WHERE a.pos IS NOT NULL),
-               list(a.value ORDER BY a.pos) FILTER (WHERE a.pos IS NOT NULL)
-        FROM (SELECT context_id, tokens FROM contexts WHERE source_id = $source AND context_id IN ({id_list})) c
-        LEFT JOIN (SELECT context_id, pos, value FROM activations
-                   WHERE source_id = $source AND feature = $feature AND context_id IN ({id_list})) a
-          USING (context_id)
-        GROUP BY c.context_id, c.tokens
+        SELECT context_id, pos, value FROM activations
+        WHERE source_id = $source AND feature = $feature AND context_id IN ({id_list}) ORDER BY context_id, pos
         """,
-        {**params, "source": source_id, "feature": feature},
+        {**params, "feature": feature},
     ).fetchall()
-    return {int(c): (list(t), list(p or []), list(v or [])) for c, t, p, v in rows}
+    for c, pos, value in rows:
+        if c in out:
+            out[c][1].append(int(pos))
+            out[c][2].append(float(value))
+    return out
 
 
 def run_explanation_count(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
@@ -563,18 +570,27 @@ def list_feature_hits(
     the page's features are ranked. Rows as `filter_candidates` gives them, score NULL."""
     score_filter, score_params = _score_filter(min_score, "", rule)
     page_labels = "SELECT e.explanation_id, e.source_id, e.feature FROM explanations e JOIN page USING (source_id, feature)"
+    # Unfiltered (the catalog's front page), every label passes: no joins over every label to find that out,
+    # and a near page is found without grouping every label by feature.
+    filtered = bool(score_filter) or any(filters.get(k) is not None for k in HIT_FILTERS)
+    passing = f"{_HIT_JOINS} WHERE {_HIT_FILTERS} {score_filter}" if filtered else ""
+    near = None if filtered or offset + limit > NEAR_PAGE_LIMIT else _near_page(con, limit, offset)
+    params = {k: v for k, v in _filter_params(filters, limit, offset).items() if k in HIT_FILTERS} if filtered else {}
+    if near is None:
+        page = """
+            SELECT p.source_id, p.feature FROM (SELECT DISTINCT source_id, feature FROM passing) p
+            JOIN sources s USING (source_id)
+            ORDER BY s.name, p.feature LIMIT $limit OFFSET $offset"""
+        page_params: dict[str, Any] = {"limit": limit, "offset": offset}
+    else:
+        page = "SELECT unnest($page_sources::INTEGER[]) AS source_id, unnest($page_features::INTEGER[]) AS feature"
+        page_params = {"page_sources": [k[0] for k in near], "page_features": [k[1] for k in near]}
     return con.execute(
         f"""
         WITH passing AS (
-            SELECT e.explanation_id, e.source_id, e.feature FROM explanations e
-            {_HIT_JOINS}
-            WHERE {_HIT_FILTERS} {score_filter}
+            SELECT e.explanation_id, e.source_id, e.feature FROM explanations e {passing}
         ),
-        page AS (
-            SELECT p.source_id, p.feature FROM (SELECT DISTINCT source_id, feature FROM passing) p
-            JOIN sources s USING (source_id)
-            ORDER BY s.name, p.feature LIMIT $limit OFFSET $offset
-        ),
+        page AS ({page}),
         {_best_ctes(page_labels, "explanation_id IN (SELECT explanation_id FROM lab) AND", "")},
         chosen AS (
             SELECT p.explanation_id FROM passing p JOIN page USING (source_id, feature)
@@ -589,11 +605,27 @@ def list_feature_hits(
         {_HIT_JOINS}
         ORDER BY s.name, e.feature
         """,
-        {
-            **rule, **score_params,
-            **_filter_params(filters, limit, offset),
-        },
+        {**rule, **score_params, **page_params, **params},
     ).fetchall()
+
+
+NEAR_PAGE_LIMIT = 5_000  # pages ending before this many features are found by _near_page
+
+
+def _near_page(con: duckdb.DuckDBPyConnection, limit: int, offset: int) -> list[tuple[int, int]]:
+    """(source_id, feature) of a listing page near the start: the first labels by source name and feature,
+    fetched twice as many as the page needs (more while features with several labels leave it short)."""
+    order = [r[0] for r in con.execute("SELECT source_id FROM sources ORDER BY name").fetchall()]
+    want, fetch = offset + limit, 2 * (offset + limit)
+    while True:
+        rows = con.execute(
+            "SELECT source_id, feature FROM explanations ORDER BY list_position($order, source_id), feature LIMIT $n",
+            {"order": order, "n": fetch},
+        ).fetchall()
+        keys = list(dict.fromkeys(rows))
+        if len(keys) >= want or len(rows) < fetch:
+            return keys[offset:want]
+        fetch *= 4
 
 
 # ---- the full-text index (DuckDB's fts extension, in an in-memory database) ------------------------------

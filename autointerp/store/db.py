@@ -3,6 +3,11 @@
 DuckDB lets one process hold a file for writing, or many hold it read-only. Long jobs therefore write
 in short transactions (`Store.writing()` opens, writes, commits, closes) and retry while another process
 holds the lock, so that the catalog can be browsed while a job runs.
+
+A writer kept out by readers says so: it holds an exclusive flock on the store's gate file (`WriterGate`)
+while it retries. Readers that keep the file open across requests (the web catalog) let no new reader in
+while the gate is taken, so the file falls free and the writer waits for the current reads only, not for
+a stream of them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from autointerp.store.journal import fold_journals, jobs_dir
 from autointerp.store.migrations import MIGRATIONS
 
 LOCK_WAIT_SECONDS = 30.0
+RETRY_MAX_SECONDS = 0.05  # a page waiting for a write transaction waits this much longer, at most
 
 
 class StoreNotFound(AutointerpError):
@@ -34,33 +40,92 @@ class StoreNotFound(AutointerpError):
 
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used by another process" in text
+    return (
+        "lock" in text or "conflicting" in text or "being used by another process" in text
+        or "different configuration" in text
+    )
+
+
+class WriterGate:
+    """The flock a writer holds on `<store>.jobs/store.gate` while readers keep it out of the file; readers
+    that share one open file (see `autointerp.web.access`) admit no new reader while it is held. Best
+    effort: where the folder cannot be written, there is no gate and readers and writers just retry."""
+
+    def __init__(self, store_path: str | Path):
+        self.path = jobs_dir(store_path) / "store.gate"
+        self._fd: int | None = None
+
+    def _open(self) -> int | None:
+        if self._fd is None:
+            try:
+                self.path.parent.mkdir(exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return None
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases any flock taken through it
+            self._fd = None
+
+    def want(self) -> None:
+        """Writer: announce the wait (non-blocking; another waiting writer already announced it)."""
+        fd = self._open()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def writer_waiting(self) -> bool:
+        """Reader: whether a writer is waiting for the file now."""
+        if not self.path.exists():
+            return False
+        fd = self._open()
+        if fd is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
 
 
 def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
-    """Open the file, waiting up to `wait` seconds while another process holds a conflicting lock."""
+    """Open the file, waiting up to `wait` seconds while another process holds a conflicting lock; a writer
+    announces its wait through the store's `WriterGate` and then retries often."""
     path = Path(path)
     if read_only and not path.exists():
         raise StoreNotFound(path)
     deadline = time.monotonic() + wait
     delay = 0.02
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if not _is_lock_error(exc) or time.monotonic() > deadline:
-                if _is_lock_error(exc):
-                    raise AutointerpError(
-                        f"the store {path} is held by another process for writing; "
-                        "wait for it to finish or stop it, then run again"
-                    ) from None
-                raise AutointerpError(f"cannot open the store {path}: {exc}") from None
-        except duckdb.Error as exc:
-            raise AutointerpError(
-                f"{path} is not a readable DuckDB file ({exc}); give the path of an autointerp store, or of a new one"
-            ) from None
-        time.sleep(delay * (1 + random.random()))
-        delay = min(delay * 2, 0.5)
+    gate: WriterGate | None = None
+    try:
+        while True:
+            try:
+                return duckdb.connect(str(path), read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                # ConnectionException: this process has the file open with the other mode (the web
+                # catalog's shared reads, say); it closes it for a writer that waits at the gate
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    if _is_lock_error(exc):
+                        raise AutointerpError(
+                            f"the store {path} is held by another process for writing; "
+                            "wait for it to finish or stop it, then run again"
+                        ) from None
+                    raise AutointerpError(f"cannot open the store {path}: {exc}") from None
+            except duckdb.Error as exc:
+                raise AutointerpError(
+                    f"{path} is not a readable DuckDB file ({exc}); give the path of an autointerp store, or of a new one"
+                ) from None
+            if not read_only and gate is None:
+                gate = WriterGate(path)
+                gate.want()
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+    finally:
+        if gate is not None:
+            gate.close()
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -207,14 +272,16 @@ class Store:
 
 
 @contextlib.contextmanager
-def job_lock(store_path: str | Path, what: str) -> Iterator[None]:
-    """Held while a labeling job runs on the store, so that a second one refuses at once instead of labeling
-    the same features. An flock: the kernel releases it when the holder dies, so a killed job leaves no
-    stale lock."""
+def job_lock(
+    store_path: str | Path, what: str, name: str = "job.lock", rerun: str = "; a rerun continues where it stopped"
+) -> Iterator[None]:
+    """Held while a labeling job (or another job of kind `name`: an index rebuild) runs on the store, so that
+    a second one refuses at once instead of doing the same work. An flock: the kernel releases it when the
+    holder dies, so a killed job leaves no stale lock."""
     folder = jobs_dir(store_path)
     try:
         folder.mkdir(exist_ok=True)
-        fd = os.open(folder / "job.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise AutointerpError(f"cannot write {folder} ({exc.strerror}): the store's folder must be writable") from None
     try:
@@ -224,7 +291,7 @@ def job_lock(store_path: str | Path, what: str) -> Iterator[None]:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise AutointerpError(
                 f"{holder} is already running on the store {store_path}: wait for it to finish (or stop it), "
-                "then run again; a rerun continues where it stopped"
+                f"then run again{rerun}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"a {what} (pid {os.getpid()})".encode(), 0)

@@ -1,21 +1,19 @@
 """The catalog web app: search, feature and run pages (Jinja2, autoescaped) and a JSON API.
 
-The app opens a short read-only connection per request and a short write transaction per review, so
-a labeling job can write to the same store between them (DuckDB allows one writing process or many
-reading ones). Requests of this process take turns on the store (one lock): DuckDB also refuses a
-read-only and a writing connection to one file inside one process at the same time.
+Requests read through short read-only connections and write reviews in short transactions, so that a
+labeling job can write to the same store between them (`autointerp.web.access` says how they take
+turns). The search index is kept fresh by a background thread (`autointerp.indexing.IndexKeeper`): a
+search never builds it, it uses the last good one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-import duckdb
 import jinja2
 import swagger_ui_bundle
 from fastapi import Body, FastAPI, HTTPException, Query, Request
@@ -27,38 +25,13 @@ from fastapi.staticfiles import StaticFiles
 from autointerp import inventory
 from autointerp.catalog import REVIEW_STATES, VERDICTS, FeatureView, feature_view, load_labels, review_label, run_view
 from autointerp.errors import AutointerpError, NotFound
+from autointerp.indexing import INTERVAL_SECONDS, IndexKeeper
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
-from autointerp.store import Store, connect
 from autointerp.store.jobs import list_runs
+from autointerp.web.access import CatalogAccess
 from autointerp.web.reviewers import COOKIE, ReviewAccess, ReviewRefused
 
 HERE = Path(__file__).parent
-REFRESH_FACTOR = 10.0  # rebuild the search index at most once per 10x its last build time
-
-
-class CatalogAccess:
-    """The store file as the web app uses it: one lock, short connections, one search index."""
-
-    def __init__(self, path: str | Path, refresh_factor: float = REFRESH_FACTOR):
-        self.path = Path(path)
-        self.lock = threading.Lock()
-        self.index = SearchIndex()
-        self.refresh_factor = refresh_factor
-
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self.lock:
-            con = connect(self.path, read_only=True)
-            try:
-                yield con
-            finally:
-                con.close()
-
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self.lock:
-            with Store(self.path).writing() as con:
-                yield con
 
 
 def _templates() -> jinja2.Environment:
@@ -132,13 +105,26 @@ def _token(request: Request, form: dict[str, str] | None = None) -> str | None:
 
 
 def create_app(
-    db_path: str | Path, *, refresh_factor: float = REFRESH_FACTOR, reviewers: ReviewAccess | None = None
+    db_path: str | Path, *, index_interval: float = INTERVAL_SECONDS, reviewers: ReviewAccess | None = None
 ) -> FastAPI:
-    """The catalog app; `reviewers` says who may write reviews (default: anyone, recorded as "local")."""
-    access = CatalogAccess(db_path, refresh_factor)
+    """The catalog app; `reviewers` says who may write reviews (default: anyone, recorded as "local");
+    `index_interval`: seconds between the search index's looks at the store."""
+    access = CatalogAccess(db_path)
+    keeper = IndexKeeper(db_path, access.reading, interval=index_interval)
     reviewers = reviewers or ReviewAccess()
     env = _templates()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        keeper.start()
+        try:
+            yield
+        finally:
+            keeper.stop()
+            access.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="autointerp catalog",
         description="Search feature labels, read their scores and evidence, and review them.",
         version="1",
@@ -146,6 +132,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.access = access
+    app.state.index_keeper = keeper
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     # The API docs page's scripts come from the swagger-ui-bundle package, not a CDN: it works offline.
     app.mount("/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
@@ -169,12 +156,15 @@ def create_app(
         _same_origin(request)
         reviewers.reviewer(_token(request))
         with access.writing() as con:
-            return {"deleted": deleting(con, key)}
+            deleted = deleting(con, key)
+        keeper.poke()
+        return {"deleted": deleted}
 
-    def run_search(con, q: str, mode: str, filters: SearchFilters, limit: int, offset: int):
-        if q.strip():
-            access.index.refresh(con, access.refresh_factor)
-        return search(con, access.index, q, mode=mode, filters=filters, limit=limit, offset=offset)
+    def run_search(q: str, mode: str, filters: SearchFilters, limit: int, offset: int):
+        # an empty query lists features and needs no index: it never waits for the first build
+        index = keeper.current() if q.strip() else keeper.index or SearchIndex()
+        with access.reading() as con:
+            return search(con, index, q, mode=mode, filters=filters, limit=limit, offset=offset)
 
     @app.exception_handler(AutointerpError)
     async def user_error(request: Request, exc: AutointerpError):
@@ -198,8 +188,7 @@ def create_app(
             source, model, _number(layer, int, "layer"), min_score,
             _number(density_min, float, "density from"), _number(density_max, float, "density to"), review,
         )
-        with access.reading() as con:
-            results = run_search(con, q, mode, filters, limit, offset)
+        results = run_search(q, mode, filters, limit, offset)
         params = {k: v for k, v in dataclasses.asdict(filters).items() if v is not None}
         base = {"q": q, "mode": mode, "limit": limit, **params}
         prev_url = f"/search?{urlencode({**base, 'offset': max(offset - limit, 0)})}" if offset > 0 else None
@@ -243,6 +232,7 @@ def create_app(
                 con, explanation_id, form.get("verdict", ""), note=form.get("note") or None,
                 edited_label=form.get("label") or None, reviewer=reviewer,
             )
+        keeper.poke()  # an edit is a new label
         response = RedirectResponse(f"/features/{quote(source, safe='')}/{feature}", status_code=303)
         if form.get("token"):  # remembered by this browser, so the next review needs no typing
             response.set_cookie(COOKIE, form["token"], httponly=True, samesite="strict")
@@ -273,8 +263,7 @@ def create_app(
         limit: int = 20, offset: int = 0,
     ) -> dict:
         filters = _filters(source, model, layer, min_score, density_min, density_max, review)
-        with access.reading() as con:
-            return jsonable_encoder(run_search(con, q, mode, filters, limit, offset).to_dict())
+        return jsonable_encoder(run_search(q, mode, filters, limit, offset).to_dict())
 
     @app.get("/api/features/{source}/{feature}", summary="A feature: stats, best label, history, contexts", tags=["features"])
     def api_feature(source: str, feature: int) -> dict:
@@ -305,6 +294,7 @@ def create_app(
         reviewer = reviewers.reviewer(_token(request))
         with access.writing() as con:
             current = review_label(con, explanation_id, verdict, note=note, edited_label=label, reviewer=reviewer)
+        keeper.poke()
         return jsonable_encoder(dataclasses.asdict(current))
 
     @app.delete("/api/explanations/{explanation_id}", summary="Delete a label with its scores and reviews", tags=["explanations"])
