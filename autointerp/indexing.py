@@ -22,12 +22,10 @@ from typing import Callable, ContextManager
 import duckdb
 
 from autointerp import search
-from autointerp.embeddings import EMBEDDING_MODEL
 from autointerp.errors import AutointerpError
 from autointerp.search import SearchIndex
 from autointerp.store import Store
 from autointerp.store.db import job_lock
-from autointerp.store.catalog_queries import index_version
 from autointerp.store.journal import jobs_dir
 
 INTERVAL_SECONDS = 1.0
@@ -112,18 +110,22 @@ class IndexKeeper:
         if state == self._seen and self.index is not None and not self._full:
             return False
         requested, self._full = self._full, False
+        fresh = snapshot = None
         with self.reading() as con:
             if requested or self.index is None or self.error is not None:
                 fresh = self.make_index()  # made beside the index in use, then swapped in
-                if self.index is None and not requested:
-                    fresh.open(con)  # the files beside the store, brought up to date; built when missing
+                if self.index is None and not requested and fresh.load_files(con):
+                    fresh.update(con)  # the files beside the store, brought up to date
                 else:
-                    fresh.build(con)
-                self.index = fresh
-                self.builds += 1
+                    snapshot = fresh.read_store(con)  # built below, once the store is let go for writers
             elif self.index.is_stale(con):
                 self.index.update(con)
-            self.updates += 1
+        if snapshot is not None:
+            fresh.build_from(snapshot)
+        if fresh is not None:
+            self.index = fresh
+            self.builds += 1
+        self.updates += 1
         self._seen = state
         self.error = None
         self._ready.set()
@@ -152,13 +154,13 @@ class Rebuilt:
 def rebuild(store_path: str | Path) -> Rebuilt:
     """Rebuild the search index files of a store from its labels (the store stays the record; the files
     are derived from it). One rebuild per store at a time: a second one is refused."""
-    with Store(store_path, read_only=True) as store, job_lock(  # a missing store: an error, and no lock file
-        store_path, "search index rebuild", name="index.lock", rerun=f" (its log: {rebuild_log(store_path)})"
-    ):
-        seconds = search.rebuild_indexes(store.con)
-        labels = index_version(store.con, EMBEDDING_MODEL)[0]
-        folder = search.index_folder(store.con)
-    return Rebuilt(labels=labels, seconds=seconds, folder=folder)
+    store = Store(store_path, read_only=True)  # a missing store: an error, and no lock file
+    with job_lock(store_path, "search index rebuild", name="index.lock", rerun=f" (its log: {rebuild_log(store_path)})"):
+        index = SearchIndex()
+        with store:  # held for the read only: a job's writes wait for that, not for the build
+            snapshot = index.read_store(store.con)
+        seconds = index.build_from(snapshot)
+    return Rebuilt(labels=snapshot.version[0], seconds=seconds, folder=snapshot.folder)
 
 
 @dataclass

@@ -159,6 +159,17 @@ class _Change:
         return len(self.postings.ids) + len(self.removed_labels) + len(self.vector_ids) + len(self.removed_vectors)
 
 
+@dataclass
+class StoreSnapshot:
+    """The labels and label vectors a full index build reads from the store."""
+
+    version: tuple[int, ...]
+    labels: Any  # pyarrow table of label texts
+    vectors: tuple[np.ndarray, np.ndarray]  # explanation ids, [n, dim] float32
+    folder: Path | None  # where the index files go
+    read_seconds: float
+
+
 class SearchIndex:
     """The search indexes of one store: keyword (`KeywordIndex`) and semantic (`VectorIndex`), plus each
     label's source and feature. Derived from the store and kept as files beside it (`index_folder`); a
@@ -208,35 +219,52 @@ class SearchIndex:
 
     def build(self, con: duckdb.DuckDBPyConnection) -> float:
         """Rebuild both indexes from the store (and save them beside it); return the seconds it took."""
+        return self.build_from(self.read_store(con))
+
+    def read_store(self, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
+        """What a build needs from the store, read in one snapshot. A caller that holds the store only for
+        this read (the index keeper, the rebuild command) lets writers in again before the slow part."""
         start = time.perf_counter()
-        with self._updating, _snapshot(con) as cur:
+        with _snapshot(con) as cur:
             version = self._version(cur)
             labels = q.label_texts(cur)
-            keyword = KeywordIndex.build(labels)
-            vectors = VectorIndex.build(EMBEDDING_DIM, *_concat(list(_vector_batches(cur, self.embedding_model))))
+            vectors = _concat(list(_vector_batches(cur, self.embedding_model)))
+        folder = index_folder(con) if self.persist else None
+        return StoreSnapshot(version, labels, vectors, folder, time.perf_counter() - start)
+
+    def build_from(self, snapshot: StoreSnapshot) -> float:
+        """Build both indexes from a snapshot of the store (no store access) and save them beside it."""
+        start = time.perf_counter()
+        with self._updating:
+            keyword = KeywordIndex.build(snapshot.labels)
+            vectors = VectorIndex.build(EMBEDDING_DIM, *snapshot.vectors)
             with self._lock.write():
                 self._keyword, self._vectors = keyword, vectors
                 self._source_of = np.zeros(1, dtype=np.int32)
                 self._feature_of = np.zeros(1, dtype=np.int64)
-                self._place(labels)
-                self._label_max = version[1]
-                self._vector_max = version[4]
+                self._place(snapshot.labels)
+                self._label_max = snapshot.version[1]
+                self._vector_max = snapshot.version[4]
                 self._allowed_cache.clear()
-                self.version = self.seen_version = version
+                self.version = self.seen_version = snapshot.version
             self._unsaved = 0
-            self._save(con)
-        self.build_seconds = time.perf_counter() - start
+            self._save_to(snapshot.folder)
+        self.build_seconds = snapshot.read_seconds + time.perf_counter() - start
         self.built_at = self.synced_at = time.time()
         return self.build_seconds
 
     def open(self, con: duckdb.DuckDBPyConnection) -> None:
         """Read the index files beside the store and catch up with it; rebuild when they are missing,
         damaged or made for another embedding model."""
-        folder = index_folder(con) if self.persist else None
-        if folder is not None and self._load(folder):
+        if self.load_files(con):
             self.update(con)
         else:
             self.build(con)
+
+    def load_files(self, con: duckdb.DuckDBPyConnection) -> bool:
+        """Read the index files beside the store; False when they are missing, damaged or for another model."""
+        folder = index_folder(con) if self.persist else None
+        return folder is not None and self._load(folder)
 
     def update(self, con: duckdb.DuckDBPyConnection) -> int:
         """Index labels added since the index last looked and drop deleted ones, keyword and semantic; return
@@ -320,9 +348,11 @@ class SearchIndex:
     # ---- the files beside the store ------------------------------------------------------------------
 
     def _save(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._save_to(index_folder(con) if self.persist else None)
+
+    def _save_to(self, folder: Path | None) -> None:
         """Write the index beside the store (best effort: a folder that cannot be written leaves the index
         in memory only, and says so in the log)."""
-        folder = index_folder(con) if self.persist else None
         if folder is None:
             return
         try:

@@ -170,11 +170,11 @@ class GatedIndex(SearchIndex):
     gate = threading.Event()
     built = 0
 
-    def build(self, con):
+    def build_from(self, snapshot):
         GatedIndex.built += 1
         if GatedIndex.built > 1:
             assert GatedIndex.gate.wait(SAFETY)
-        return super().build(con)
+        return super().build_from(snapshot)
 
 
 def test_searches_use_the_last_good_index_while_a_new_one_builds(db):
