@@ -15,6 +15,7 @@ class OpenAICompatibleLLM(ProviderLLM):
     provider = "openai"
     key_env = "OPENAI_API_KEY"
     default_base_url = "https://api.openai.com/v1"
+    supports_seed = True
 
     def _make_client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
