@@ -112,7 +112,7 @@ def test_near_duplicate_labels_are_flagged_across_features():
 
 
 def test_label_grammar_shape():
-    assert "{0,19}" in LABEL_GRAMMAR and "<>$" in LABEL_GRAMMAR and "\\n" in LABEL_GRAMMAR and "`:]" in LABEL_GRAMMAR
+    assert "{0,19}" in LABEL_GRAMMAR and "<>$" in LABEL_GRAMMAR and "\\n" in LABEL_GRAMMAR
 
 
 def test_without_evidence_the_prompt_is_the_previous_version_word_for_word():
@@ -122,9 +122,7 @@ def test_without_evidence_the_prompt_is_the_previous_version_word_for_word():
     for prompt, style in (("pairs", "explain_pairs"), ("highlight", "explain_highlight")):
         messages, _ = explainer_messages(examples, prompt)
         fields = {"examples": messages[-1]["content"].split("\n", 1)[1].rsplit("\n\n", 1)[0]}
-        previous = load_prompt(f"{style}.v1").render_messages(**fields)
-        assert previous[1:] == messages[1:]  # the user message; pairs.v3 has a new system message (no copied example)
-        assert style == "explain_pairs" or previous == messages
+        assert load_prompt(f"{style}.v1").render_messages(**fields) == messages
 
 
 def test_the_label_summary_shows_baselines_the_comparison_and_near_duplicates(capsys):
