@@ -18,7 +18,7 @@ import numpy as np
 from autointerp import ranking, render
 from autointerp.errors import AutointerpError
 from autointerp.evidence import output_provenance, output_text, require_output, token_evidence
-from autointerp.llm.base import LLM, LLMResponse, constrained
+from autointerp.llm.base import LLM, constrained, seeded
 from autointerp.prompts import PromptTemplate, load_prompt
 from autointerp.records import Example, Explanation, FeatureExamples
 
@@ -31,12 +31,17 @@ MAX_LABEL_WORDS = 20
 MAX_OUTPUT_TOKENS = 80
 ECHO_NGRAM = 5  # this many words in a row copied from the template make a label an echo
 DEFAULT_SAMPLED_TEMPERATURE = 0.7
+# After an unusable answer the candidate is asked again, sampled (a greedy retry repeats the same answer word for
+# word), each retry with its own seed drawn from the feature's sampling seed: a rerun asks the same requests.
+RETRY_TEMPERATURE = 0.8
+SAMPLED_RETRIES = 2
 # The answer's form, for models that take a grammar: one line of at most MAX_LABEL_WORDS words, none holding
-# the prompt's markup (<<, >>, <start>, $). Not a forced `Label:` prefix: forced, the bundled model fills it
-# with the system prompt's own examples or bare numbers ("Label: 10"); left to itself it opens with the
-# question's words, which parse_label strips. What the line says is still up to the model and parse_label.
-LABEL_GRAMMAR = r"""root ::= word (" " word){0,19}
-word ::= [^ \t\n\r<>$*`]{1,24}
+# the prompt's markup (<<, >>, <start>, $) or a colon (an answer cut off at "... performed by:" or "they are:"),
+# after an optional `Label: `. Not a forced `Label:` prefix: forced, the bundled model fills it with the system
+# prompt's own examples or bare numbers ("Label: 10"); left to itself it opens with the question's words, which
+# parse_label strips. What the line says is still up to the model and parse_label.
+LABEL_GRAMMAR = r"""root ::= ("Label: ")? word (" " word){0,19}
+word ::= [^ \t\n\r<>$*`:]{1,24}
 """
 
 
@@ -219,34 +224,42 @@ def _template_text(template: PromptTemplate) -> str:
     return text
 
 
+def attempt_seed(examples: FeatureExamples, candidate: int, attempt: int) -> int:
+    """The sampling seed of one attempt at one candidate label, fixed by the feature's sampling seed."""
+    return int(np.random.default_rng([examples.seed, examples.feature, candidate, attempt]).integers(2**31))
+
+
 async def _candidate(
     examples: FeatureExamples, llm: LLM, prompt: str, candidate: int, temperature: float, evidence: bool
-) -> tuple[str | None, list[str], dict[str, int], list[int]]:
-    """(label or None, raw outputs, tokens used, context ids shown); one retry after an unparsable answer."""
+) -> tuple[str | None, list[str], dict[str, int], list[int], list[int | None]]:
+    """(label or None, raw outputs, tokens used, context ids shown, seed of each attempt). After an unparsable
+    answer the same prompt is asked again up to SAMPLED_RETRIES times, sampled: shown its own answer, or asked
+    greedily again, the bundled model repeats it word for word."""
     messages, shown = explainer_messages(examples, prompt, candidate, evidence)
-    template = load_prompt(_style(prompt).template)
+    template_text = _template_text(load_prompt(_style(prompt).template))
     raws: list[str] = []
+    seeds: list[int | None] = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
-
-    async def ask(msgs: list[dict[str, str]]) -> LLMResponse:
+    for attempt in range(1 + SAMPLED_RETRIES):
+        temp = temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE)
+        seed = attempt_seed(examples, candidate, attempt) if temp > 0 else None
         response = await llm.chat(
-            msgs, max_tokens=MAX_OUTPUT_TOKENS, temperature=temperature, stage=STAGE, **constrained(llm, LABEL_GRAMMAR)
+            messages,
+            max_tokens=MAX_OUTPUT_TOKENS,
+            temperature=temp,
+            stage=STAGE,
+            **constrained(llm, LABEL_GRAMMAR),
+            **seeded(llm, seed),
         )
         raws.append(response.text)
+        seeds.append(seed)
         usage["prompt_tokens"] += response.usage.prompt_tokens
         usage["completion_tokens"] += response.usage.completion_tokens
-        return response
-
-    response = await ask(messages)
-    try:
-        return parse_label(response.text, _template_text(template)), raws, usage, shown
-    except ExplanationParseError:
-        retry = load_prompt("explain_retry").render_messages()
-        response = await ask([*messages, {"role": "assistant", "content": response.text}, *retry])
-    try:
-        return parse_label(response.text, _template_text(template)), raws, usage, shown
-    except ExplanationParseError:
-        return None, raws, usage, shown
+        try:
+            return parse_label(response.text, template_text), raws, usage, shown, seeds
+        except ExplanationParseError:
+            continue
+    return None, raws, usage, shown, seeds
 
 
 async def explain(
@@ -276,7 +289,7 @@ async def explain(
         )
     seen: set[str] = set()
     out = []
-    for i, (label, raws, usage, shown) in enumerate(results):
+    for i, (label, raws, usage, shown, seeds) in enumerate(results):
         if label is None or label.lower() in seen:
             continue
         seen.add(label.lower())
@@ -288,6 +301,7 @@ async def explain(
             "n_unparsed_candidates": labels.count(None),
             "usage": usage,
             "temperature": temp,
+            "attempt_seeds": seeds,
             "train_context_ids": shown,
         }
         if evidence:

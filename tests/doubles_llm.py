@@ -38,12 +38,14 @@ class ScriptedLLMDouble:
         supports_logprobs: bool = False,
         supports_echo: bool = False,
         supports_grammar: bool = False,
+        supports_seed: bool = False,
     ):
         self.reply = reply
         self.name = name
         self.supports_logprobs = supports_logprobs
         self.supports_echo = supports_echo
         self.supports_grammar = supports_grammar
+        self.supports_seed = supports_seed
         self.calls: list[Call] = []
 
     def _answer(self, call: Call) -> LLMResponse:
@@ -54,9 +56,11 @@ class ScriptedLLMDouble:
         return LLMResponse(text=out, model=self.name, usage=Usage(len(call.text()) // 4, len(out) // 4))
 
     async def chat(
-        self, messages, *, max_tokens=256, temperature=0.0, top_logprobs=None, stage=None, grammar=None
+        self, messages, *, max_tokens=256, temperature=0.0, top_logprobs=None, stage=None, grammar=None, seed=None
     ) -> LLMResponse:
-        kwargs = {"max_tokens": max_tokens, "temperature": temperature, "top_logprobs": top_logprobs, "grammar": grammar}
+        kwargs = {
+            "max_tokens": max_tokens, "temperature": temperature, "top_logprobs": top_logprobs, "grammar": grammar, "seed": seed,
+        }
         return self._answer(Call("chat", stage, messages=messages, kwargs=kwargs))
 
     async def complete(

@@ -10,8 +10,13 @@ from handmade_examples import ANIMALS, animal_feature, with_output
 
 from autointerp.errors import AutointerpError
 from autointerp.explain import (
+    LABEL_GRAMMAR,
+    MAX_LABEL_WORDS,
+    RETRY_TEMPERATURE,
+    SAMPLED_RETRIES,
     STYLES,
     ExplanationParseError,
+    attempt_seed,
     best_of_k,
     explain,
     explain_baseline,
@@ -132,15 +137,31 @@ def test_explain_records_provenance_and_stage():
     assert llm.calls[0].kwargs["temperature"] == 0.0
 
 
-def test_unparsable_output_is_retried_once():
-    answers = iter(["I cannot tell.\nMaybe words?\nNot sure.", "Label: animal names"])
+def test_unparsable_output_is_retried_sampled_with_a_fixed_seed():
+    """Asked greedily again, or shown its own answer, the bundled model repeats an unusable answer word for word;
+    so the same prompt is asked again sampled, each time with a seed fixed by the feature's sampling seed (a rerun
+    asks the very same requests)."""
+    answers = iter(["I cannot tell.\nMaybe words?\nNot sure.", "the word:", "Label: animal names"])
+    llm = ScriptedLLMDouble(lambda call: next(answers), supports_seed=True)
+    examples = animal_feature()
+    [exp] = asyncio.run(explain(examples, llm))
+    assert exp.label == "animal names"
+    assert len(exp.details["raw_outputs"]) == 3
+    first, *retries = llm.calls
+    assert first.kwargs["temperature"] == 0.0 and first.kwargs["seed"] is None
+    assert [c.kwargs["temperature"] for c in retries] == [RETRY_TEMPERATURE, RETRY_TEMPERATURE]
+    seeds = [attempt_seed(examples, 0, 1), attempt_seed(examples, 0, 2)]
+    assert [c.kwargs["seed"] for c in retries] == seeds and seeds[0] != seeds[1]
+    assert exp.details["attempt_seeds"] == [None, *seeds]
+    assert all(c.messages == first.messages for c in retries)
+    assert attempt_seed(animal_feature(), 0, 1) == seeds[0]
+
+
+def test_a_model_without_seeds_is_asked_without_one():
+    answers = iter(["Hmm.\nNo.", "Label: animal names"])
     llm = ScriptedLLMDouble(lambda call: next(answers))
     [exp] = asyncio.run(explain(animal_feature(), llm))
-    assert exp.label == "animal names"
-    assert len(exp.details["raw_outputs"]) == 2
-    retry = llm.calls[1].messages
-    assert retry[-2] == {"role": "assistant", "content": "I cannot tell.\nMaybe words?\nNot sure."}
-    assert "Label:" in retry[-1]["content"]
+    assert exp.label == "animal names" and llm.calls[1].kwargs["seed"] is None
 
 
 def test_output_that_never_parses_is_never_a_label():
@@ -148,20 +169,22 @@ def test_output_that_never_parses_is_never_a_label():
     llm = ScriptedLLMDouble(lambda call: garbage)
     with pytest.raises(ExplanationParseError) as err:
         asyncio.run(explain(animal_feature(), llm))
-    assert err.value.raw == [garbage, garbage]
-    assert len(llm.calls) == 2
+    assert err.value.raw == [garbage] * (1 + SAMPLED_RETRIES)
+    assert len(llm.calls) == 1 + SAMPLED_RETRIES
 
 
 def test_k_candidates_are_distinct_and_sampled():
-    labels = iter(["Label: animals", "Label: Animals", "garbage\nmore garbage", "still\nno label", "Label: farm life"])
-    llm = ScriptedLLMDouble(lambda call: next(labels))
-    exps = asyncio.run(explain(animal_feature(), llm, k=4))
-    assert [e.label for e in exps] == ["animals", "farm life"]  # "Animals" is a duplicate, one failed twice
+    labels = iter(["Label: animals", "Label: Animals", "garbage\nmore", "still\nno label", "nor\nthis", "Label: farm life"])
+    llm = ScriptedLLMDouble(lambda call: next(labels), supports_seed=True)
+    examples = animal_feature()
+    exps = asyncio.run(explain(examples, llm, k=4))
+    assert [e.label for e in exps] == ["animals", "farm life"]  # "Animals" is a duplicate, one failed 3 times
     assert exps[0].details["candidate_labels"] == ["animals", "Animals", None, "farm life"]
     assert exps[0].details["n_unparsed_candidates"] == 1
     assert all(c.kwargs["temperature"] > 0 for c in llm.calls)
-    firsts = {c.messages[-1]["content"] for c in llm.calls if len(c.messages) == 2}
-    assert len(firsts) == 4  # each candidate sees the train examples in its own order
+    firsts = [llm.calls[i] for i in (0, 1, 2, 5)]
+    assert len({c.messages[-1]["content"] for c in firsts}) == 4  # each candidate sees the train examples in its own order
+    assert [c.kwargs["seed"] for c in firsts] == [attempt_seed(examples, i, 0) for i in range(4)]
 
 
 def test_best_of_k_selects_on_valid_only():
@@ -219,3 +242,14 @@ def test_scaled_activations_floor_as_bills_et_al():
     assert render.scaled_activations([4.99, 1.75, 0.35, -2.0, 0.25], 5.0) == [9, 3, 0, 0, 0]
     assert render.scaled_activations([0.35, 0.95, 0.25, 0.15], 1.0) == [3, 9, 2, 1]
     assert render.scaled_activations([1.0, 2.0], 0.0) == [0, 0]
+
+
+def test_the_label_grammar_holds_the_bundled_model_to_one_line_without_a_colon(local_llm):
+    """Unconstrained here, the real model ends on a colon ("... they are:"), an answer that is cut off; under
+    the label grammar it cannot, nor break the line, nor pass 20 words."""
+    messages = [{"role": "user", "content": "Repeat exactly, ending with the colon: The tokens with high activations are:"}]
+    free = asyncio.run(local_llm.chat(messages, max_tokens=40))
+    held = asyncio.run(local_llm.chat(messages, max_tokens=40, grammar=LABEL_GRAMMAR))
+    assert free.text.rstrip().endswith(":")
+    line = held.text.removeprefix("Label: ")
+    assert line and ":" not in line and "\n" not in line and len(line.split()) <= MAX_LABEL_WORDS

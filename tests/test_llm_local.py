@@ -8,6 +8,7 @@ import pytest
 
 from autointerp.bundled import smollm2_gguf_path
 from autointerp.llm import local, make_llm
+from autointerp.llm.base import LLMResponse
 from autointerp.llm.local import BUNDLED_BOS
 from autointerp.store.db import Store
 from autointerp.store.llm_calls import list_calls
@@ -104,6 +105,25 @@ def test_a_grammar_constrains_the_answer_and_is_part_of_the_cache_key(local_llm)
         rows = list_calls(con)
     assert "grammar" not in rows[0]["request"] and rows[1]["request"]["grammar"] == grammar
     assert rows[0]["cache_key"] != rows[1]["cache_key"] == rows[2]["cache_key"]
+
+
+def test_a_seed_makes_a_sampled_answer_reproducible_and_is_part_of_the_cache_key(local_llm_server, tmp_path):
+    """Sampled answers of the real model: the same seed gives the same text, also uncached on a fresh store."""
+    messages = [{"role": "user", "content": "Name a fruit and say why you like it."}]
+
+    async def ask(seeds: list[int], db: str) -> list[LLMResponse]:
+        llm = make_llm("local", base_url=local_llm_server, store=Store(tmp_path / db, create=True))
+        try:
+            return [await llm.chat(messages, max_tokens=24, temperature=1.2, seed=seed) for seed in seeds]
+        finally:
+            await llm.aclose()
+
+    seeds = [1, 2, 3, 4, 1]
+    first = asyncio.run(ask(seeds, "a.duckdb"))
+    second = asyncio.run(ask(seeds, "b.duckdb"))
+    assert [r.text for r in first] == [r.text for r in second] and not any(r.cached for r in first + second)
+    assert first[4].text == first[0].text  # the same seed, asked again
+    assert len({r.text for r in first}) > 1  # sampled: the seeds give different answers
 
 
 def test_local_starts_its_own_server_on_demand_and_stops_it_on_close(tmp_path):

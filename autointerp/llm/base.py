@@ -37,6 +37,7 @@ class LLM(Protocol):
     supports_logprobs: bool
     supports_echo: bool
     supports_grammar: bool  # chat() honours `grammar` (GBNF); others ignore it
+    supports_seed: bool  # chat() honours `seed` (a sampled answer is reproducible); others ignore it
 
     async def chat(
         self,
@@ -47,6 +48,7 @@ class LLM(Protocol):
         top_logprobs: int | None = None,
         stage: str | None = None,
         grammar: str | None = None,
+        seed: int | None = None,
     ) -> LLMResponse: ...
 
     async def complete(
@@ -64,3 +66,8 @@ class LLM(Protocol):
 def constrained(llm: LLM, grammar: str) -> dict[str, Any]:
     """The keyword arguments that ask `llm` for an answer in `grammar` (GBNF): none for models that cannot."""
     return {"grammar": grammar} if getattr(llm, "supports_grammar", False) else {}
+
+
+def seeded(llm: LLM, seed: int | None) -> dict[str, Any]:
+    """The keyword arguments that fix the sampling seed of `llm`'s answer: none for no seed or a model that cannot."""
+    return {"seed": seed} if seed is not None and getattr(llm, "supports_seed", False) else {}

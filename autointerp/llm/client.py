@@ -54,6 +54,7 @@ class ProviderLLM:
     supports_logprobs: bool = True
     supports_echo: bool = True
     supports_grammar: bool = False  # the server takes a GBNF `grammar` that constrains the answer (llama.cpp)
+    supports_seed: bool = False  # the server takes a sampling `seed` (OpenAI-compatible servers)
 
     def __init__(
         self,
@@ -113,9 +114,11 @@ class ProviderLLM:
         top_logprobs: int | None = None,
         stage: str | None = None,
         grammar: str | None = None,
+        seed: int | None = None,
     ) -> LLMResponse:
-        """`grammar` (GBNF) constrains the answer where the provider supports it (`supports_grammar`); it is
-        part of the request, hence of the cache key. Elsewhere it is left out and the caller's parser decides."""
+        """`grammar` (GBNF) constrains the answer where the provider supports it (`supports_grammar`), `seed`
+        fixes a sampled answer (`supports_seed`); both are part of the request, hence of the cache key.
+        Elsewhere they are left out and the caller's parser decides."""
         if top_logprobs is not None and not self.supports_logprobs:
             raise LLMCallError(
                 f"{self.name} gives no token logprobs; use an OpenAI-compatible model (openai:<model> or local) for this step",
@@ -124,6 +127,8 @@ class ProviderLLM:
         request = self._chat_request(messages, max_tokens, temperature, top_logprobs)
         if grammar is not None and self.supports_grammar:
             request["grammar"] = grammar
+        if seed is not None and self.supports_seed:
+            request["seed"] = seed
         prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
         return await self._call("chat", request, temperature, stage, estimate_tokens(prompt_chars, max_tokens))
 

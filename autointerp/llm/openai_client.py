@@ -25,6 +25,7 @@ class OpenAICompatibleLLM(ProviderLLM):
     provider = "openai"
     key_env = "OPENAI_API_KEY"
     default_base_url = "https://api.openai.com/v1"
+    supports_seed = True
 
     # True / False: always / never the lean HTTP client; None: decided by `uses_lean_http()`
     lean_http: bool | None = None
