@@ -259,7 +259,7 @@ def test_feature_page_api_and_neuronpedia_export_show_the_output_evidence(labele
     feature = features[0]
     with Store(path, read_only=True) as store:
         evidence = load_output_evidence(store.con, get_source(store.con, source).source_id, source, [feature])[feature]
-    with TestClient(create_app(path, refresh_factor=0.0)) as client:
+    with TestClient(create_app(path)) as client:
         page = client.get(f"/features/{source}/{feature}").text
         api = client.get(f"/api/features/{source}/{feature}").json()
     assert 'id="output-evidence"' in page and 'id="logit_lens"' in page and 'id="amplification"' in page

@@ -192,9 +192,3 @@ def firing_features(con: duckdb.DuckDBPyConnection, source_id: int, features: li
         [source_id, features],
     ).fetchall()
     return {int(f) for (f,) in rows}
-
-
-def skip_checkpoint_on_close(con: duckdb.DuckDBPyConnection) -> None:
-    """Leave this session's writes in the write-ahead log when the connection closes: closing then costs a
-    few ms instead of a checkpoint; the next open (any process, read-only too) replays the log."""
-    con.execute("PRAGMA disable_checkpoint_on_shutdown")
