@@ -156,10 +156,7 @@ def rebuild(store_path: str | Path) -> Rebuilt:
     are derived from it). One rebuild per store at a time: a second one is refused."""
     store = Store(store_path, read_only=True)  # a missing store: an error, and no lock file
     with job_lock(store_path, "search index rebuild", name="index.lock", rerun=f" (its log: {rebuild_log(store_path)})"):
-        index = SearchIndex()
-        with store:  # held for the read only: a job's writes wait for that, not for the build
-            snapshot = index.read_store(store.con)
-        seconds = index.build_from(snapshot)
+        snapshot, seconds = search.rebuild_from_store(store)
     return Rebuilt(labels=snapshot.version[0], seconds=seconds, folder=snapshot.folder)
 
 

@@ -560,8 +560,16 @@ def rebuild_indexes(store: str | Path | duckdb.DuckDBPyConnection) -> float:
         return SearchIndex().build(store)
     from autointerp.store import Store
 
-    with Store(Path(store), read_only=True) as opened:
-        return SearchIndex().build(opened.con)
+    return rebuild_from_store(Store(Path(store), read_only=True))[1]
+
+
+def rebuild_from_store(store: Any) -> tuple[StoreSnapshot, float]:
+    """A full rebuild that holds `store` (an unopened `Store`) only while reading it: a job's writes wait for the
+    read, not for the build. Returns what was read and the seconds the rebuild took."""
+    index = SearchIndex()
+    with store:
+        snapshot = index.read_store(store.con)
+    return snapshot, index.build_from(snapshot)
 
 
 def _check_density(low: float | None, high: float | None) -> None:
@@ -648,8 +656,7 @@ def search(
                 break
             k *= 4
         page = first[offset : offset + limit]
-        rows = q.filter_candidates(con, ids[page], scores[page], rule=rule, filters={}, min_score=None,
-                                   limit=limit, offset=0)
+        rows = q.filter_candidates(con, ids[page], scores[page], limit=limit, offset=0)
     hits = [SearchHit(*row) for row in rows]
     scores = scores_by_label(con, [h.explanation_id for h in hits])
     for hit in hits:

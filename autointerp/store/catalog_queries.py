@@ -516,23 +516,12 @@ def allowed_label_ids(
 
 
 def filter_candidates(
-    con: duckdb.DuckDBPyConnection,
-    explanation_ids: Sequence[int],
-    scores: Sequence[float],
-    *,
-    rule: dict[str, Any],
-    filters: dict[str, Any],
-    min_score: tuple[str, str, float] | None,
-    limit: int,
-    offset: int,
+    con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int], scores: Sequence[float], *, limit: int, offset: int
 ) -> list[tuple]:
-    """Rank candidates by score, keep those passing every filter, one per feature (its best-ranked label), then
-    page: filtering happens before LIMIT/OFFSET, so a page is short only when candidates run out.
-    `filters`: values by HIT_FILTERS name; `min_score` counts only reliable scores (`rule`:
-    `autointerp.ranking.sql_parameters()`).
+    """Rank candidates by score, one per feature (its best-ranked label), then page. The search index already
+    applied every filter (its allowed-label set), so a page is short only when candidates run out.
     Rows: (explanation_id, score, source, feature, label, author, review_state, density, model, layer)."""
     id_list, params = _id_list(explanation_ids, "c")
-    score_filter, score_params = _score_filter(min_score, f"explanation_id IN ({id_list}) AND", rule)
     order = "c.score DESC, c.explanation_id"
     # MATERIALIZED: otherwise DuckDB may join `sources` first and scan every label instead of the index
     return con.execute(
@@ -543,15 +532,14 @@ def filter_candidates(
         FROM picked e
         JOIN cand c ON c.explanation_id = e.explanation_id
         {_HIT_JOINS}
-        WHERE {_HIT_FILTERS} {score_filter}
         QUALIFY row_number() OVER (PARTITION BY e.source_id, e.feature ORDER BY {order}) = 1
         ORDER BY {order}
         LIMIT $limit OFFSET $offset
         """,
         {
-            **params, **score_params,
+            **params,
             "ids": [int(i) for i in explanation_ids], "scores": [float(x) for x in scores],
-            **_filter_params(filters, limit, offset),
+            "limit": limit, "offset": offset,
         },
     ).fetchall()
 
