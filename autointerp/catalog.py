@@ -60,6 +60,7 @@ def write_label(
     q.insert_scores(con, explanation_id, scores, run_id)
     write_judgements(con, explanation_id, scores, run_id)
     q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
+    q.refresh_best(con, [(sid, explanation.feature)])
     return explanation_id
 
 
@@ -148,10 +149,13 @@ def _labels_from_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple], order: 
     return [labels[i] for i in keys if i in labels]
 
 
-def scores_by_label(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> dict[int, list[Score]]:
-    """The stored scores of each label (without their items), in store order."""
+def scores_by_label(
+    con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int], details: bool = True
+) -> dict[int, list[Score]]:
+    """The stored scores of each label (without their items), in store order; without `details`, each
+    score's details hold only what its reliability needs (`n_unparsed`): enough for a headline."""
     out: dict[int, list[Score]] = {}
-    for row in q.scores_of(con, explanation_ids):
+    for row in q.scores_of(con, explanation_ids, details):
         d = dict(zip(q.SCORE_FIELDS, row))
         out.setdefault(d["explanation_id"], []).append(
             Score(
@@ -191,14 +195,17 @@ def _with_reasons(labels: list[Label], rows: list[tuple]) -> list[Label]:
 
 
 def _best_of(
-    con: duckdb.DuckDBPyConnection, labels: list[Label], scorer: str | None = None, metric: str | None = None
+    con: duckdb.DuckDBPyConnection, source_id: int, labels: list[Label], scorer: str | None = None,
+    metric: str | None = None,
 ) -> Label | None:
-    """The best of one feature's labels, by the rule of `autointerp.ranking`."""
+    """The best of one feature's labels (its whole history), by the rule of `autointerp.ranking`: the stored
+    best (`feature_best`) unless a score to rank by is named."""
     if not labels:
         return None
-    rows = q.best_explanation_rows(
-        con, ranking.sql_parameters(), scorer, metric, explanation_ids=[l.explanation_id for l in labels]
-    )
+    ids = [l.explanation_id for l in labels]
+    rows = q.stored_best_rows(con, source_id=source_id, feature=labels[0].feature) if scorer is None else []
+    if not rows or rows[0][2] not in ids:  # ranked by a named score, or a label written since (no hook ran)
+        rows = q.best_explanation_rows(con, ranking.sql_parameters(), scorer, metric, explanation_ids=ids)
     return _with_reasons(labels, rows)[0]
 
 
@@ -207,7 +214,9 @@ def best_label(
 ) -> Label | None:
     """The feature's best label (see `autointerp.ranking`), or None when it has no label. With a scorer (and
     metric), labels are compared on that score only."""
-    return _best_of(con, label_history(con, source, feature), *_ranked(con, scorer, metric))
+    sid = get_source(con, source).source_id
+    history = _labels_from_rows(con, q.feature_explanation_rows(con, sid, feature))
+    return _best_of(con, sid, history, *_ranked(con, scorer, metric))
 
 
 def best_labels(
@@ -220,9 +229,13 @@ def best_labels(
 ) -> list[Label]:
     """The best label of every labeled feature (of one source, or all), ordered by source and feature."""
     sid = get_source(con, source).source_id if source else None
-    rows = q.best_explanation_rows(
-        con, ranking.sql_parameters(), *_ranked(con, scorer, metric), source_id=sid, limit=limit, offset=offset
-    )
+    scorer, metric = _ranked(con, scorer, metric)
+    if scorer is None:
+        rows = q.stored_best_rows(con, source_id=sid, limit=limit, offset=offset)
+    else:
+        rows = q.best_explanation_rows(
+            con, ranking.sql_parameters(), scorer, metric, source_id=sid, limit=limit, offset=offset
+        )
     return _with_reasons(load_labels(con, [r[2] for r in rows]), rows)
 
 
@@ -252,6 +265,7 @@ def review_label(
         if edited_label:
             raise AutointerpError("an edited label goes with verdict 'edit', not with accept or reject")
         q.insert_review(con, explanation_id, verdict, None, note, reviewer)
+        q.refresh_best(con, q.features_of_labels(con, [explanation_id]))
         return load_labels(con, [explanation_id])[0]
     text = (edited_label or "").strip()
     if not text:
@@ -274,6 +288,7 @@ def review_label(
         embedding=embedding,
     )
     q.insert_review(con, new_id, "accept", None, note, reviewer)
+    q.refresh_best(con, q.features_of_labels(con, [new_id]))
     return load_labels(con, [new_id])[0]
 
 
@@ -324,7 +339,7 @@ def feature_view(
         if not history:
             raise
         stats = None  # labels imported for a feature this store has no activations for
-    best = _best_of(con, history, *_ranked(con, scorer, metric))
+    best = _best_of(con, info.source_id, history, *_ranked(con, scorer, metric))
     ranked_by = best.why_best.ranked_by if best and best.why_best.rule == "score" else None
     picks = q.feature_context_picks(con, info.source_id, feature, n_top, n_bands, per_band, n_random, seed)
     found = q.contexts_with_activations(con, info.source_id, feature, sorted({p[1] for p in picks}))

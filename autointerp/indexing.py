@@ -25,6 +25,7 @@ from autointerp import search
 from autointerp.errors import AutointerpError
 from autointerp.search import SearchIndex
 from autointerp.store import Store
+from autointerp.store.catalog_queries import refresh_best
 from autointerp.store.db import job_lock
 from autointerp.store.journal import jobs_dir
 
@@ -153,10 +154,13 @@ class Rebuilt:
 
 def rebuild(store_path: str | Path) -> Rebuilt:
     """Rebuild the search index files of a store from its labels (the store stays the record; the files
-    are derived from it). One rebuild per store at a time: a second one is refused."""
+    are derived from it), and each feature's stored best label (one short write transaction). One rebuild
+    per store at a time: a second one is refused."""
     store = Store(store_path, read_only=True)  # a missing store: an error, and no lock file
     with job_lock(store_path, "search index rebuild", name="index.lock", rerun=f" (its log: {rebuild_log(store_path)})"):
         snapshot, seconds = search.rebuild_from_store(store)
+        with Store(store_path) as writer, writer.writing() as con:
+            refresh_best(con)  # each feature's stored best label: derived from the store like the files
     return Rebuilt(labels=snapshot.version[0], seconds=seconds, folder=snapshot.folder)
 
 

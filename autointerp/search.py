@@ -658,7 +658,7 @@ def search(
         page = first[offset : offset + limit]
         rows = q.filter_candidates(con, ids[page], scores[page], limit=limit, offset=0)
     hits = [SearchHit(*row) for row in rows]
-    scores = scores_by_label(con, [h.explanation_id for h in hits])
+    scores = scores_by_label(con, [h.explanation_id for h in hits], details=False)  # a hit shows headlines only
     for hit in hits:
         both = ranking.side_by_side(scores.get(hit.explanation_id, []))
         hit.input_score, hit.output_score = HeadlineScore.of(both["input"]), HeadlineScore.of(both["output"])

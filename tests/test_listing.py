@@ -1,10 +1,11 @@
-"""The empty-query listing of the catalog: near pages (found from the first labels, without grouping every
-label by feature) are the same pages the general query gives, never short, never overlapping."""
+"""The empty-query listing of the catalog: pages read from the stored best label of each feature are the
+ranking over every label, at any depth, never short, never overlapping."""
 
 from __future__ import annotations
 
 import pytest
 
+from autointerp import ranking
 from autointerp.search import SearchIndex, search
 from autointerp.store import Store
 from autointerp.store import catalog_queries as q
@@ -27,16 +28,23 @@ def pages(con, limit: int) -> list[list[tuple[str, int, str]]]:
         offset += limit
 
 
+def ranked_listing(con) -> list[tuple[str, int, str]]:
+    """Every feature's best label ranked afresh over all labels, by source name and feature."""
+    names = dict(con.execute("SELECT source_id, name FROM sources").fetchall())
+    rows = q.best_explanation_rows(con, ranking.sql_parameters())
+    labels = dict(con.execute("SELECT explanation_id, label FROM explanations").fetchall())
+    return sorted((names[r[0]], r[1], labels[r[2]]) for r in rows)
+
+
+@pytest.mark.parametrize("block_bits", [0, 1, 2, q.LISTING_BLOCK_BITS])
 @pytest.mark.parametrize("limit", [1, 3, 5, 50])
-def test_near_pages_equal_the_general_listing(con, monkeypatch, limit):
-    near = pages(con, limit)
-    monkeypatch.setattr(q, "NEAR_PAGE_LIMIT", 0)  # every page through the general query
-    general = pages(con, limit)
-    assert near == general
-    listed = [(s, f) for page in near for s, f, _ in page]
+def test_pages_are_the_ranking_over_every_label(con, monkeypatch, limit, block_bits):
+    monkeypatch.setattr(q, "LISTING_BLOCK_BITS", block_bits)  # small blocks: pages span blocks and sources
+    listed = pages(con, limit)
+    assert [hit for page in listed for hit in page] == ranked_listing(con)
     expected = [(SOURCE_A, f) for f in sorted(FEATURES_A)] + [(SOURCE_B, f) for f in sorted(FEATURES_B)]
-    assert listed == expected  # every labeled feature once, by source name and feature
-    assert all(len(page) == limit for page in near[:-1])
+    assert [(s, f) for page in listed for s, f, _ in page] == expected  # every labeled feature once
+    assert all(len(page) == limit for page in listed[:-1])
 
 
 def test_a_feature_with_several_labels_is_listed_by_its_best(con):

@@ -1,8 +1,8 @@
 """Search latency at catalog scale: keyword, semantic and hybrid p50/p95 over 10k, 100k and 1M synthetic
 labels, with filters (a broad one and a selective one), the index build, its files' size, opening them, the
 incremental update (labels written, then searchable; labels deleted), the recall of the HNSW semantic
-index against exact cosine, and the feature page's server time (request to rendered HTML, in-process
-client).
+index against exact cosine, the empty-query listing (first, random and deep pages), `catalog.best_labels`
+over the whole store, and the feature page's server time (request to rendered HTML, in-process client).
 
     python -m autointerp.bench.search [--sizes 10000,100000,1000000] [--queries 60]
 
@@ -227,9 +227,16 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
         row["semantic_filtered"] = timed("semantic", broad)
         row["keyword_filtered"] = timed("keyword", broad)
         row["hybrid_selective"] = timed("hybrid", selective)
-        # an empty query lists each feature's best label: the ranking rule runs over every label
-        offsets = np.random.default_rng(n).integers(0, max(n - 20, 1), 10).tolist()
-        row["listing"] = percentiles(time_calls(lambda o: search(con, index, "", limit=20, offset=o), offsets))
+        # an empty query lists each feature by its best label (read from `feature_best`): a first page, pages
+        # anywhere, and deep pages (offsets among the last 1,000 features)
+        n_features = n + PAGE_FEATURES
+        rng = np.random.default_rng(n)
+        for name, offsets in (
+            ("listing_first", [0] * 10),
+            ("listing", rng.integers(0, max(n_features - 20, 1), 30).tolist()),
+            ("listing_deep", (n_features - 20 - rng.integers(0, min(1000, n_features - 20), 30)).tolist()),
+        ):
+            row[name] = percentiles(time_calls(lambda o: search(con, index, "", limit=20, offset=o), offsets))
         start = time.perf_counter()
         best_labels(con)
         row["best_labels_s"] = time.perf_counter() - start
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"load average {os.getloadavg()[0]:.1f}"
             )
             for key in ("keyword", "semantic", "hybrid", "keyword_filtered", "semantic_filtered", "hybrid_filtered",
-                        "hybrid_selective", "listing"):
+                        "hybrid_selective", "listing_first", "listing", "listing_deep"):
                 p50, p95 = row[key]
                 print(f"           {key:<18} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
             print(f"           first search of a filter (asks the store): broad {row['broad_first_ms']:.0f} ms, "
@@ -330,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         print(f"\np95 ratio {last['size']} / {first['size']} labels:")
-        for key in ("keyword", "semantic", "hybrid", "hybrid_filtered", "hybrid_selective", "listing", "page"):
+        for key in ("keyword", "semantic", "hybrid", "hybrid_filtered", "hybrid_selective", "listing", "listing_deep", "page"):
             print(f"  {key:<18} {last[key][1] / first[key][1]:6.2f}x")
         print(f"  index build      {last['build_s'] / first['build_s']:6.2f}x")
     return 0

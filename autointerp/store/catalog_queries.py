@@ -14,15 +14,22 @@ from typing import Any, Sequence
 import duckdb
 import numpy as np
 
+from autointerp import ranking
 from autointerp.embeddings import EMBEDDING_DIM
 from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, Score
 from autointerp.store.bulk import insert_rows
 
 
-def _id_list(ids: Sequence[int], prefix: str) -> tuple[str, dict[str, int]]:
-    """`$p0, $p1, ...` placeholders and their values: an IN list of bound parameters, which DuckDB answers
-    from the primary-key index (an IN over an unnested list parameter scans the whole table)."""
+MAX_LISTED_IDS = 2_000  # more ids than this are matched by one scan: a lookup per id costs more
+
+
+def _id_list(ids: Sequence[int], prefix: str) -> tuple[str, dict[str, Any]]:
+    """What goes inside `IN (...)`: `$p0, $p1, ...` placeholders and their values, which DuckDB answers
+    from the primary-key index (an IN over an unnested list parameter scans the whole table); for more than
+    MAX_LISTED_IDS ids, that unnested list (one scan and a hash join beat that many lookups)."""
+    if len(ids) > MAX_LISTED_IDS:
+        return f"SELECT unnest(${prefix}_all::BIGINT[])", {f"{prefix}_all": [int(v) for v in ids]}
     names = [f"{prefix}{i}" for i in range(len(ids))]
     return ", ".join("$" + n for n in names) or "NULL", {n: int(v) for n, v in zip(names, ids)}
 
@@ -166,12 +173,17 @@ SCORE_FIELDS = ("explanation_id", "scorer", "metric", "subset", "split", "value"
                 "scorer_model", "details", "run_id", "imported")
 
 
-def scores_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
-    """Score rows in SCORE_FIELDS order."""
+def scores_of(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int], details: bool = True) -> list[tuple]:
+    """Score rows in SCORE_FIELDS order; without `details`, their details hold only `n_unparsed` (what a
+    score's reliability needs), not what a scorer kept beside (continuations, per-quantile values...)."""
     id_list, params = _id_list(explanation_ids, "e")
+    columns = ", ".join(
+        f if details or f != "details" else f"json_object('n_unparsed', {_N_UNPARSED})::VARCHAR AS details"
+        for f in SCORE_FIELDS
+    )
     return con.execute(
         f"""
-        SELECT {', '.join(SCORE_FIELDS)} FROM scores
+        SELECT {columns} FROM scores
         WHERE explanation_id IN ({id_list}) ORDER BY explanation_id, scorer, metric, subset, score_id
         """,
         params,
@@ -274,6 +286,68 @@ def best_explanation_rows(
         LIMIT $limit OFFSET $offset
         """,
         {**params, **rule, "source_id": source_id, "limit": limit, "offset": offset},
+    ).fetchall()
+
+
+# ---- the maintained best label of each feature (table feature_best) -----------------------------------
+
+def _keys_table(keys: Sequence[tuple[int, int]]) -> tuple[str, dict[str, list[int]]]:
+    """A SELECT of (source_id, feature) over bound lists, and its parameters."""
+    return (
+        "SELECT unnest($key_sources::INTEGER[]) AS source_id, unnest($key_features::INTEGER[]) AS feature",
+        {"key_sources": [int(k[0]) for k in keys], "key_features": [int(k[1]) for k in keys]},
+    )
+
+
+def refresh_best(con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[int, int]] | None = None) -> None:
+    """Recompute the stored best label (table `feature_best`) of the features `keys`, (source_id, feature)
+    pairs, or of every feature when None. The one hook that every write of labels, scores or reviews calls
+    in its own transaction (a job's per-feature and batched writes, reviews, deletes, bulk loads); it ranks
+    with `_best_ctes`, the same SQL as every ad hoc ranking."""
+    if keys is None:
+        con.execute("DELETE FROM feature_best")
+        labels, only, params = "SELECT explanation_id, source_id, feature FROM explanations", "", {}
+    else:
+        keys = sorted({(int(s), int(f)) for s, f in keys})
+        if not keys:
+            return
+        key_rows, params = _keys_table(keys)
+        con.execute(
+            f"DELETE FROM feature_best b USING ({key_rows}) k WHERE b.source_id = k.source_id AND b.feature = k.feature",
+            params,
+        )
+        labels = f"SELECT e.explanation_id, e.source_id, e.feature FROM explanations e JOIN ({key_rows}) k USING (source_id, feature)"
+        only = "explanation_id IN (SELECT explanation_id FROM lab) AND"
+    con.execute(
+        f"""
+        INSERT INTO feature_best ({', '.join(BEST_FIELDS)})
+        WITH {_best_ctes(labels, only, "")}
+        SELECT {', '.join(BEST_FIELDS)} FROM best ORDER BY source_id, feature
+        """,
+        {**params, **ranking.sql_parameters()},
+    )
+
+
+def features_of_labels(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(source_id, feature) of the labels `explanation_ids`."""
+    id_list, params = _id_list(explanation_ids, "e")
+    return con.execute(
+        f"SELECT DISTINCT source_id, feature FROM explanations WHERE explanation_id IN ({id_list})", params
+    ).fetchall()
+
+
+def stored_best_rows(
+    con: duckdb.DuckDBPyConnection, *, source_id: int | None = None, feature: int | None = None,
+    limit: int | None = None, offset: int = 0,
+) -> list[tuple]:
+    """Rows of `feature_best` in BEST_FIELDS order, by source and feature (of one source, one feature)."""
+    return con.execute(
+        f"""
+        SELECT {', '.join(BEST_FIELDS)} FROM feature_best
+        WHERE ($source_id IS NULL OR source_id = $source_id) AND ($feature IS NULL OR feature = $feature)
+        ORDER BY source_id, feature LIMIT $limit OFFSET $offset
+        """,
+        {"source_id": source_id, "feature": feature, "limit": limit, "offset": offset},
     ).fetchall()
 
 
@@ -489,11 +563,6 @@ def _score_filter(min_score: tuple[str, str, float] | None, only: str, rule: dic
 HIT_FILTERS = ("source", "model", "layer", "density_min", "density_max", "review")
 
 
-def _filter_params(filters: dict[str, Any], limit: int, offset: int) -> dict[str, Any]:
-    """Bound values of _HIT_FILTERS: `filters` holds HIT_FILTERS names (absent or None: no filter)."""
-    return {**{k: filters.get(k) for k in HIT_FILTERS}, "limit": limit, "offset": offset}
-
-
 def allowed_label_ids(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -554,35 +623,26 @@ def list_feature_hits(
     offset: int,
 ) -> list[tuple]:
     """One page of labeled features with a label passing every filter, by source name and feature; each
-    shown by its best label (`rule`) when that passes the filters, else by its newest passing label. Only
-    the page's features are ranked. Rows as `filter_candidates` gives them, score NULL."""
+    shown by its best label (`feature_best`) when that passes the filters, else by its newest passing label.
+    Rows as `filter_candidates` gives them, score NULL."""
     score_filter, score_params = _score_filter(min_score, "", rule)
-    page_labels = "SELECT e.explanation_id, e.source_id, e.feature FROM explanations e JOIN page USING (source_id, feature)"
-    # Unfiltered (the catalog's front page), every label passes: no joins over every label to find that out,
-    # and a near page is found without grouping every label by feature.
-    filtered = bool(score_filter) or any(filters.get(k) is not None for k in HIT_FILTERS)
-    passing = f"{_HIT_JOINS} WHERE {_HIT_FILTERS} {score_filter}" if filtered else ""
-    near = None if filtered or offset + limit > NEAR_PAGE_LIMIT else _near_page(con, limit, offset)
-    params = {k: v for k, v in _filter_params(filters, limit, offset).items() if k in HIT_FILTERS} if filtered else {}
-    if near is None:
-        page = """
-            SELECT p.source_id, p.feature FROM (SELECT DISTINCT source_id, feature FROM passing) p
-            JOIN sources s USING (source_id)
-            ORDER BY s.name, p.feature LIMIT $limit OFFSET $offset"""
-        page_params: dict[str, Any] = {"limit": limit, "offset": offset}
-    else:
-        page = "SELECT unnest($page_sources::INTEGER[]) AS source_id, unnest($page_features::INTEGER[]) AS feature"
-        page_params = {"page_sources": [k[0] for k in near], "page_features": [k[1] for k in near]}
+    if not score_filter and all(filters.get(k) is None for k in HIT_FILTERS):
+        return hit_rows(con, listed_best_ids(con, limit, offset))  # the catalog's front page, at any depth
+    params = {k: filters.get(k) for k in HIT_FILTERS}
     return con.execute(
         f"""
         WITH passing AS (
-            SELECT e.explanation_id, e.source_id, e.feature FROM explanations e {passing}
+            SELECT e.explanation_id, e.source_id, e.feature FROM explanations e {_HIT_JOINS}
+            WHERE {_HIT_FILTERS} {score_filter}
         ),
-        page AS ({page}),
-        {_best_ctes(page_labels, "explanation_id IN (SELECT explanation_id FROM lab) AND", "")},
+        page AS (
+            SELECT p.source_id, p.feature FROM (SELECT DISTINCT source_id, feature FROM passing) p
+            JOIN sources s USING (source_id)
+            ORDER BY s.name, p.feature LIMIT $limit OFFSET $offset
+        ),
         chosen AS (
             SELECT p.explanation_id FROM passing p JOIN page USING (source_id, feature)
-            LEFT JOIN best b USING (source_id, feature)
+            LEFT JOIN feature_best b USING (source_id, feature)
             QUALIFY row_number() OVER (
                 PARTITION BY p.source_id, p.feature
                 ORDER BY coalesce(b.explanation_id = p.explanation_id, false) DESC, p.explanation_id DESC
@@ -593,27 +653,60 @@ def list_feature_hits(
         {_HIT_JOINS}
         ORDER BY s.name, e.feature
         """,
-        {**rule, **score_params, **page_params, **params},
+        {**score_params, **params, "limit": limit, "offset": offset},
     ).fetchall()
 
 
-NEAR_PAGE_LIMIT = 5_000  # pages ending before this many features are found by _near_page
+LISTING_BLOCK_BITS = 12  # the listing counts features in blocks of 4,096 to find where a page starts
 
 
-def _near_page(con: duckdb.DuckDBPyConnection, limit: int, offset: int) -> list[tuple[int, int]]:
-    """(source_id, feature) of a listing page near the start: the first labels by source name and feature,
-    fetched twice as many as the page needs (more while features with several labels leave it short)."""
-    order = [r[0] for r in con.execute("SELECT source_id FROM sources ORDER BY name").fetchall()]
-    want, fetch = offset + limit, 2 * (offset + limit)
-    while True:
+def listed_best_ids(con: duckdb.DuckDBPyConnection, limit: int, offset: int) -> list[int]:
+    """The best labels of one page of every labeled feature, by source name and feature. An offset is found
+    without sorting every feature: one scan counts the features per source and block of feature numbers,
+    then only the blocks that hold the page are read, in order."""
+    names = dict(con.execute("SELECT source_id, name FROM sources").fetchall())
+    counts = sorted(
+        con.execute(
+            f"SELECT source_id, feature >> {LISTING_BLOCK_BITS} AS block, count(*) FROM feature_best GROUP BY ALL"
+        ).fetchall(),
+        key=lambda r: (names[r[0]], r[1]),
+    )
+    out: list[int] = []
+    i, skip = 0, offset
+    while i < len(counts) and len(out) < limit:
+        source_id, block, n = counts[i]
+        if skip >= n:
+            i, skip = i + 1, skip - n
+            continue
+        j, covered = i, n  # blocks i..j of this source hold the rest of the page (or all the source has left)
+        while covered < skip + limit - len(out) and j + 1 < len(counts) and counts[j + 1][0] == source_id:
+            j, covered = j + 1, covered + counts[j + 1][2]
         rows = con.execute(
-            "SELECT source_id, feature FROM explanations ORDER BY list_position($order, source_id), feature LIMIT $n",
-            {"order": order, "n": fetch},
+            """
+            SELECT explanation_id FROM feature_best
+            WHERE source_id = $source AND feature >= $low AND feature < $high
+            ORDER BY feature LIMIT $limit OFFSET $skip
+            """,
+            {"source": source_id, "low": block << LISTING_BLOCK_BITS, "high": (counts[j][1] + 1) << LISTING_BLOCK_BITS,
+             "limit": limit - len(out), "skip": skip},
         ).fetchall()
-        keys = list(dict.fromkeys(rows))
-        if len(keys) >= want or len(rows) < fetch:
-            return keys[offset:want]
-        fetch *= 4
+        out += [r[0] for r in rows]
+        i, skip = j + 1, 0
+    return out
+
+
+def hit_rows(con: duckdb.DuckDBPyConnection, explanation_ids: Sequence[int]) -> list[tuple]:
+    """Rows as `list_feature_hits` gives them for the labels `explanation_ids`, by source name and feature."""
+    id_list, params = _id_list(explanation_ids, "e")
+    return con.execute(
+        f"""
+        SELECT e.explanation_id, NULL::DOUBLE AS score, {_HIT_COLUMNS} FROM explanations e
+        {_HIT_JOINS}
+        WHERE e.explanation_id IN ({id_list})
+        ORDER BY s.name, e.feature
+        """,
+        params,
+    ).fetchall()
 
 
 # ---- the full-text index (DuckDB's fts extension, in an in-memory database) ------------------------------
@@ -742,5 +835,7 @@ def bulk_insert_labels(con: duckdb.DuckDBPyConnection, source_id: int, table, mo
             """,
             [source_id],
         )
+        features = con.execute("SELECT DISTINCT feature FROM _bulk_labels").fetchnumpy()["feature"]
     finally:
         con.unregister("_bulk_labels")
+    refresh_best(con, [(source_id, int(f)) for f in features])

@@ -12,7 +12,9 @@ from typing import Sequence
 
 import duckdb
 
-from autointerp.store.catalog_queries import _id_list
+from autointerp.store.catalog_queries import _id_list, features_of_labels, refresh_best
+
+DERIVED_TABLES = ("feature_best",)  # recomputed after a delete, not deleted from
 
 
 def _tables_with(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
@@ -25,7 +27,7 @@ def _tables_with(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
         """,
         [column],
     ).fetchall()
-    return [r[0] for r in rows]
+    return [r[0] for r in rows if r[0] not in DERIVED_TABLES]
 
 
 SOURCE_SUMMARY_FIELDS = ("source_id", "n_contexts", "n_features_active", "n_labels", "n_features_labeled")
@@ -55,10 +57,13 @@ def delete_explanations(con: duckdb.DuckDBPyConnection, explanation_ids: Sequenc
     rows deleted per table."""
     deleted: dict[str, int] = {}
     for start in range(0, len(explanation_ids), 10_000):
-        id_list, params = _id_list(explanation_ids[start : start + 10_000], "e")
+        batch = explanation_ids[start : start + 10_000]
+        features = features_of_labels(con, batch)
+        id_list, params = _id_list(batch, "e")
         for table in _tables_with(con, "explanation_id"):
             n = con.execute(f'DELETE FROM "{table}" WHERE explanation_id IN ({id_list})', params).fetchone()[0]
             deleted[table] = deleted.get(table, 0) + int(n)
+        refresh_best(con, features)
     return deleted
 
 

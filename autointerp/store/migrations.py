@@ -411,3 +411,31 @@ def m150_output_evidence(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@migration
+def m180_feature_best(con: duckdb.DuckDBPyConnection) -> None:
+    """Each labeled feature's best label (the rule of `autointerp.ranking`), kept current by every write of
+    labels, scores or reviews (`catalog_queries.refresh_best`): the catalog's listing and `best_labels` read
+    it instead of ranking every label. Filled here for an existing store; derived, so deleting a label or a
+    source recomputes it rather than counting it as deleted rows."""
+    from autointerp.store.catalog_queries import refresh_best
+
+    con.execute(
+        """
+        CREATE TABLE feature_best (
+            source_id INTEGER NOT NULL,
+            feature INTEGER NOT NULL,
+            explanation_id BIGINT NOT NULL,
+            tier INTEGER NOT NULL,             -- 0 accepted, 1 unreviewed, 2 rejected or edited
+            scorer VARCHAR,                    -- the shared score compared, when one was
+            metric VARCHAR,
+            value DOUBLE,
+            n INTEGER,
+            n_ranked BIGINT NOT NULL,
+            n_competing BIGINT NOT NULL,
+            PRIMARY KEY (source_id, feature)
+        )
+        """
+    )
+    refresh_best(con)
