@@ -252,6 +252,16 @@ def _best_ctes(labels: str, scores_only: str, named: str) -> str:
         )"""
 
 
+def _competing(explanation_ids: Sequence[int] | None) -> tuple[str, str, dict[str, Any]]:
+    """`_best_ctes`' labels and scores_only for the labels `explanation_ids` (None: every label), and their
+    parameters: a few are looked up by id in the labels and in the scores, many are matched by one scan."""
+    if explanation_ids is None:
+        return "SELECT explanation_id, source_id, feature FROM explanations WHERE true", "", {}
+    id_list, params = _id_list(explanation_ids, "e")
+    only = f"explanation_id IN ({id_list}) AND"
+    return f"SELECT explanation_id, source_id, feature FROM explanations WHERE {only} true", only, params
+
+
 BEST_FIELDS = ("source_id", "feature", "explanation_id", "tier", "scorer", "metric", "value", "n", "n_ranked", "n_competing")
 
 
@@ -269,15 +279,11 @@ def best_explanation_rows(
     """Each feature's best label among the given labels or all of them (of one source), in BEST_FIELDS order,
     by source and feature. `rule`: `autointerp.ranking.sql_parameters()`; scorer and metric, when given,
     are the only score compared."""
-    if explanation_ids is None:
-        only, params = "", {}
-    else:
-        id_list, params = _id_list(explanation_ids, "e")
-        only = f"explanation_id IN ({id_list}) AND"
+    labels, only, params = _competing(explanation_ids)
     named = "" if scorer is None else "AND scorer = $scorer AND metric = $metric"
     if scorer is not None:
         params.update(scorer=scorer, metric=metric)
-    labels = f"SELECT explanation_id, source_id, feature FROM explanations WHERE {only} ($source_id IS NULL OR source_id = $source_id)"
+    labels += " AND ($source_id IS NULL OR source_id = $source_id)"
     return con.execute(
         f"""
         WITH {_best_ctes(labels, only, named)}
@@ -306,18 +312,20 @@ def refresh_best(con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[int, int]]
     with `_best_ctes`, the same SQL as every ad hoc ranking."""
     if keys is None:
         con.execute("DELETE FROM feature_best")
-        labels, only, params = "SELECT explanation_id, source_id, feature FROM explanations", "", {}
+        ids = None
     else:
         keys = sorted({(int(s), int(f)) for s, f in keys})
         if not keys:
             return
-        key_rows, params = _keys_table(keys)
+        key_rows, key_params = _keys_table(keys)
         con.execute(
             f"DELETE FROM feature_best b USING ({key_rows}) k WHERE b.source_id = k.source_id AND b.feature = k.feature",
-            params,
+            key_params,
         )
-        labels = f"SELECT e.explanation_id, e.source_id, e.feature FROM explanations e JOIN ({key_rows}) k USING (source_id, feature)"
-        only = "explanation_id IN (SELECT explanation_id FROM lab) AND"
+        ids = con.execute(
+            f"SELECT e.explanation_id FROM explanations e JOIN ({key_rows}) k USING (source_id, feature)", key_params
+        ).fetchnumpy()["explanation_id"].tolist()
+    labels, only, params = _competing(ids)
     con.execute(
         f"""
         INSERT INTO feature_best ({', '.join(BEST_FIELDS)})
