@@ -46,11 +46,14 @@ def write_label(
     sampling_config: dict | None,
     seed: int | None,
     embedding: Sequence[float] | np.ndarray | None = None,
+    refresh: bool = True,
 ) -> int:
     """Store a label with its scores, their per-item judgements and its embedding; return the explanation id.
 
     Runs inside the caller's transaction (`with store.writing() as con:`): it neither begins nor commits.
-    The embedding is computed with the offline MiniLM model unless `embedding` is given.
+    The embedding is computed with the offline MiniLM model unless `embedding` is given. The feature's
+    stored best label is recomputed unless `refresh` is False: then the caller, writing many labels in one
+    transaction, calls `catalog_queries.refresh_best` once for all their features before it commits.
     """
     sid = get_source(con, explanation.source).source_id
     vector = embed_texts([explanation.label])[0] if embedding is None else np.asarray(embedding, dtype=np.float32)
@@ -60,7 +63,8 @@ def write_label(
     q.insert_scores(con, explanation_id, scores, run_id)
     write_judgements(con, explanation_id, scores, run_id)
     q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
-    q.refresh_best(con, [(sid, explanation.feature)])
+    if refresh:
+        q.refresh_best(con, [(sid, explanation.feature)])
     return explanation_id
 
 

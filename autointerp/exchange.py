@@ -475,8 +475,10 @@ def import_labels(store: Store, path: str | Path, fmt: str | None = None, *, sou
             for item, vector in zip(batch, vectors):
                 write_label(
                     con, item.explanation, item.scores, run_id=run_id, config_hash=None,
-                    sampling_config=item.sampling_config, seed=item.seed, embedding=vector,
+                    sampling_config=item.sampling_config, seed=item.seed, embedding=vector, refresh=False,
                 )
+            source_ids = {name: get_source(con, name).source_id for name in {i.source for i in batch}}
+            q.refresh_best(con, [(source_ids[i.source], i.explanation.feature) for i in batch])
             update_run(con, run_id, n_done=begin + len(batch))
     with store.writing() as con:
         update_run(con, run_id, status="done", n_done=len(fresh), n_skipped=len(incoming) - len(fresh), ended=True)

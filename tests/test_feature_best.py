@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from autointerp import catalog, indexing, inventory, ranking
+from autointerp.exchange import import_labels
 from autointerp.records import Explanation, Score
 from autointerp.search import SearchIndex, search
 from autointerp.store import Store, migrations
@@ -173,4 +174,15 @@ def test_rebuild_recomputes_a_damaged_table(store):
     store.close()
     indexing.rebuild(store.path)
     with Store(store.path, read_only=True) as s:
+        assert_current(s.con)
+
+
+def test_imported_labels_keep_it_current(store, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(f"source,feature,label\n{SOURCE_A},0,imported dogs\n{SOURCE_A},9,imported violins\n"
+                    f"{SOURCE_B},0,imported cats\n")
+    store.close()
+    import_labels(Store(store.path), path)
+    with Store(store.path, read_only=True) as s:
+        assert catalog.best_label(s.con, SOURCE_A, 9).why_best.n_competing == 2
         assert_current(s.con)
