@@ -13,7 +13,7 @@ import pytest
 from doubles.paid_api import FAKE_OPENAI_KEY, Reply
 from synthetic import make_synthetic_store
 
-from autointerp import render
+from autointerp import ranking, render
 from autointerp.bench.latency_server import fake_chat_body
 from autointerp.cli import main
 from autointerp.config import JobConfig, SamplingConfig, load_job_config
@@ -23,6 +23,7 @@ from autointerp.pipeline import job_config_hash, parse_feature_spec, run_label_j
 from autointerp.prompts import load_prompt
 from autointerp.sampling import sample
 from autointerp.store import Store
+from autointerp.store.catalog_queries import best_explanation_rows
 from autointerp.store.llm_calls import list_calls
 
 N_FEATURES = 4  # 0..2 dense, 3 too sparse to label
@@ -225,6 +226,14 @@ def test_no_test_context_reaches_an_explainer_prompt(labeled):
         assert not leaks, f"feature {feature}: test contexts shown to the explainer: {leaks}"
         unmatched = [c for c in unmatched if c not in sent]
     assert not unmatched, "explainer requests that belong to no labeled feature"
+
+
+def test_the_job_keeps_each_features_stored_best_label_current(labeled):
+    db, summary = labeled
+    with Store(db, read_only=True) as store:
+        stored = store.con.execute("SELECT * FROM feature_best ORDER BY source_id, feature").fetchall()
+        assert stored == best_explanation_rows(store.con, ranking.sql_parameters())
+    assert [r[1] for r in stored] == sorted(r.feature for r in summary.with_status("done"))
 
 
 def test_rerun_skips_finished_features_and_calls_nothing(labeled, local_llm_server):
