@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import itertools
 import math
 import secrets
@@ -704,6 +705,7 @@ async def _label_job(store: Store, job: JobConfig, progress: bool, runner: Stage
     """The job; with a `runner`, the explain and score stages run there and this process samples and writes."""
     started = time.monotonic()
     check_job(job)
+    gc.freeze()  # what lives now (modules, the store's caches) outlives the job: full collections skip it
     chash = job_config_hash(job)
     with store.reading() as con:
         source = get_source(con, job.source)
