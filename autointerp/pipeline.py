@@ -284,8 +284,9 @@ class _StoreSessions:
     features' rows queued, and both are served together in one connection session at most every
     `min_interval_s`, so the file is opened about once a second whatever the concurrency and is free for
     other processes (the web catalog) in between. Queued writes go in transactions of up to `WRITES_PER_COMMIT`
-    (a commit costs more than a feature's rows), and a session yields to the event loop between
-    transactions so that LLM answers keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying
+    (a commit costs more than a feature's rows), each a few multi-row statements for all its features, with
+    their labels embedded in one MiniLM call first (off the event loop); a session yields to the event loop
+    between transactions so that LLM answers keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying
     a write-ahead log left by a session closed without one lost entries of the `scores` index (lookups by
     explanation id then missed stored scores; tests/test_resume.py caught it)."""
 
