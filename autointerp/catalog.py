@@ -36,6 +36,19 @@ VERDICTS = ("accept", "reject", "edit")
 REVIEW_STATES = ("accepted", "rejected", "edited", "unreviewed")
 
 
+@dataclass
+class NewLabel:
+    """A label to store with its scores (and their judged items), provenance and embedding."""
+
+    explanation: Explanation
+    scores: list[Score]
+    run_id: str | None
+    config_hash: str | None
+    sampling_config: dict | None
+    seed: int | None
+    embedding: Sequence[float] | np.ndarray | None = None  # None: computed with the offline MiniLM model
+
+
 def write_label(
     con: duckdb.DuckDBPyConnection,
     explanation: Explanation,
@@ -46,26 +59,42 @@ def write_label(
     sampling_config: dict | None,
     seed: int | None,
     embedding: Sequence[float] | np.ndarray | None = None,
-    refresh: bool = True,
 ) -> int:
     """Store a label with its scores, their per-item judgements and its embedding; return the explanation id.
 
     Runs inside the caller's transaction (`with store.writing() as con:`): it neither begins nor commits.
-    The embedding is computed with the offline MiniLM model unless `embedding` is given. The feature's
-    stored best label is recomputed unless `refresh` is False: then the caller, writing many labels in one
-    transaction, calls `catalog_queries.refresh_best` once for all their features before it commits.
+    The embedding is computed with the offline MiniLM model unless `embedding` is given.
     """
-    sid = get_source(con, explanation.source).source_id
-    vector = embed_texts([explanation.label])[0] if embedding is None else np.asarray(embedding, dtype=np.float32)
-    explanation_id = q.insert_explanation(
-        con, sid, explanation, sampling_config=sampling_config, seed=seed, run_id=run_id, config_hash=config_hash
+    return write_labels(con, [NewLabel(explanation, scores, run_id, config_hash, sampling_config, seed, embedding)])[0]
+
+
+def write_labels(con: duckdb.DuckDBPyConnection, labels: Sequence[NewLabel]) -> list[int]:
+    """`write_label` for many labels in one statement per table (a labeling job stores a transaction's labels
+    together); the explanation ids, in order, are those one `write_label` call per label would have given.
+    Their features' stored best labels (`feature_best`) are recomputed once, for all of them."""
+    if not labels:
+        return []
+    source_ids = {name: get_source(con, name).source_id for name in dict.fromkeys(lab.explanation.source for lab in labels)}
+    missing = [i for i, lab in enumerate(labels) if lab.embedding is None]
+    computed = dict(zip(missing, embed_texts([labels[i].explanation.label for i in missing]))) if missing else {}
+    ids = q.new_explanation_ids(con, len(labels))
+    q.insert_explanations(
+        con,
+        [
+            q.ExplanationRow(eid, source_ids[lab.explanation.source], lab.explanation, lab.sampling_config, lab.seed,
+                             lab.run_id, lab.config_hash)
+            for eid, lab in zip(ids, labels)
+        ],
     )
-    q.insert_scores(con, explanation_id, scores, run_id)
-    write_judgements(con, explanation_id, scores, run_id)
-    q.insert_label_embedding(con, explanation_id, EMBEDDING_MODEL, vector)
-    if refresh:
-        q.refresh_best(con, [(sid, explanation.feature)])
-    return explanation_id
+    scored = [(eid, lab.scores, lab.run_id) for eid, lab in zip(ids, labels)]
+    q.insert_scores(con, scored)
+    write_judgements(con, scored)
+    q.insert_label_embeddings(
+        con, EMBEDDING_MODEL,
+        [(eid, computed[i] if lab.embedding is None else lab.embedding) for i, (eid, lab) in enumerate(zip(ids, labels))],
+    )
+    q.refresh_best(con, [(source_ids[lab.explanation.source], lab.explanation.feature) for lab in labels])
+    return ids
 
 
 @dataclass

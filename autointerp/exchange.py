@@ -45,7 +45,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from autointerp import ranking
-from autointerp.catalog import Label, best_labels, load_labels, write_label
+from autointerp.catalog import Label, NewLabel, best_labels, load_labels, write_labels
 from autointerp.embeddings import embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.records import Explanation, OutputEvidence, Score, TokenEffect
@@ -472,13 +472,10 @@ def import_labels(store: Store, path: str | Path, fmt: str | None = None, *, sou
         batch = fresh[begin : begin + IMPORT_BATCH]
         vectors = embed_texts([i.explanation.label for i in batch])
         with store.writing() as con:
-            for item, vector in zip(batch, vectors):
-                write_label(
-                    con, item.explanation, item.scores, run_id=run_id, config_hash=None,
-                    sampling_config=item.sampling_config, seed=item.seed, embedding=vector, refresh=False,
-                )
-            source_ids = {name: get_source(con, name).source_id for name in {i.source for i in batch}}
-            q.refresh_best(con, [(source_ids[i.source], i.explanation.feature) for i in batch])
+            write_labels(con, [
+                NewLabel(item.explanation, item.scores, run_id, None, item.sampling_config, item.seed, vector)
+                for item, vector in zip(batch, vectors)
+            ])
             update_run(con, run_id, n_done=begin + len(batch))
     with store.writing() as con:
         update_run(con, run_id, status="done", n_done=len(fresh), n_skipped=len(incoming) - len(fresh), ended=True)

@@ -18,17 +18,20 @@ from autointerp.scoring import metrics
 from autointerp.store import judgement_queries as q
 
 
-def write_judgements(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: Sequence[Score], run_id: str | None) -> int:
-    """Store the items behind `scores`, once per scorer and split (its rows share one list); return how many."""
-    seen: set[tuple[str, str]] = set()
-    n = 0
-    for s in scores:
-        if not s.items or (s.scorer, s.split) in seen:
-            continue
-        seen.add((s.scorer, s.split))
-        q.insert_items(con, explanation_id, s.split, s.items, run_id)
-        n += len(s.items)
-    return n
+def write_judgements(
+    con: duckdb.DuckDBPyConnection, scored: Sequence[tuple[int, Sequence[Score], str | None]]
+) -> int:
+    """Store the items behind the scores of several explanations, (explanation_id, scores, run_id) each, in one
+    statement: once per explanation, scorer and split (its rows share one list); return how many."""
+    judged = []
+    for explanation_id, scores, run_id in scored:
+        seen: set[tuple[str, str]] = set()
+        for s in scores:
+            if s.items and (s.scorer, s.split) not in seen:
+                seen.add((s.scorer, s.split))
+                judged.append((explanation_id, s.split, s.items, run_id))
+    q.insert_items(con, judged)
+    return sum(len(items) for _, _, items, _ in judged)
 
 
 def load_judgements(

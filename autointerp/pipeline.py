@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import itertools
 import math
 import secrets
@@ -37,7 +38,8 @@ from typing import Any, Protocol
 from autointerp import __version__
 from autointerp import ranking, stages
 from autointerp.baseline import BaselineLabel, llm_vs_baseline
-from autointerp.catalog import load_labels
+from autointerp.catalog import NewLabel, load_labels, write_labels
+from autointerp.embeddings import embed_texts_async
 from autointerp.config import JobConfig, SamplingConfig, config_hash
 from autointerp.errors import AutointerpError
 from autointerp.explain import STYLES
@@ -282,8 +284,9 @@ class _StoreSessions:
     features' rows queued, and both are served together in one connection session at most every
     `min_interval_s`, so the file is opened about once a second whatever the concurrency and is free for
     other processes (the web catalog) in between. Queued writes go in transactions of up to `WRITES_PER_COMMIT`
-    (a commit costs more than a feature's rows), and a session yields to the event loop between
-    transactions so that LLM answers keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying
+    (a commit costs more than a feature's rows), each a few multi-row statements for all its features, with
+    their labels embedded in one MiniLM call first (off the event loop); a session yields to the event loop
+    between transactions so that LLM answers keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying
     a write-ahead log left by a session closed without one lost entries of the `scores` index (lookups by
     explanation id then missed stored scores; tests/test_resume.py caught it)."""
 
@@ -292,20 +295,18 @@ class _StoreSessions:
         store: Store,
         features: list[int],
         sample_batch,
-        before_writes,
-        after_writes,
+        writer: _Writer,
         prefetch: int,
         min_interval_s: float = 1.0,
     ):
         self.store = store
         self._todo = iter(features)
         self._sample_batch = sample_batch  # features -> iterator of (feature, FeatureExamples or the exception raised)
-        self._before_writes = before_writes  # () -> None, on the session's connection: the ledgers' flush
-        self._after_writes = after_writes  # con -> None: the run's counts
+        self._writer = writer
         self._prefetch = prefetch
         self.min_interval_s = min_interval_s
         self._ready: asyncio.Queue = asyncio.Queue()
-        self._writes: list[tuple[Any, Any]] = []  # (fn(con), and what to call once it is committed)
+        self._writes: list[_Finished] = []
         self._exhausted = False
         self._wanted = 0  # workers waiting for a feature
         self._handle: asyncio.TimerHandle | None = None
@@ -334,9 +335,9 @@ class _StoreSessions:
             self._schedule()
         return item
 
-    def write(self, fn, committed=None) -> None:
-        """Run fn(con) in a transaction at the next session, then committed() once that transaction is."""
-        self._writes.append((fn, committed))
+    def write(self, item: _Finished) -> None:
+        """Store the item's rows in a transaction of the next session."""
+        self._writes.append(item)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -377,31 +378,36 @@ class _StoreSessions:
 
     @staged("write")
     async def _write_queued(self) -> None:
+        """Write what is queued now (after the ledgers' flush, so every answer a label used is stored first);
+        items queued meanwhile wait for the next call."""
         if not self._writes:
             return
-        self._before_writes()
-        while self._writes:
-            chunk, self._writes = self._writes[:WRITES_PER_COMMIT], self._writes[WRITES_PER_COMMIT:]
-            try:
-                self._commit(chunk)
-            except Exception:  # noqa: BLE001 - one write failed: the others are stored on their own, as before
-                for i, write in enumerate(chunk):
-                    try:
-                        self._commit([write])
-                    except Exception:
-                        self._writes[:0] = chunk[i + 1 :]
-                        raise
-            await asyncio.sleep(0)
+        self._writer.flush_ledgers()
+        queued, self._writes = self._writes, []
+        try:
+            while queued:
+                chunk = queued[:WRITES_PER_COMMIT]
+                await self._writer.prepare(chunk)
+                queued = queued[WRITES_PER_COMMIT:]
+                try:
+                    self._commit(chunk)
+                except Exception:  # noqa: BLE001 - one write failed: the others are stored on their own, as before
+                    for i, item in enumerate(chunk):
+                        try:
+                            self._commit([item])
+                        except Exception:
+                            queued[:0] = chunk[i + 1 :]
+                            raise
+                await asyncio.sleep(0)
+        finally:
+            self._writes[:0] = queued
         with self.store.writing() as con:
-            self._after_writes(con)
+            self._writer.write_counts(con)
 
-    def _commit(self, writes: list[tuple[Any, Any]]) -> None:
+    def _commit(self, items: list[_Finished]) -> None:
         with self.store.writing() as con:
-            for fn, _ in writes:
-                fn(con)
-        for _, committed in writes:
-            if committed is not None:
-                committed()
+            self._writer.write_batch(con, items)
+        self._writer.committed(items)
 
     async def finish(self) -> None:
         """Write everything still queued (also after Ctrl-C) and close the file with a checkpoint."""
@@ -411,6 +417,30 @@ class _StoreSessions:
         if self._task is not None:
             await asyncio.wait([self._task])
         await self._session(sample_more=False)
+
+
+@dataclass
+class _Finished:
+    """A finished feature's rows, queued for the next store session: its label or its failure, and its job row."""
+
+    result: FeatureResult | None  # None: a failure of the whole job, which no feature row goes with
+    label: NewLabel | None = None
+    failure: dict[str, Any] | None = None  # `jobs.record_failure`'s keyword arguments
+
+
+class _Writer(Protocol):
+    """What `_StoreSessions` asks of the job around its writes (`_Job`)."""
+
+    def flush_ledgers(self) -> None: ...
+
+    async def prepare(self, items: list[_Finished]) -> None:
+        """Anything the items need before they are written, off the store (label embeddings)."""
+
+    def write_batch(self, con, items: list[_Finished]) -> None: ...
+
+    def committed(self, items: list[_Finished]) -> None: ...
+
+    def write_counts(self, con) -> None: ...
 
 
 class StagesRunner(Protocol):
@@ -503,24 +533,34 @@ class _Job:
         finally:
             self.store.close()
 
-    def _store_result(self, result: FeatureResult, write) -> None:
-        """Queue the feature's rows and its job row: one transaction, written after the LLM answers it used
-        are in the ledger (the run's counts follow in the same session)."""
+    async def prepare(self, items: list[_Finished]) -> None:
+        """Embed the labels that come without a vector, together (one MiniLM call for a transaction's labels
+        costs a fraction of one call per label)."""
+        todo = [item.label for item in items if item.label is not None and item.label.embedding is None]
+        if todo:
+            vectors = await embed_texts_async([lab.explanation.label for lab in todo])
+            for lab, vector in zip(todo, vectors):
+                lab.embedding = vector
 
-        def transaction(con) -> None:
-            write(con)
-            jobs.mark_feature(
-                con,
-                self.chash,
-                self.source.source_id,
-                result.feature,
-                result.status,
-                run_id=self.run_id,
-                explanation_id=result.explanation_id,
-                error=result.error,
-            )
+    def write_batch(self, con, items: list[_Finished]) -> None:
+        """The items' labels, failures and job rows, a few statements for them all."""
+        labeled = [item for item in items if item.label is not None]
+        for item, explanation_id in zip(labeled, write_labels(con, [item.label for item in labeled])):
+            item.result.explanation_id = explanation_id
+        for item in items:
+            if item.failure is not None:
+                jobs.record_failure(con, **item.failure)
+        jobs.mark_features(
+            con,
+            [
+                jobs.FeatureMark(self.chash, self.source.source_id, r.feature, r.status, self.run_id, r.explanation_id, r.error)
+                for r in (item.result for item in items)
+                if r is not None
+            ],
+        )
 
-        self.sessions.write(transaction, lambda: self.results.append(result))
+    def committed(self, items: list[_Finished]) -> None:
+        self.results.extend(item.result for item in items if item.result is not None)
 
     def _failed(self, feature: int, stage: str, exc: BaseException) -> None:
         self._record_failure(feature, stage, stages.describe_error(exc), stages.rerun_may_help(exc))
@@ -529,21 +569,16 @@ class _Job:
         self, feature: int, stage: str, error: str, rerun_may_help: bool, raw: str | None = None,
         baseline: BaselineLabel | None = None,
     ) -> None:
-        def write(con) -> None:
-            jobs.record_failure(
-                con,
-                run_id=self.run_id,
-                source_id=self.source.source_id,
-                feature=feature,
-                stage=stage,
-                error=error,
-                raw_output=raw,
-            )
-
         result = FeatureResult(
             feature, "failed", stage=stage, error=error, rerun_may_help=rerun_may_help, baseline=baseline
         )
-        self._store_result(result, write)
+        self.sessions.write(_Finished(result, failure=self.failure_row(feature, stage, error, raw)))
+
+    def failure_row(self, feature: int | None, stage: str, error: str, raw: str | None = None) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "source_id": self.source.source_id, "feature": feature, "stage": stage,
+            "error": error, "raw_output": raw,
+        }
 
     def sample(self, feature: int) -> FeatureExamples:
         try:
@@ -563,9 +598,7 @@ class _Job:
 
     async def label_feature(self, feature: int, sampled: FeatureExamples | AutointerpError) -> None:
         if isinstance(sampled, TooFewActivations):
-            self._store_result(
-                FeatureResult(feature, "skipped_sparse", stage="sample", error=str(sampled)), lambda con: None
-            )
+            self.sessions.write(_Finished(FeatureResult(feature, "skipped_sparse", stage="sample", error=str(sampled))))
             return
         if isinstance(sampled, AutointerpError):
             self._failed(feature, "sample", sampled)
@@ -575,7 +608,9 @@ class _Job:
     async def run_stages(self, examples: FeatureExamples) -> stages.StagesOutcome:
         """Explain and score one feature: here, or on the job's runner (`autointerp.ray_label`)."""
         if self._runner is None:
-            return await stages.explain_and_score(examples, self.llm, self.job, context_for=self.output_context)
+            return await stages.explain_and_score(
+                examples, self.llm, self.job, context_for=self.output_context, embed_label=False
+            )
         outcome, used = await self._runner.run(self.run_id, examples)
         self.meter.merge(used)
         return outcome
@@ -595,11 +630,7 @@ class _Job:
         result = FeatureResult(
             feature, "done", label=explanation.label, scores=outcome.scores, baseline=outcome.baseline
         )
-
-        def write(con) -> None:
-            result.explanation_id = self.write_label(con, explanation, examples, outcome.scores, outcome.vector)
-
-        self._store_result(result, write)
+        self.sessions.write(_Finished(result, label=self.new_label(explanation, examples, outcome.scores, outcome.vector)))
 
     def _try_later(self, feature: int, examples: FeatureExamples) -> bool:
         self._tries[feature] = self._tries.get(feature, 1) + 1
@@ -620,8 +651,8 @@ class _Job:
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
 
-    def write_label(self, con, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> int:
-        return stages.write(con, explanation, examples, scores, vector, run_id=self.run_id, config_hash=self.chash)
+    def new_label(self, explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector) -> NewLabel:
+        return stages.new_label(explanation, examples, scores, vector, run_id=self.run_id, config_hash=self.chash)
 
 
 def _job_record(job: JobConfig) -> dict[str, Any]:
@@ -675,6 +706,7 @@ async def _label_job(store: Store, job: JobConfig, progress: bool, runner: Stage
     """The job; with a `runner`, the explain and score stages run there and this process samples and writes."""
     started = time.monotonic()
     check_job(job)
+    gc.freeze()  # what lives now (modules, the store's caches) outlives the job: full collections skip it
     chash = job_config_hash(job)
     with store.reading() as con:
         source = get_source(con, job.source)
@@ -691,8 +723,7 @@ async def _label_job(store: Store, job: JobConfig, progress: bool, runner: Stage
         store,
         todo,
         lambda batch: state.sample_batch(batch, firing),
-        state.flush_ledgers,
-        state.write_counts,
+        state,
         prefetch=max(2, in_flight),
     )
     status = "failed"
@@ -722,11 +753,7 @@ async def _label_job(store: Store, job: JobConfig, progress: bool, runner: Stage
         raise
     except LLMCallError as exc:
         error = str(exc)
-        sessions.write(
-            lambda con: jobs.record_failure(
-                con, run_id=state.run_id, source_id=source.source_id, feature=None, stage="job", error=error
-            )
-        )
+        sessions.write(_Finished(None, failure=state.failure_row(None, "job", error)))
         raise AutointerpError(f"the job stopped: {error}") from None
     finally:
         bar.close()
@@ -764,7 +791,7 @@ async def ascore_label(store: Store, job: JobConfig, feature: int, label: str) -
         scores = await state.score(explanation, examples)
         vector = await stages.label_vector(label)
         with store.writing() as con:
-            explanation_id = state.write_label(con, explanation, examples, scores, vector)
+            (explanation_id,) = write_labels(con, [state.new_label(explanation, examples, scores, vector)])
         state.results.append(FeatureResult(feature, "done", label=label, explanation_id=explanation_id, scores=scores))
         status = "done"
     except asyncio.CancelledError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autointerp.baseline import BaselineLabel, score_baseline
-from autointerp.catalog import write_label
+from autointerp.catalog import NewLabel, write_labels
 from autointerp.config import JobConfig
 from autointerp.embeddings import embed_texts_async
 from autointerp.errors import AutointerpError
@@ -124,8 +124,11 @@ async def explain_and_score(
     job: JobConfig,
     on_stage: Callable[[str], None] | None = None,
     context_for: Callable[[], Any] | None = None,
+    embed_label: bool = True,
 ) -> StagesOutcome:
-    """Baseline, explain, score and the label's embedding for one feature; any failure is returned, not raised."""
+    """Baseline, explain, score and the label's embedding for one feature; any failure is returned, not raised.
+    `embed_label=False` leaves the embedding to the writer (`catalog.write_labels` embeds what comes without one,
+    and a driver that writes many labels at once embeds them in one call)."""
     outcome = StagesOutcome(stage="explain")
 
     def entering(name: str) -> None:
@@ -143,8 +146,9 @@ async def explain_and_score(
         if outcome.baseline is not None:
             explanation.details["baseline"] = outcome.baseline.to_details()
         outcome.scores = await score(explanation, examples, scorers, entering)
-        entering("write")
-        outcome.vector = await label_vector(explanation.label)
+        if embed_label:
+            entering("write")
+            outcome.vector = await label_vector(explanation.label)
     except ExplanationParseError as exc:
         outcome.raw = exc.raw if isinstance(exc.raw, str) else json.dumps(exc.raw)
         return _failure(outcome, exc)
@@ -181,6 +185,13 @@ async def label_vector(label: str) -> Any:
     return (await embed_texts_async([label]))[0]
 
 
+def new_label(
+    explanation: Explanation, examples: FeatureExamples, scores: list[Score], vector: Any, *, run_id: str, config_hash: str
+) -> NewLabel:
+    """The label, its scores and provenance, as `catalog.write_labels` stores them (vector None: embedded there)."""
+    return NewLabel(explanation, scores, run_id, config_hash, examples.sampling_config, examples.seed, vector)
+
+
 def write(
     con,
     explanation: Explanation,
@@ -192,14 +203,5 @@ def write(
     config_hash: str,
 ) -> int:
     """The label, its scores and provenance; returns the explanation id."""
-    return write_label(
-        con,
-        explanation,
-        scores,
-        run_id=run_id,
-        config_hash=config_hash,
-        sampling_config=examples.sampling_config,
-        seed=examples.seed,
-        embedding=vector,
-    )
+    return write_labels(con, [new_label(explanation, examples, scores, vector, run_id=run_id, config_hash=config_hash)])[0]
 

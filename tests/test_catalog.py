@@ -16,7 +16,7 @@ from autointerp.cli import main as cli
 from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.exchange import export_labels, import_labels
-from autointerp.records import Explanation, Score
+from autointerp.records import Explanation, ItemJudgement, Score
 from autointerp.store import Store, migrations
 from autointerp.store.db import migrate
 from catalog_fixtures import FEATURES_A, HOSTILE_LABEL, RUN_ID, SCRIPT, SOURCE_A, SOURCE_B, catalog_copy
@@ -53,6 +53,40 @@ def test_write_label_stores_label_scores_provenance_and_embedding(store):
     ).fetchone()
     assert np.allclose(vector, embed_texts(["string instruments"])[0], atol=1e-5)
     assert abs(np.linalg.norm(vector) - 1) < 1e-4
+
+
+def test_write_labels_stores_what_one_write_label_per_label_stores(tmp_path):
+    """The job writes a transaction's labels together: same ids, rows and vectors as one call per label."""
+    items = [ItemJudgement("detection", i, 100 + i, "positives", "top", 0, 1, i % 2, 0.25 * i) for i in range(3)]
+    both = [Score("detection", "f1", 0.5, 0.4, 0.6, 3, details={"k": 1}, items=items),
+            Score("detection", "f1", 0.2, 0.1, 0.3, 2, subset="positives", items=items)]
+    labels = [
+        catalog.NewLabel(Explanation(SOURCE_A, 3, "quoted names", details={"c": 2}), both, "r1", "c1", {"n": 5}, 7,
+                         np.ones(384, dtype=np.float32) / np.sqrt(384)),
+        catalog.NewLabel(Explanation(SOURCE_B, 4, "dates and times"), [], None, None, None, None),  # embedded here
+        catalog.NewLabel(Explanation(SOURCE_A, 5, "code comments", author="human"), both[1:], "r1", "c1", None, 1,
+                         embed_texts(["code comments"])[0]),
+    ]
+    tables = {
+        "explanations": "* EXCLUDE (created_at)", "scores": "* EXCLUDE (created_at)", "score_items": "*",
+        "label_embeddings": "*",
+    }
+    stored = []
+    for name, write in (("one", lambda con: [catalog.write_label(con, lab.explanation, lab.scores, run_id=lab.run_id,
+                                                                 config_hash=lab.config_hash,
+                                                                 sampling_config=lab.sampling_config, seed=lab.seed,
+                                                                 embedding=lab.embedding) for lab in labels]),
+                        ("many", lambda con: catalog.write_labels(con, labels))):
+        (tmp_path / name).mkdir()
+        with Store(catalog_copy(tmp_path / name)) as s:
+            with s.writing() as con:
+                ids = write(con)
+            stored.append((ids, {t: s.con.execute(f"SELECT {cols} FROM {t} ORDER BY ALL").fetchall()
+                                 for t, cols in tables.items()}))
+    (one_ids, one_rows), (many_ids, many_rows) = stored
+    assert many_ids == one_ids and len(set(one_ids)) == 3 and one_ids == sorted(one_ids)
+    assert many_rows == one_rows
+    assert len(many_rows["score_items"]) == 6 and sum(row[1] in many_ids for row in many_rows["scores"]) == 3
 
 
 def test_write_label_joins_the_callers_transaction(store):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,42 +39,46 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, default=str)
 
 
-def insert_explanation(
-    con: duckdb.DuckDBPyConnection,
-    source_id: int,
-    explanation: Explanation,
-    *,
-    sampling_config: dict | None,
-    seed: int | None,
-    run_id: str | None,
-    config_hash: str | None,
-) -> int:
-    row = con.execute(
-        """
-        INSERT INTO explanations (source_id, feature, label, author, explainer_model, prompt_name, prompt_hash,
-                                  sampling_config, seed, run_id, config_hash, details)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        RETURNING explanation_id
-        """,
+def new_explanation_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:
+    """n fresh explanation ids from the table's sequence, ascending: rows written together get the ids that
+    inserting them one at a time, in order, would have given them."""
+    if n <= 0:
+        return []
+    return sorted(int(r[0]) for r in con.execute("SELECT nextval('explanation_id_seq') FROM range(?)", [n]).fetchall())
+
+
+@dataclass
+class ExplanationRow:
+    """An explanation to insert under an id taken from `new_explanation_ids`."""
+
+    explanation_id: int
+    source_id: int
+    explanation: Explanation
+    sampling_config: dict | None
+    seed: int | None
+    run_id: str | None
+    config_hash: str | None
+
+
+def insert_explanations(con: duckdb.DuckDBPyConnection, rows: Sequence[ExplanationRow]) -> None:
+    insert_rows(
+        con,
+        "explanations",
+        ("explanation_id", "source_id", "feature", "label", "author", "explainer_model", "prompt_name", "prompt_hash",
+         "sampling_config", "seed", "run_id", "config_hash", "details"),
         [
-            source_id,
-            explanation.feature,
-            explanation.label,
-            explanation.author,
-            explanation.explainer_model,
-            explanation.prompt_name,
-            explanation.prompt_hash,
-            _json(sampling_config),
-            seed,
-            run_id,
-            config_hash,
-            _json(explanation.details or None),
+            [r.explanation_id, r.source_id, r.explanation.feature, r.explanation.label, r.explanation.author,
+             r.explanation.explainer_model, r.explanation.prompt_name, r.explanation.prompt_hash,
+             _json(r.sampling_config), r.seed, r.run_id, r.config_hash, _json(r.explanation.details or None)]
+            for r in rows
         ],
-    ).fetchone()
-    return int(row[0])
+    )
 
 
-def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: Sequence[Score], run_id: str | None) -> None:
+def insert_scores(
+    con: duckdb.DuckDBPyConnection, scored: Sequence[tuple[int, Sequence[Score], str | None]]
+) -> None:
+    """The scores of several explanations: (explanation_id, scores, run_id) each, rows in that order."""
     insert_rows(
         con,
         "scores",
@@ -82,15 +87,22 @@ def insert_scores(con: duckdb.DuckDBPyConnection, explanation_id: int, scores: S
         [
             [explanation_id, s.scorer, s.metric, s.subset, s.split, s.value, s.ci_low, s.ci_high, s.n, s.scorer_model,
              _json(s.details or None), run_id, s.imported]
+            for explanation_id, scores, run_id in scored
             for s in scores
         ],
     )
 
 
-def insert_label_embedding(con: duckdb.DuckDBPyConnection, explanation_id: int, model: str, vector: Sequence[float]) -> None:
-    con.execute(
-        f"INSERT OR REPLACE INTO label_embeddings (explanation_id, model, vector) VALUES (?, ?, ?::FLOAT[{EMBEDDING_DIM}])",
-        [explanation_id, model, np.asarray(vector, dtype=np.float32)],  # a numpy array binds in a third less CPU than a list
+def insert_label_embeddings(
+    con: duckdb.DuckDBPyConnection, model: str, vectors: Sequence[tuple[int, Sequence[float]]]
+) -> None:
+    """(explanation_id, vector) rows of new explanations (no row of theirs is stored yet)."""
+    insert_rows(
+        con,
+        "label_embeddings",
+        ("explanation_id", "model", "vector"),
+        # lists of Python floats bind in about half the CPU of numpy rows; float32 -> float -> FLOAT is exact
+        [[explanation_id, model, np.asarray(vector, dtype=np.float32).tolist()] for explanation_id, vector in vectors],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -141,6 +142,19 @@ def feature_explanation_ids(con: duckdb.DuckDBPyConnection, config_hash: str, so
     return {int(f): int(e) for f, e in rows}
 
 
+@dataclass
+class FeatureMark:
+    """A feature's row in `feature_jobs`: where a job with this configuration left it."""
+
+    config_hash: str
+    source_id: int
+    feature: int
+    status: str
+    run_id: str
+    explanation_id: int | None = None
+    error: str | None = None
+
+
 def mark_feature(
     con: duckdb.DuckDBPyConnection,
     config_hash: str,
@@ -152,12 +166,27 @@ def mark_feature(
     explanation_id: int | None = None,
     error: str | None = None,
 ) -> None:
+    mark_features(con, [FeatureMark(config_hash, source_id, feature, status, run_id, explanation_id, error)])
+
+
+def mark_features(con: duckdb.DuckDBPyConnection, marks: Sequence[FeatureMark]) -> None:
+    """Set many features' rows in one statement (a feature marked twice keeps its last mark)."""
+    latest = list({(m.config_hash, m.source_id, m.feature): m for m in marks}.values())
+    if not latest:
+        return
     con.execute(
         """
         INSERT OR REPLACE INTO feature_jobs (config_hash, source_id, feature, status, explanation_id, run_id, error, updated_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, current_timestamp)
+        SELECT *, current_timestamp FROM (
+            SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]),
+                   unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])
+        )
         """,
-        [config_hash, source_id, feature, status, explanation_id, run_id, error],
+        [
+            [m.config_hash for m in latest], [m.source_id for m in latest], [m.feature for m in latest],
+            [m.status for m in latest], [m.explanation_id for m in latest], [m.run_id for m in latest],
+            [m.error for m in latest],
+        ],
     )
 
 

@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from autointerp.errors import AutointerpError
-from autointerp.store.llm_calls import LLMCall, insert_calls
+from autointerp.store.llm_calls import BODIES, LLMCall, insert_calls
 
 
 def jobs_dir(store_path: str | Path) -> Path:
@@ -47,8 +47,10 @@ class CallJournal:
         self._size = 0
 
     def append(self, call: LLMCall) -> None:
-        # a shallow dict: asdict() would deep-copy the request and response bodies first (~ms a call)
-        line = (json.dumps({f.name: getattr(call, f.name) for f in fields(call)}, default=str) + "\n").encode()
+        # the bodies' JSON text is made once, for this line and the insert into llm_calls (`LLMCall.encoded`)
+        head = json.dumps({f.name: getattr(call, f.name) for f in fields(call) if f.name not in BODIES}, default=str)
+        bodies = "".join(f', "{name}": {call.encoded(name) or "null"}' for name in BODIES)
+        line = f"{head[:-1]}{bodies}}}\n".encode()
         try:
             written = os.write(self._fd, line)
         except OSError as exc:

@@ -20,13 +20,18 @@ _FIELDS = (
 
 
 def insert_items(
-    con: duckdb.DuckDBPyConnection, explanation_id: int, split: str, items: Sequence[ItemJudgement], run_id: str | None
+    con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[int, str, Sequence[ItemJudgement], str | None]]
 ) -> None:
+    """The judged items of several explanations: (explanation_id, split, items, run_id) each, rows in that order."""
     insert_rows(
         con,
         "score_items",
         ("explanation_id", "split", "run_id", *_COLUMNS),
-        [[explanation_id, split, run_id, *(getattr(i, f) for f in _FIELDS)] for i in items],
+        [
+            [explanation_id, split, run_id, *(getattr(i, f) for f in _FIELDS)]
+            for explanation_id, split, items, run_id in judged
+            for i in items
+        ],
     )
 
 

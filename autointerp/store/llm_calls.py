@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -10,6 +11,17 @@ from typing import Any
 import duckdb
 
 from autointerp.store.bulk import insert_rows
+
+
+_UID_PREFIX = secrets.token_hex(8)  # this process's; a counter numbers its calls (no random draw per call)
+_uid_counter = itertools.count()
+
+
+def new_call_uid() -> str:
+    return f"{_UID_PREFIX}{next(_uid_counter):016x}"
+
+
+BODIES = ("request", "response")  # the JSON columns
 
 
 @dataclass
@@ -32,8 +44,16 @@ class LLMCall:
     attempts: int = 1
     endpoint_host: str | None = None
     priced: bool = True
-    call_uid: str = field(default_factory=lambda: secrets.token_hex(16))  # tells a row folded twice from two calls
+    call_uid: str = field(default_factory=new_call_uid)  # tells a row folded twice from two calls
     batch_key: str | None = None  # the provider batch that answered it (llm_batches), None when streamed
+
+    def encoded(self, name: str) -> str | None:
+        """The JSON text of `request` or `response`, made once (the journal line and the insert both need it)."""
+        cache = self.__dict__.setdefault("_encoded", {})
+        if name not in cache:
+            value = getattr(self, name)
+            cache[name] = None if value is None else json.dumps(value)
+        return cache[name]
 
 
 _COLUMNS = (
@@ -46,10 +66,7 @@ def insert_calls(con: duckdb.DuckDBPyConnection, calls: list[LLMCall], skip_know
     """One INSERT for all the calls. skip_known: leave out rows whose call_uid is already stored (folding a
     journal that may hold them)."""
     names = [name.strip() for name in _COLUMNS.split(",")]
-    rows = [
-        [json.dumps(v) if n in ("request", "response") and v is not None else v for n, v in ((n, getattr(c, n)) for n in names)]
-        for c in calls
-    ]
+    rows = [[c.encoded(n) if n in BODIES else getattr(c, n) for n in names] for c in calls]
     where = (
         "WHERE call_uid NOT IN (SELECT call_uid FROM llm_calls WHERE call_uid IN (SELECT call_uid FROM {rows}))"
         if skip_known
