@@ -67,6 +67,28 @@ def test_parse_label_rejects(output):
     assert err.value.raw == output
 
 
+def test_a_label_that_copies_the_prompts_example_is_refused_unless_the_excerpts_hold_it():
+    """The bundled model answers "a combination of the words "river" and other bodies" for features that have
+    nothing to do with water: four words in a row of the prompt's own example. The same words in the excerpts
+    shown are fair to quote."""
+    output = 'Label: a combination of the words "river" and other bodies'
+    with pytest.raises(ExplanationParseError, match=r'copies the prompt\'s wording \("river and other bodies"\)'):
+        parse_label(output, TEMPLATE)
+    with pytest.raises(ExplanationParseError, match="closing brackets in code"):
+        parse_label("Label: the closing brackets in code", TEMPLATE, excerpts="print(x) and f(y)")
+    excerpts = "The river and other bodies of water flooded."
+    assert parse_label(output, TEMPLATE, excerpts) == 'a combination of the words "river" and other bodies'
+    assert parse_label('Label: the word "river" in place names', TEMPLATE) == 'the word "river" in place names'
+
+
+def test_a_copied_answer_is_asked_again_and_why_is_recorded():
+    answers = iter(['Label: a mix of the word "river" and other bodies', "Label: animal names"])
+    llm = ScriptedLLMDouble(lambda call: next(answers), supports_seed=True)
+    [exp] = asyncio.run(explain(animal_feature(), llm))
+    assert exp.label == "animal names" and len(llm.calls) == 2
+    assert exp.details["attempt_errors"] == ["the label copies the prompt's wording (\"the word river and\"), not the excerpts"]
+
+
 def test_prompt_hash_is_sha256_of_the_file():
     template = load_prompt("explain_highlight")
     assert template.name == "explain_highlight.v2"
@@ -171,6 +193,7 @@ def test_output_that_never_parses_is_never_a_label():
         asyncio.run(explain(animal_feature(), llm))
     assert err.value.raw == [garbage] * (1 + SAMPLED_RETRIES)
     assert len(llm.calls) == 1 + SAMPLED_RETRIES
+    assert str(err.value).endswith("in 3 outputs (no `Label:` line in the explainer's output)")
 
 
 def test_k_candidates_are_distinct_and_sampled():
