@@ -46,6 +46,14 @@ SAMPLED_RETRIES = 2
 LABEL_GRAMMAR = r"""root ::= ("Label: ")? word (" " word){0,19}
 word ::= [^ \t\n\r<>$*`:]{1,24}
 """
+# With examples in the prompt, the label must also name, in quotes, one of the tokens that fire most often in the
+# train split (autointerp.evidence): the bundled model otherwise fills the line with stock phrases ("the result of
+# a function call to ...") while counting tokens (explain_baseline) names the word the feature fires on.
+_GROUNDED_GRAMMAR = """root ::= ("Label: ")? (word " "){{0,6}} "\\"" top "\\"" (" " word){{0,12}}
+top ::= {tokens}
+word ::= [^ \\t\\n\\r<>$*`:"]{{1,24}}
+"""
+_GROUNDABLE = re.compile(r'^[^\s<>$*`:"\\]{1,24}$')
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,14 @@ def attempt_seed(examples: FeatureExamples, candidate: int, attempt: int) -> int
     return int(np.random.default_rng([examples.seed, examples.feature, candidate, attempt]).integers(2**31))
 
 
+def label_grammar(examples: FeatureExamples) -> tuple[str, list[str]]:
+    """The grammar of one feature's label and the tokens it lets the label quote (none: LABEL_GRAMMAR)."""
+    tokens = [tok for tok, _ in token_evidence(examples).top_tokens if _GROUNDABLE.match(tok)]
+    if not tokens:
+        return LABEL_GRAMMAR, []
+    return _GROUNDED_GRAMMAR.format(tokens=" | ".join(f'"{tok}"' for tok in tokens)), tokens
+
+
 @dataclass
 class _Attempts:
     """One candidate's tries: the label (None if none was usable), every raw output, why each unusable one was
@@ -268,6 +284,7 @@ async def _candidate(
     messages, shown = explainer_messages(examples, prompt, candidate, evidence)
     template_text = _template_text(load_prompt(_style(prompt).template))
     excerpts = _shown_text(examples, shown)
+    grammar = label_grammar(examples)[0] if _style(prompt).max_examples else LABEL_GRAMMAR
     tries = _Attempts(None, [], [], {"prompt_tokens": 0, "completion_tokens": 0}, shown, [])
     for attempt in range(1 + SAMPLED_RETRIES):
         temp = temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE)
@@ -277,7 +294,7 @@ async def _candidate(
             max_tokens=MAX_OUTPUT_TOKENS,
             temperature=temp,
             stage=STAGE,
-            **constrained(llm, LABEL_GRAMMAR),
+            **constrained(llm, grammar),
             **seeded(llm, seed),
         )
         tries.raws.append(response.text)
@@ -343,7 +360,10 @@ async def explain(
         if _style(prompt).output:
             details["output_evidence"] = output_provenance(require_output(examples))
         if "grammar" in constrained(llm, LABEL_GRAMMAR):
-            details["output_grammar"] = "label"
+            quoted = label_grammar(examples)[1] if _style(prompt).max_examples else []
+            details["output_grammar"] = "label quoting a top token" if quoted else "label"
+            if quoted:
+                details["grammar_tokens"] = quoted
         out.append(
             Explanation(
                 source=examples.source,

@@ -21,6 +21,7 @@ from autointerp.explain import (
     explain,
     explain_baseline,
     explainer_messages,
+    label_grammar,
     parse_label,
 )
 from autointerp.prompts import PROMPTS_DIR, load_prompt
@@ -276,3 +277,23 @@ def test_the_label_grammar_holds_the_bundled_model_to_one_line_without_a_colon(l
     assert free.text.rstrip().endswith(":")
     line = held.text.removeprefix("Label: ")
     assert line and ":" not in line and "\n" not in line and len(line.split()) <= MAX_LABEL_WORDS
+
+
+def test_with_examples_the_label_must_quote_a_token_the_feature_fires_on():
+    grammar, tokens = label_grammar(animal_feature())
+    assert tokens and set(tokens) <= ANIMALS
+    assert f'top ::= "{tokens[0]}" | ' in grammar
+    taker = ScriptedLLMDouble(lambda call: 'Label: the word "dog" and farm animals', supports_grammar=True)
+    [exp] = asyncio.run(explain(animal_feature(), taker, prompt="pairs"))
+    assert taker.calls[0].kwargs["grammar"] == grammar
+    assert exp.details["output_grammar"] == "label quoting a top token" and exp.details["grammar_tokens"] == tokens
+
+
+def test_the_bundled_model_under_the_grounded_grammar_quotes_a_top_token(local_llm):
+    examples = animal_feature(n_train=5)
+    grammar, tokens = label_grammar(examples)
+    messages, _ = explainer_messages(examples, "pairs")
+    answer = asyncio.run(local_llm.chat(messages, max_tokens=80, grammar=grammar)).text
+    line = answer.removeprefix("Label: ")
+    assert any(f'"{tok}"' in line for tok in tokens), answer
+    assert "\n" not in line and ":" not in line and len(line.split()) <= MAX_LABEL_WORDS
