@@ -48,7 +48,9 @@ word ::= [^ \t\n\r<>$*`:]{1,24}
 """
 # With examples in the prompt, the label must also name, in quotes, one of the tokens that fire most often in the
 # train split (autointerp.evidence): the bundled model otherwise fills the line with stock phrases ("the result of
-# a function call to ...") while counting tokens (explain_baseline) names the word the feature fires on.
+# a function call to ...") while counting tokens (explain_baseline) names the word the feature fires on. Measured
+# with the bundled model (README, label quality, round 3): +0.16 embedding AUROC on the planted suite, near-duplicate
+# labels 13 -> 1 pairs on the demo's 20 features.
 _GROUNDED_GRAMMAR = """root ::= ("Label: ")? (word " "){{0,6}} "\\"" top "\\"" (" " word){{0,12}}
 top ::= {tokens}
 word ::= [^ \\t\\n\\r<>$*`:"]{{1,24}}
@@ -268,6 +270,7 @@ class _Attempts:
     usage: dict[str, int]
     shown: list[int]
     seeds: list[int | None]
+    quotable: list[str]  # the tokens the grammar let the label quote (none: no grammar for them)
 
 
 def _shown_text(examples: FeatureExamples, shown: list[int]) -> str:
@@ -284,8 +287,8 @@ async def _candidate(
     messages, shown = explainer_messages(examples, prompt, candidate, evidence)
     template_text = _template_text(load_prompt(_style(prompt).template))
     excerpts = _shown_text(examples, shown)
-    grammar = label_grammar(examples)[0] if _style(prompt).max_examples else LABEL_GRAMMAR
-    tries = _Attempts(None, [], [], {"prompt_tokens": 0, "completion_tokens": 0}, shown, [])
+    grammar, quotable = label_grammar(examples) if _style(prompt).max_examples else (LABEL_GRAMMAR, [])
+    tries = _Attempts(None, [], [], {"prompt_tokens": 0, "completion_tokens": 0}, shown, [], quotable)
     for attempt in range(1 + SAMPLED_RETRIES):
         temp = temperature if attempt == 0 else max(temperature, RETRY_TEMPERATURE)
         seed = attempt_seed(examples, candidate, attempt) if temp > 0 else None
@@ -360,10 +363,9 @@ async def explain(
         if _style(prompt).output:
             details["output_evidence"] = output_provenance(require_output(examples))
         if "grammar" in constrained(llm, LABEL_GRAMMAR):
-            quoted = label_grammar(examples)[1] if _style(prompt).max_examples else []
-            details["output_grammar"] = "label quoting a top token" if quoted else "label"
-            if quoted:
-                details["grammar_tokens"] = quoted
+            details["output_grammar"] = "label quoting a top token" if tries.quotable else "label"
+            if tries.quotable:
+                details["grammar_tokens"] = tries.quotable
         out.append(
             Explanation(
                 source=examples.source,
