@@ -287,6 +287,9 @@ def test_with_examples_the_label_must_quote_a_token_the_feature_fires_on():
     [exp] = asyncio.run(explain(animal_feature(), taker, prompt="pairs"))
     assert taker.calls[0].kwargs["grammar"] == grammar
     assert exp.details["output_grammar"] == "label quoting a top token" and exp.details["grammar_tokens"] == tokens
+    no_examples = ScriptedLLMDouble(lambda call: "Label: farm animals", supports_grammar=True)
+    [exp] = asyncio.run(explain(with_output(animal_feature()), no_examples, prompt="output"))
+    assert no_examples.calls[0].kwargs["grammar"] == LABEL_GRAMMAR and exp.details["output_grammar"] == "label"
 
 
 def test_the_bundled_model_under_the_grounded_grammar_quotes_a_top_token(local_llm):
