@@ -9,7 +9,7 @@ from handmade_examples import ANIMALS, animal_feature
 
 from autointerp.baseline import BaselineLabel, llm_vs_baseline, score_baseline
 from autointerp.evidence import token_evidence
-from autointerp.explain import LABEL_GRAMMAR, explain, explainer_messages
+from autointerp.explain import LABEL_GRAMMAR, explain, explainer_messages, label_grammar
 from autointerp.label_checks import near_duplicate_labels
 from autointerp.records import Example, Score
 
@@ -63,7 +63,8 @@ def test_evidence_is_in_the_prompt_only_when_asked_and_recorded_in_provenance():
 def test_the_label_grammar_goes_only_to_models_that_take_one():
     taker = ScriptedLLMDouble(lambda call: "Label: farm animals", supports_grammar=True)
     [exp] = asyncio.run(explain(animal_feature(), taker, prompt="pairs"))
-    assert taker.calls[0].kwargs["grammar"] == LABEL_GRAMMAR and exp.details["output_grammar"] == "label"
+    assert taker.calls[0].kwargs["grammar"] == label_grammar(animal_feature())[0]
+    assert exp.details["output_grammar"] == "label quoting a top token"
     other = ScriptedLLMDouble(lambda call: "Label: farm animals")
     [exp] = asyncio.run(explain(animal_feature(), other, prompt="pairs"))
     assert other.calls[0].kwargs["grammar"] is None and "output_grammar" not in exp.details

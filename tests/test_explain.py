@@ -21,6 +21,7 @@ from autointerp.explain import (
     explain,
     explain_baseline,
     explainer_messages,
+    label_grammar,
     parse_label,
 )
 from autointerp.prompts import PROMPTS_DIR, load_prompt
@@ -65,6 +66,28 @@ def test_parse_label_rejects(output):
     with pytest.raises(ExplanationParseError) as err:
         parse_label(output, TEMPLATE)
     assert err.value.raw == output
+
+
+def test_a_label_that_copies_the_prompts_example_is_refused_unless_the_excerpts_hold_it():
+    """The bundled model answers "a combination of the words "river" and other bodies" for features that have
+    nothing to do with water: four words in a row of the prompt's own example. The same words in the excerpts
+    shown are fair to quote."""
+    output = 'Label: a combination of the words "river" and other bodies'
+    with pytest.raises(ExplanationParseError, match=r'copies the prompt\'s wording \("river and other bodies"\)'):
+        parse_label(output, TEMPLATE)
+    with pytest.raises(ExplanationParseError, match="closing brackets in code"):
+        parse_label("Label: the closing brackets in code", TEMPLATE, excerpts="print(x) and f(y)")
+    excerpts = "The river and other bodies of water flooded."
+    assert parse_label(output, TEMPLATE, excerpts) == 'a combination of the words "river" and other bodies'
+    assert parse_label('Label: the word "river" in place names', TEMPLATE) == 'the word "river" in place names'
+
+
+def test_a_copied_answer_is_asked_again_and_why_is_recorded():
+    answers = iter(['Label: a mix of the word "river" and other bodies', "Label: animal names"])
+    llm = ScriptedLLMDouble(lambda call: next(answers), supports_seed=True)
+    [exp] = asyncio.run(explain(animal_feature(), llm))
+    assert exp.label == "animal names" and len(llm.calls) == 2
+    assert exp.details["attempt_errors"] == ["the label copies the prompt's wording (\"the word river and\"), not the excerpts"]
 
 
 def test_prompt_hash_is_sha256_of_the_file():
@@ -171,6 +194,7 @@ def test_output_that_never_parses_is_never_a_label():
         asyncio.run(explain(animal_feature(), llm))
     assert err.value.raw == [garbage] * (1 + SAMPLED_RETRIES)
     assert len(llm.calls) == 1 + SAMPLED_RETRIES
+    assert str(err.value).endswith("in 3 outputs (no `Label:` line in the explainer's output)")
 
 
 def test_k_candidates_are_distinct_and_sampled():
@@ -253,3 +277,26 @@ def test_the_label_grammar_holds_the_bundled_model_to_one_line_without_a_colon(l
     assert free.text.rstrip().endswith(":")
     line = held.text.removeprefix("Label: ")
     assert line and ":" not in line and "\n" not in line and len(line.split()) <= MAX_LABEL_WORDS
+
+
+def test_with_examples_the_label_must_quote_a_token_the_feature_fires_on():
+    grammar, tokens = label_grammar(animal_feature())
+    assert tokens and set(tokens) <= ANIMALS
+    assert f'top ::= "{tokens[0]}" | ' in grammar
+    taker = ScriptedLLMDouble(lambda call: 'Label: the word "dog" and farm animals', supports_grammar=True)
+    [exp] = asyncio.run(explain(animal_feature(), taker, prompt="pairs"))
+    assert taker.calls[0].kwargs["grammar"] == grammar
+    assert exp.details["output_grammar"] == "label quoting a top token" and exp.details["grammar_tokens"] == tokens
+    no_examples = ScriptedLLMDouble(lambda call: "Label: farm animals", supports_grammar=True)
+    [exp] = asyncio.run(explain(with_output(animal_feature()), no_examples, prompt="output"))
+    assert no_examples.calls[0].kwargs["grammar"] == LABEL_GRAMMAR and exp.details["output_grammar"] == "label"
+
+
+def test_the_bundled_model_under_the_grounded_grammar_quotes_a_top_token(local_llm):
+    examples = animal_feature(n_train=5)
+    grammar, tokens = label_grammar(examples)
+    messages, _ = explainer_messages(examples, "pairs")
+    answer = asyncio.run(local_llm.chat(messages, max_tokens=80, grammar=grammar)).text
+    line = answer.removeprefix("Label: ")
+    assert any(f'"{tok}"' in line for tok in tokens), answer
+    assert "\n" not in line and ":" not in line and len(line.split()) <= MAX_LABEL_WORDS
