@@ -10,6 +10,11 @@ LLM fixtures (the real bundled model, no network):
   Speed on 2 CPU cores: ~100 generated tokens/s, ~18/s with top_logprobs, ~50 ms per prompt token with
   echo logprobs: keep prompts and max_tokens small.
 
+Subject model:
+- `subject` (session): the bundled SmolLM2-135M as a `SubjectModel`, float32 on CPU, loaded once for every module
+  that runs, hooks or steers it. Tests must leave it as they found it (hooks removed, as `steering` and the
+  collectors do; weights never changed).
+
 Ray:
 - `ray_cluster` (session): one private local Ray cluster with two CPU slots (as on this machine), shared by the
   Ray tests (start-up costs seconds); yields the connected `ray` module.
@@ -45,6 +50,13 @@ def local_llm(tmp_path, local_llm_server):
     llm = make_llm("local", base_url=local_llm_server, store=Store(tmp_path / "llm.duckdb", create=True), run_id="test")
     yield llm
     asyncio.run(llm.aclose())
+
+
+@pytest.fixture(scope="session")
+def subject():
+    from autointerp.collect.models import load_subject_model  # torch: only for the sessions that need it
+
+    return load_subject_model("smollm2", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

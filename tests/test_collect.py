@@ -22,11 +22,6 @@ LAYER = 6
 SMALL = dict(layer=LAYER, dataset="stdlib-docs", tokens=256, context_len=32, batch_size=4, chunk_tokens=64)
 
 
-@pytest.fixture(scope="module")
-def subject():
-    return load_subject_model("smollm2", device="cpu", dtype="float32")
-
-
 def stored(store):
     con = store.con
     contexts = con.execute(

@@ -8,17 +8,11 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from autointerp.collect.models import load_subject_model
 from autointerp.directions import amplified, feature_directions, neutral_prompts, steering
 from autointerp.errors import AutointerpError
 from autointerp.store.activations import SourceInfo
 
 LAYER = 3
-
-
-@pytest.fixture(scope="module")
-def subject():
-    return load_subject_model("smollm2", device="cpu", dtype="float32")
 
 
 def source(kind="neurons", config=None, width=1536):

@@ -15,7 +15,6 @@ from test_sae import saelens_cfg, write_saelens
 from autointerp.cli import main as cli
 from autointerp.collect.collector import CollectConfig, collect
 from autointerp.config import JobConfig, SamplingConfig
-from autointerp.collect.models import load_subject_model
 from autointerp.directions import feature_directions
 from autointerp.errors import AutointerpError, NotFound
 from autointerp.exchange import export_labels
@@ -29,11 +28,6 @@ from autointerp.web import create_app
 
 LAYER = 3
 PROMPTS = ["The", "I think that", "She said that", "In the morning, we"]  # lengths 1, 3, 3, 5 tokens
-
-
-@pytest.fixture(scope="module")
-def subject():
-    return load_subject_model("smollm2", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +213,7 @@ def labelable_features(store, source, n=2):
 @pytest.fixture(scope="module")
 def labeled(collected, subject, local_llm_server, tmp_path_factory):
     """Output evidence with amplification for two features, then a label job with each output prompt on the
-    bundled model: (store path, source, features, {prompt: summary})."""
+    bundled model for the first of them: (store path, source, features, {prompt: summary})."""
     path, source = collected
     path = shutil.copy(path, tmp_path_factory.mktemp("labeled") / "store.duckdb")
     with Store(path) as store:
@@ -228,7 +222,7 @@ def labeled(collected, subject, local_llm_server, tmp_path_factory):
         compute_effects(store, source, features, model=subject, prompts=PROMPTS[:2], k=8)
         summaries = {}
         for prompt in ("output", "combined"):
-            job = JobConfig(source=source, features=",".join(map(str, features)), explainer="local", prompt=prompt,
+            job = JobConfig(source=source, features=str(features[0]), explainer="local", prompt=prompt,
                             scorers=("embedding",), sampling=SAMPLING, base_url=local_llm_server, concurrency=1)
             summaries[prompt] = run_label_job(store, job, progress=False)
     return path, source, features, summaries

@@ -8,11 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from autointerp.bench.planted_output import FAMILIES, PlantedOutputConfig, build_planted_source, output_examples
-from autointerp.collect.models import load_subject_model
 from autointerp.config import load_job_config
 from autointerp.errors import AutointerpError
 from autointerp.judgements import load_judgements, recompute
 from autointerp.pipeline import score_label
+from autointerp.ranking import MIN_N
 from autointerp.records import Explanation
 from autointerp.scoring import make_scorer
 from autointerp.scoring.output import OutputContext
@@ -22,17 +22,16 @@ from autointerp.store.activations import feature_stats
 from autointerp.web import create_app
 
 FAMILY_NAMES = ("months", "colours")
-OPTIONS = {"n_prompts": 10, "max_new_tokens": 8}
+OPTIONS = {"n_prompts": 10, "max_new_tokens": 8}  # the true label against a decoy: a comparison needs these prompts
+# the stored rows and the judge's calls are mechanics: short continuations and a coarse calibration show them;
+# a score that search may filter on needs MIN_N prompts, the judge's one call per prompt a few
+RANKABLE = {"n_prompts": MIN_N, "max_new_tokens": 6, "calibration_steps": 3}
+JUDGED = {"n_prompts": 4, "max_new_tokens": 6, "calibration_steps": 3}
 SAMPLING = dict(
     n_train_top=2, n_train_quantile=2, n_train_hard_negatives=0, n_quantiles=2, n_valid_positives=1,
     n_valid_random_negatives=1, n_valid_hard_negatives=0, n_test_positives=2, n_test_random_negatives=1,
     n_test_hard_negatives=0, min_active_contexts=4,
 )
-
-
-@pytest.fixture(scope="module")
-def subject():
-    return load_subject_model("smollm2", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_the_output_scorer_without_a_subject_model_or_judge_llm_is_one_clear_err
 def test_stored_rows_side_by_side_and_the_search_filter(planted):
     store, source, _ = planted
     job = load_job_config(
-        source=source.name, scorers=["output"], sampling=SAMPLING, scorer_options={"output": OPTIONS}
+        source=source.name, scorers=["output"], sampling=SAMPLING, scorer_options={"output": RANKABLE}
     )
     first = score_label(store, job, 1, label("colours"))
     months = score_label(store, job, 0, label("months"))
@@ -98,14 +97,14 @@ def test_stored_rows_side_by_side_and_the_search_filter(planted):
 
     with store.reading() as con:
         items = load_judgements(con, months.explanation_id, "output")
-        assert len(items) == 4 * OPTIONS["n_prompts"]
+        assert len(items) == 4 * RANKABLE["n_prompts"]
         assert recompute(con, months.explanation_id, "output", "delta_cosine").value == pytest.approx(value)
-        assert recompute(con, months.explanation_id, "output", "win_rate", "control").n == OPTIONS["n_prompts"]
+        assert recompute(con, months.explanation_id, "output", "win_rate", "control").n == RANKABLE["n_prompts"]
         hits = search(con, SearchIndex(), "", filters=SearchFilters(min_score=f"output:{value - 1e-6}")).hits
         assert [h.feature for h in hits if h.source == source.name] == sorted(
             f for f, s in ((0, value), (1, headline(first.scores).value)) if s >= value - 1e-6
         )
-        assert hits[0].output_score.metric == "delta_cosine" and hits[0].output_score.n == OPTIONS["n_prompts"]
+        assert hits[0].output_score.metric == "delta_cosine" and hits[0].output_score.n == RANKABLE["n_prompts"]
         assert search(con, SearchIndex(), "", filters=SearchFilters(min_score=f"output:{value + 1.0}")).hits == []
     store.close()
 
@@ -147,13 +146,13 @@ def test_the_llm_judge_is_asked_once_per_prompt_and_unanswerable_replies_are_cou
     """The bundled model as judge: it proves the plumbing (one call per prompt, recorded in the ledger under
     the output stage, answers parsed or counted as unparsed), not that it can judge."""
     _, source, max_act = planted
-    scorer = make_scorer("output", local_llm, OutputContext(source, subject), judge=True, **OPTIONS)
+    scorer = make_scorer("output", local_llm, OutputContext(source, subject), judge=True, **JUDGED)
     scores = asyncio.run(scorer.score(Explanation(source.name, 0, label("months")), output_examples(source.name, 0, max_act[0])))
     judged = headline(scores, metric="judge_accuracy")
-    assert judged.n + judged.details["n_unparsed"] == OPTIONS["n_prompts"]
+    assert judged.n + judged.details["n_unparsed"] == JUDGED["n_prompts"]
     assert judged.details["prompt_name"] == "output_judge.v1" and judged.scorer_model == local_llm.name
     assert judged.value is None or 0.0 <= judged.value <= 1.0
     assert judged.value is None or judged.ci_low <= judged.value <= judged.ci_high
     local_llm.ledger.flush()
     stages = [r[0] for r in Store(tmp_path / "llm.duckdb").con.execute("SELECT stage FROM llm_calls").fetchall()]
-    assert stages.count("output") == OPTIONS["n_prompts"]
+    assert stages.count("output") == JUDGED["n_prompts"]

@@ -17,7 +17,6 @@ import autointerp
 
 from autointerp.cli import main
 from autointerp.collect.collector import CollectConfig, collect
-from autointerp.collect.models import load_subject_model
 from autointerp.collect.ray_collect import collect_on_ray, store_shard
 from autointerp.errors import AutointerpError
 from autointerp.ray_cluster import require_ray
@@ -36,10 +35,9 @@ def cluster(ray_cluster):
 
 
 @pytest.fixture(scope="module")
-def in_process(tmp_path_factory):
+def in_process(tmp_path_factory, subject):
     """The reference: the same corpus collected in this process."""
     store = Store(tmp_path_factory.mktemp("ref") / "ref.duckdb", create=True)
-    subject = load_subject_model("smollm2", device="cpu", dtype="float32")
     collect(store, CollectConfig(**SMALL), subject=subject, progress=False)
     return tables(store)
 

@@ -62,9 +62,14 @@ def same(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_ray_labeling_through_the_cli_equals_the_in_process_job(ray_cluster, local_llm_server, tmp_path, capsys):
     """The bundled model at temperature 0 behind one llama.cpp server: the in-process job and `label --ray` on
-    two workers store the same labels, scores and judged items; a rerun on Ray calls nothing."""
+    two workers store the same labels, scores and judged items; a rerun on Ray calls nothing.
+
+    Opt-in (`-m slow`): it pays every call of the job twice on the bundled model. The default suite checks the
+    same on the fast provider below (test_a_worker_killed_mid_feature_is_retried_without_paying_twice: equal
+    catalogs in process and on Ray, then `label --ray` through the CLI answered from the ledger alone)."""
     here = synthetic_db(tmp_path / "here.duckdb")
     there = synthetic_db(tmp_path / "there.duckdb")
     summary = run_label_job(Store(here), tiny_job(base_url=local_llm_server), progress=False)
@@ -104,11 +109,11 @@ def fake_provider():
         yield f"{server.url}/v1", lambda: server.app.state.requests
 
 
-def test_a_worker_killed_mid_feature_is_retried_without_paying_twice(ray_cluster, fake_provider, tmp_path):
+def test_a_worker_killed_mid_feature_is_retried_without_paying_twice(ray_cluster, fake_provider, tmp_path, capsys):
     """One worker kills its own process as feature 1 enters its detection scoring (its explanation already
     answered): Ray restarts the worker and runs the feature again, whose explanation then comes from the answer
     book. The server answers exactly as many requests as for the in-process job, every feature is labeled once,
-    and the stored catalog equals the in-process one. Then a Ray job finds every answer it needs in the store."""
+    and the stored catalog equals the in-process one. Then `label --ray` finds every answer it needs in the store."""
     base_url, answered = fake_provider
     job = tiny_job(explainer="openai:fake", base_url=base_url, concurrency=1)
     here = synthetic_db(tmp_path / "here.duckdb")
@@ -137,13 +142,24 @@ def test_a_worker_killed_mid_feature_is_retried_without_paying_twice(ray_cluster
     assert rows(there, "SELECT max(n) FROM (SELECT count(*) n FROM llm_calls WHERE NOT cached GROUP BY cache_key)") == [(1,)]
     assert rows(there, "SELECT count(*) FROM llm_calls WHERE cached AND stage = 'explain'") == [(1,)]
 
-    # answers already in the store are the workers' too: another configuration asking the same requests
-    # (detection alone) labels every feature again from the ledger, the server asked nothing
+    # answers already in the store are the workers' too: `label --ray` under another configuration asking the
+    # same requests (detection alone) labels every feature again from the ledger, the server asked nothing
     paid = answered()
-    again = label_on_ray(Store(here), dataclasses.replace(ray_job, scorers=("detection",)), progress=False)
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(_toml(job))
+    argv = ["label", "--db", here, "--source", "synthetic", "--features", f"0-{DENSE}", "--scorers", "detection",
+            "--explainer", "openai:fake", "--base-url", base_url, "--concurrency", "1", "--config", str(job_file),
+            "--quiet", "--ray", "--ray-workers", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "run label-" in out and "too sparse" in out
     assert answered() == paid
-    assert {r.feature: r.label for r in again.with_status("done")} == {r.feature: r.label for r in reference.results if r.label}
-    assert again.usage.calls == again.usage.cached > 0
+    [(again,)] = rows(here, "SELECT run_id FROM runs WHERE run_id <> ? ORDER BY started_at DESC LIMIT 1", [reference.run_id])
+    assert dict(rows(here, "SELECT feature, label FROM explanations WHERE run_id = ?", [again])) == {
+        r.feature: r.label for r in reference.results if r.label
+    }
+    [(calls, cached)] = rows(here, "SELECT count(*), count(*) FILTER (WHERE cached) FROM llm_calls WHERE run_id = ?", [again])
+    assert calls == cached > 0
 
 
 def _free_port() -> int:

@@ -15,18 +15,12 @@ from safetensors.numpy import save_file
 from autointerp.collect.collector import CollectConfig, collect, iter_contexts
 from autointerp.collect.corpora import iter_documents
 from autointerp.collect.features import load_sae
-from autointerp.collect.models import load_subject_model
 from autointerp.errors import AutointerpError
 from autointerp.store import Store
 
 LAYER = 3
 D_SAE = 96
 K = 8
-
-
-@pytest.fixture(scope="module")
-def subject():
-    return load_subject_model("smollm2", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")

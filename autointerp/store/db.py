@@ -103,7 +103,8 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
     try:
         while True:
             try:
-                return duckdb.connect(str(path), read_only=read_only)
+                con = duckdb.connect(str(path), read_only=read_only)
+                break
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 # ConnectionException: this process has the file open with the other mode (the web
                 # catalog's shared reads, say); it closes it for a writer that waits at the gate
@@ -126,6 +127,41 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
     finally:
         if gate is not None:
             gate.close()
+    if not read_only:
+        _rebuild_indexes_after_replay(con, path)
+    return con
+
+
+def write_error(path: Path, exc: Exception) -> AutointerpError:
+    return AutointerpError(
+        f"cannot write to the store {path} ({exc}): free disk space or make the file writable, then run "
+        "the command again; everything written before this transaction is kept"
+    )
+
+
+def _rebuild_indexes_after_replay(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A writer that opened the file with a write-ahead log left behind (a killed process) has just replayed it:
+    rebuild the secondary (non-unique) indexes from the table rows. DuckDB 1.5.5 buffers the replayed entries of
+    such an index until a query happens to load it, and a checkpoint before that (this connection's close)
+    drops them: lookups like `scores WHERE explanation_id = ?` then miss stored rows (tests/test_killed_store.py).
+    One index build per unclean stop (2M scores and 0.5M ledger rows: ~6.5 s at load average 5). The drop and
+    the creation are two transactions (one aborts DuckDB 1.5.5); a kill between them leaves the index missing:
+    lookups slower, still right."""
+    wal = path.with_name(path.name + ".wal")
+    if not wal.exists() or wal.stat().st_size == 0:
+        return
+    indexes = con.execute(
+        "SELECT index_name, sql FROM duckdb_indexes() "
+        "WHERE database_name = current_database() AND NOT is_unique AND NOT is_primary"
+    ).fetchall()
+    try:
+        for name, sql in indexes:
+            con.execute(f'DROP INDEX "{name}"')
+            con.execute(sql)
+    except duckdb.Error as exc:  # a full disk, say: nothing stored is lost, the next writer tries again
+        with contextlib.suppress(duckdb.Error):
+            con.close()
+        raise write_error(path, exc) from None
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -231,7 +267,7 @@ class Store:
             except duckdb.IOException as exc:
                 _rollback(con)
                 failed = True
-                raise self._write_error(exc) from None
+                raise write_error(self.path, exc) from None
             except BaseException:
                 _rollback(con)
                 failed = True
@@ -241,7 +277,7 @@ class Store:
             except duckdb.Error as exc:  # a full disk, a file made read-only: this transaction is lost, no more
                 _rollback(con)
                 failed = True
-                raise self._write_error(exc) from None
+                raise write_error(self.path, exc) from None
         finally:
             if own:
                 con.close()
@@ -249,12 +285,6 @@ class Store:
                 for path in (self.path, self.path.with_name(self.path.name + ".wal")):
                     path.unlink(missing_ok=True)
                 self._created = False
-
-    def _write_error(self, exc: Exception) -> AutointerpError:
-        return AutointerpError(
-            f"cannot write to the store {self.path} ({exc}): free disk space or make the file writable, then run "
-            "the command again; everything written before this transaction is kept"
-        )
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
