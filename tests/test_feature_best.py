@@ -147,7 +147,9 @@ def test_bulk_loads_keep_it_current(store):
     assert_current(store.con)
 
 
-def test_an_old_store_is_filled_when_upgraded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("read_only", [False, True], ids=["writer", "reader"])
+def test_an_old_store_is_filled_when_upgraded(tmp_path, monkeypatch, read_only):
+    """A reader first (`autointerp search` on a store an older version wrote) upgrades it too."""
     path = tmp_path / "old.duckdb"
     before = [m for m in migrations.MIGRATIONS if m[0] < "m180"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
@@ -162,8 +164,9 @@ def test_an_old_store_is_filled_when_upgraded(tmp_path, monkeypatch):
     con.execute("INSERT INTO reviews (explanation_id, verdict) VALUES (4, 'reject')")
     con.close()
     monkeypatch.undo()
-    with Store(path) as store:
+    with Store(path, read_only=read_only) as store:
         assert [r[2] for r in store.con.execute("SELECT * FROM feature_best ORDER BY feature").fetchall()] == [1, 3, 4]
+        assert [label.label for label in catalog.best_labels(store.con)] == ["a", "c", "d"]
         assert_current(store.con)
 
 

@@ -196,6 +196,14 @@ def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY applied_at, name").fetchall()]
 
 
+def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    try:
+        done = set(applied_migrations(con))
+    except duckdb.CatalogException:  # not written by autointerp, or before its first migration
+        done = set()
+    return [name for name, _ in MIGRATIONS if name not in done]
+
+
 class Store:
     """A handle on one store file. Cheap to create; connections are opened on demand.
 
@@ -208,6 +216,7 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._upgraded = False
         self._created = self.path.exists()
         if not self._created and (read_only or not create):
             raise StoreNotFound(self.path)
@@ -230,8 +239,20 @@ class Store:
         if self._con is None:
             if not self._created:
                 self._migrate()
-            self._con = connect(self.path, read_only=self.read_only)
+            self._con = self._open_reader() if self.read_only else connect(self.path)
         return self._con
+
+    def _open_reader(self) -> duckdb.DuckDBPyConnection:
+        """A read-only connection to a store whose schema is current: a store written by an older version
+        is upgraded first (a short writable open), so a reader never meets a table that is not there yet."""
+        con = connect(self.path, read_only=True)
+        if self._upgraded or not pending_migrations(con):
+            self._upgraded = True
+            return con
+        con.close()
+        self._migrate()
+        self._upgraded = True
+        return connect(self.path, read_only=True)
 
     def close(self) -> None:
         if self._con is not None:
@@ -294,7 +315,7 @@ class Store:
             return
         if not self._created:
             self._migrate()
-        con = connect(self.path, read_only=True)
+        con = self._open_reader()
         try:
             yield con
         finally:
