@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -185,14 +187,39 @@ def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: Path) -> dict:
-    path = folder / f"labels-{n}.duckdb"
+def write_store(path: Path, n: int, words, word_vectors, query_vectors) -> tuple[np.ndarray, float]:
+    """Write the benchmark's store of n labels (and the activation source); (exact top 10 per query, seconds)."""
     store = Store(path, create=True)
     start = time.perf_counter()
     exact = write_labels(store, n, words, word_vectors, query_vectors, seed=n)
     write_activation_source(store, words, seed=1)
     store.close()
-    row: dict = {"size": n, "write_s": time.perf_counter() - start}
+    return exact, time.perf_counter() - start
+
+
+def kept_store(stores: Path, n: int, words, word_vectors, query_vectors) -> tuple[Path, np.ndarray, float]:
+    """A store written once into `stores` and reused by later runs (writing 5M labels takes many minutes):
+    (its path, exact top 10 per query, the seconds its writing took)."""
+    path = stores / f"labels-{n}.duckdb"
+    meta = stores / f"labels-{n}.json"
+    if not meta.exists():
+        path.unlink(missing_ok=True)
+        exact, seconds = write_store(path, n, words, word_vectors, query_vectors)
+        np.save(stores / f"labels-{n}.exact.npy", exact)
+        meta.write_text(json.dumps({"write_s": seconds}))
+    return path, np.load(stores / f"labels-{n}.exact.npy"), json.loads(meta.read_text())["write_s"]
+
+
+def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: Path, stores: Path | None = None) -> dict:
+    path = folder / f"labels-{n}.duckdb"
+    if stores is None:
+        exact, write_s = write_store(path, n, words, word_vectors, query_vectors)
+    else:
+        kept, exact, write_s = kept_store(stores, n, words, word_vectors, query_vectors)
+        for suffix in ("", ".wal"):  # the run adds and deletes labels: the kept store stays as written
+            if kept.with_name(kept.name + suffix).exists():
+                shutil.copyfile(kept.with_name(kept.name + suffix), path.with_name(path.name + suffix))
+    row: dict = {"size": n, "write_s": write_s}
     store_files = (path, path.with_name(path.name + ".wal"))
     row["store_bytes"] = sum(p.stat().st_size for p in store_files if p.exists())
     with Store(path, read_only=True) as reader:
@@ -295,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--stores", type=Path, help="keep each size's written store in this folder and reuse it "
+                        "in later runs (the run works on a copy)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
@@ -306,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="autointerp-bench-search-") as folder:
         for n in sizes:
-            row = bench_size(n, words, word_vectors, query_texts, query_vectors, Path(folder))
+            row = bench_size(n, words, word_vectors, query_texts, query_vectors, Path(folder), args.stores)
             rows.append(row)
             print(
                 f"{n:>9} labels  write {row['write_s']:6.1f}s  index build {row['build_s']:6.2f}s  "

@@ -407,11 +407,11 @@ def label_vector_batches(
     con: duckdb.DuckDBPyConnection, model: str, batch_rows: int, *, after: int = -1, ids: Sequence[int] | None = None
 ):
     """Arrow record batches of (explanation_id, vector) of the labels embedded with `model`: those with a
-    higher id than `after`, or only those of `ids`."""
+    higher id than `after` (in no particular order: sorting every vector of a large catalog would hold them
+    all in memory at once), or only those of `ids`."""
     if ids is None:
         return con.execute(
-            "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? AND explanation_id > ? "
-            "ORDER BY explanation_id",
+            "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? AND explanation_id > ?",
             [model, after],
         ).to_arrow_reader(batch_rows)
     return con.execute(
