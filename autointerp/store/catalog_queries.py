@@ -744,3 +744,14 @@ def bulk_insert_labels(con: duckdb.DuckDBPyConnection, source_id: int, table, mo
         )
     finally:
         con.unregister("_bulk_labels")
+
+
+def fts_stopwords(fts: duckdb.DuckDBPyConnection) -> list[str]:
+    """The stopword list the fts index drops (after `build_fts_index`)."""
+    return [r[0] for r in fts.execute(f"SELECT sw FROM fts_main_{FTS_TABLE}.stopwords").fetchall()]
+
+
+def limit_memory(con: duckdb.DuckDBPyConnection, gigabytes: float) -> None:
+    """Cap the database's buffer pool (DuckDB keeps the blocks a scan read until it reaches its limit, by
+    default 80% of the machine's memory)."""
+    con.execute(f"SET memory_limit = '{float(gigabytes)}GB'")
