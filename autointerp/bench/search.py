@@ -285,7 +285,11 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
         start = time.perf_counter()
         SearchIndex().open(con)
         row["open_s"] = time.perf_counter() - start  # what a new process pays instead of a rebuild
+        progress(n, build_s=row["build_s"], disk_mb=row["disk_mb"], peak_mb=row["rss_mb"], open_s=row["open_s"],
+                 built_gib={k: v / 2**30 for k, v in row["built_memory"].items()})
         row["opened"] = opened_memory(path, query_texts)
+        progress(n, opened={k: v if k == "open_s" else {m: b / 2**30 for m, b in v.items()} if isinstance(v, dict)
+                            else v / 2**30 for k, v in row["opened"].items()})
         for text in query_texts[:3]:
             search(con, index, text)  # warm-up
 
@@ -297,6 +301,7 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
 
         for mode in ("keyword", "semantic", "hybrid"):
             row[mode] = timed(mode)
+            progress(n, **{mode: row[mode]})
         broad = SearchFilters(min_score="detection:0.9", source="bench-labels")  # ~10% of labels
         selective = SearchFilters(min_score="detection:0.995", source="bench-labels")  # ~0.5%: exact path
         for name, filters in (("broad", broad), ("selective", selective)):
@@ -307,6 +312,7 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
         row["semantic_filtered"] = timed("semantic", broad)
         row["keyword_filtered"] = timed("keyword", broad)
         row["hybrid_selective"] = timed("hybrid", selective)
+        progress(n, **{k: row[k] for k in ("hybrid_filtered", "semantic_filtered", "keyword_filtered", "hybrid_selective")})
         # an empty query lists each feature's best label: the ranking rule runs over every label
         offsets = np.random.default_rng(n).integers(0, max(n - 20, 1), 10).tolist()
         row["listing"] = percentiles(time_calls(lambda o: search(con, index, "", limit=20, offset=o), offsets))
@@ -319,10 +325,18 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
         row["recall10"] = float(np.mean([
             len({h.feature for h in hs} & set(top.tolist())) / 10 for hs, top in zip(hits, exact)
         ]))
+    progress(n, recall10=row["recall10"])
     row.update(update_times(path, index, words, word_vectors))
+    progress(n, **{k: v for k, v in row.items() if k.startswith(("update_", "delete_"))})
     row["page"] = feature_page_times(path)
     path.unlink(missing_ok=True)
     return row
+
+
+def progress(n: int, **figures) -> None:
+    """Figures as soon as they are measured (a long run stopped early still leaves them)."""
+    print(f"  [{n} labels, load average {os.getloadavg()[0]:.1f}] "
+          + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()), flush=True)
 
 
 def update_times(path: Path, index: SearchIndex, words, word_vectors) -> dict:
