@@ -248,8 +248,13 @@ class SearchIndex:
         """Build both indexes from a snapshot of the store (no store access) and save them beside it."""
         start = time.perf_counter()
         with self._updating:
-            keyword = KeywordIndex.build(snapshot.labels)
-            vectors = VectorIndex.build_from_rows(EMBEDDING_DIM, *snapshot.vectors, staged=snapshot.staged)
+            try:
+                keyword = KeywordIndex.build(snapshot.labels)
+                vectors = VectorIndex.build_from_rows(EMBEDDING_DIM, *snapshot.vectors, staged=snapshot.staged)
+            except BaseException:
+                if snapshot.staged is not None:
+                    snapshot.staged.unlink(missing_ok=True)
+                raise
             with self._lock.write():
                 self._keyword, self._vectors = keyword, vectors
                 self._source_of = np.zeros(1, dtype=np.int32)
