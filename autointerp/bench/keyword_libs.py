@@ -16,6 +16,7 @@ and how often its top 10 equals ours (ids, and scores up to ln 10).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import shutil
@@ -178,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="autointerp-bench-keyword-") as tmp:
         for key in args.engines.split(","):
+            if key.startswith("tantivy") and importlib.util.find_spec("tantivy") is None:
+                print(f"{key}: not installed (pip install tantivy; measured with 0.27.0)")
+                continue
             engine = engines[key]()
             folder = Path(tmp) / key
             folder.mkdir()
