@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: vectors as a memory-mapped float16 file beside the fast-scan codes
 EDGE = 1 << 20
 SAMPLES, SAMPLE = 64, 1 << 16
 
@@ -38,8 +38,8 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def write(folder: Path, manifest: dict, writers: dict[str, Callable[[Path], None]]) -> None:
-    """Write one generation: each writer writes its file; then point the manifest at it."""
+def write(folder: Path, manifest: dict, writers: dict[str, Callable[[Path], None]]) -> Path:
+    """Write one generation: each writer writes its file; then point the manifest at it. Returns its folder."""
     folder.mkdir(parents=True, exist_ok=True)
     generation = f"gen-{time.time_ns()}-{os.getpid()}"
     target = folder / generation
@@ -58,6 +58,7 @@ def write(folder: Path, manifest: dict, writers: dict[str, Callable[[Path], None
     for old in folder.glob("gen-*"):
         if old.name != generation:
             shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def read(folder: Path) -> tuple[dict, dict[str, Path]] | None:

@@ -23,6 +23,7 @@ from autointerp.store import catalog_queries as q
 
 BM25_K1, BM25_B = 1.2, 0.75
 MERGE_MIN = 50_000  # delta postings merged into the base when there are this many and more than 10% of the base
+BUILD_CHUNK = 500_000  # labels tokenized at a time by a build (each through its own in-memory fts index)
 ARRAYS = ("lengths", "indptr", "rows", "tf", "delta_cols", "delta_rows", "delta_tf")
 
 
@@ -93,12 +94,14 @@ class KeywordIndex:
     @classmethod
     def build(cls, labels) -> KeywordIndex:
         index = cls()
-        index.add(tokenize(labels))
+        for start in range(0, labels.num_rows, BUILD_CHUNK):  # a term's statistics do not depend on the batch
+            index.add(tokenize(labels.slice(start, BUILD_CHUNK)), merge=False)
         index.merge()
         return index
 
-    def add(self, postings: Postings) -> int:
-        """Index new labels (a label already indexed is replaced). Returns how many."""
+    def add(self, postings: Postings, merge: bool = True) -> int:
+        """Index new labels (a label already indexed is replaced). Returns how many. `merge`: fold the delta
+        into the base when it has grown (a build merges once, at the end)."""
         if not len(postings.ids):
             return 0
         self.remove(postings.ids)
@@ -115,7 +118,7 @@ class KeywordIndex:
         self.delta_rows = np.concatenate([self.delta_rows, (postings.pair_rows + first).astype(np.int32)])
         self.delta_tf = np.concatenate([self.delta_tf, postings.pair_tf])
         self.total_length += int(postings.lengths.sum())
-        if len(self.delta_rows) >= max(MERGE_MIN, len(self.rows) // 10):
+        if merge and len(self.delta_rows) >= max(MERGE_MIN, len(self.rows) // 10):
             self.merge()
         return len(postings.ids)
 

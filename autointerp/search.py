@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,7 @@ from autointerp.keyword_index import KeywordIndex, Postings, QueryTokenizer, tok
 from autointerp.rwlock import ReadWriteLock
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import get_source, list_sources
-from autointerp.vector_index import VectorIndex
+from autointerp.vector_index import VectorIndex, unit_rows, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,10 @@ class StoreSnapshot:
 
     version: tuple[int, ...]
     labels: Any  # pyarrow table of label texts
-    vectors: tuple[np.ndarray, np.ndarray]  # explanation ids, [n, dim] float32
+    vectors: tuple[np.ndarray, np.ndarray]  # explanation ids, [n, dim] unit float16 rows (in memory or mapped)
     folder: Path | None  # where the index files go
     read_seconds: float
+    staged: Path | None = None  # the file the rows map, in `folder`, until the build's save moves it in
 
 
 class SearchIndex:
@@ -225,19 +227,34 @@ class SearchIndex:
         """What a build needs from the store, read in one snapshot. A caller that holds the store only for
         this read (the index keeper, the rebuild command) lets writers in again before the slow part."""
         start = time.perf_counter()
+        folder = index_folder(con) if self.persist else None
+        staged = _staging_file(folder)
         with _snapshot(con) as cur:
             version = self._version(cur)
             labels = q.label_texts(cur)
-            vectors = _concat(list(_vector_batches(cur, self.embedding_model)))
-        folder = index_folder(con) if self.persist else None
-        return StoreSnapshot(version, labels, vectors, folder, time.perf_counter() - start)
+            batches = _vector_batches(cur, self.embedding_model)
+            if staged is None:
+                ids, vectors = _concat(list(batches))
+                vectors = (ids, unit_rows(vectors))
+            else:  # streamed to a file, a batch at a time: the build's memory does not grow with the labels
+                try:
+                    vectors = write_rows(staged, batches, EMBEDDING_DIM)
+                except BaseException:
+                    staged.unlink(missing_ok=True)
+                    raise
+        return StoreSnapshot(version, labels, vectors, folder, time.perf_counter() - start, staged)
 
     def build_from(self, snapshot: StoreSnapshot) -> float:
         """Build both indexes from a snapshot of the store (no store access) and save them beside it."""
         start = time.perf_counter()
         with self._updating:
-            keyword = KeywordIndex.build(snapshot.labels)
-            vectors = VectorIndex.build(EMBEDDING_DIM, *snapshot.vectors)
+            try:
+                keyword = KeywordIndex.build(snapshot.labels)
+                vectors = VectorIndex.build_from_rows(EMBEDDING_DIM, *snapshot.vectors, staged=snapshot.staged)
+            except BaseException:
+                if snapshot.staged is not None:
+                    snapshot.staged.unlink(missing_ok=True)
+                raise
             with self._lock.write():
                 self._keyword, self._vectors = keyword, vectors
                 self._source_of = np.zeros(1, dtype=np.int32)
@@ -249,6 +266,7 @@ class SearchIndex:
                 self.version = self.seen_version = snapshot.version
             self._unsaved = 0
             self._save_to(snapshot.folder)
+            vectors.discard_staged()  # a save that failed left it: the mapping stays valid
         self.build_seconds = snapshot.read_seconds + time.perf_counter() - start
         self.built_at = self.synced_at = time.time()
         return self.build_seconds
@@ -357,13 +375,18 @@ class SearchIndex:
             return
         try:
             with self._lock.read():
-                index_files.write(folder, self._manifest(), {
+                writers = {
                     "keyword.npz": self._keyword.save,
-                    "vectors.faiss": self._vectors.save,
+                    "vectors.f16": self._vectors.save_vectors,
                     "vectors.npz": self._vectors.save_rows,
                     "features.npz": lambda path: _save_arrays(path, source_of=self._source_of,
                                                              feature_of=self._feature_of),
-                })
+                }
+                if not self._vectors.exact:
+                    writers["vectors.faiss"] = self._vectors.save_codes
+                generation = index_files.write(folder, self._manifest(), writers)
+            with self._lock.write():  # the rows added since the last save are now in the file
+                self._vectors.reopen(generation / "vectors.f16")
             self._unsaved = 0
         except OSError as exc:
             log.warning("search index kept in memory only: cannot write %s (%s)", folder, exc)
@@ -382,7 +405,8 @@ class SearchIndex:
             if manifest["embedding_model"] != self.embedding_model or manifest["dim"] != EMBEDDING_DIM:
                 return False
             keyword = KeywordIndex.load(files["keyword.npz"])
-            vectors = VectorIndex.load(files["vectors.faiss"], files["vectors.npz"], EMBEDDING_DIM)
+            vectors = VectorIndex.load(files.get("vectors.faiss"), files["vectors.f16"], files["vectors.npz"],
+                                       EMBEDDING_DIM)
             with np.load(files["features.npz"], allow_pickle=False) as data:
                 source_of, feature_of = data["source_of"], data["feature_of"]
         except Exception as exc:  # damaged files of any kind: the store rebuilds them
@@ -540,6 +564,21 @@ def _difference(indexed: np.ndarray, stored: np.ndarray, incoming: np.ndarray) -
     removed = np.setdiff1d(indexed, stored, assume_unique=True)
     missing = np.setdiff1d(stored, np.union1d(indexed, incoming), assume_unique=True)
     return removed, missing
+
+
+def _staging_file(folder: Path | None) -> Path | None:
+    """A new file in the index folder for a build's vectors; None (the build holds them in memory) when there
+    is no folder or it cannot be written."""
+    if folder is None:
+        return None
+    path = folder / f"staging-{time.time_ns()}-{os.getpid()}.f16"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        log.warning("search index built in memory: cannot write %s (%s)", folder, exc)
+        return None
+    return path
 
 
 def _save_arrays(path: Path, **arrays: np.ndarray) -> None:

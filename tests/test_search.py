@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,7 +313,7 @@ def test_index_files_beside_the_store_are_reused_and_rebuilt_when_damaged(tmp_pa
         assert opened.loaded_from == folder and opened.n_labels == 15
         assert labels(search(store.con, opened, "harpsichord", mode="keyword")) == ["harpsichord recitals"]
         manifest = json.loads((folder / "manifest.json").read_text())
-        graph = folder / manifest["generation"] / "vectors.faiss"
+        graph = folder / manifest["generation"] / "vectors.f16"
         graph.write_bytes(b"not an index" + graph.read_bytes()[12:])
         damaged = SearchIndex()
         damaged.open(store.con)
@@ -405,3 +406,77 @@ def test_keyword_updates_score_as_a_fresh_build_would(con):
             a_ids, a_scores = grown.scores(terms)
             b_ids, b_scores = fresh.scores(terms)
             assert len(b_ids) and dict(zip(a_ids.tolist(), a_scores.tolist())) == pytest.approx(dict(zip(b_ids.tolist(), b_scores.tolist())))
+
+
+def test_vectors_are_memory_mapped_from_the_index_files_and_saves_fold_in_new_rows(tmp_path):
+    """A build streams the vectors into the generation's file (no staging file left) and maps it; rows added
+    by an update sit in memory until the next save writes them to the file, which is then mapped instead."""
+    db = catalog_copy(tmp_path)
+    folder = db.with_name(db.name + ".search")
+    with Store(db) as store:
+        index = SearchIndex()
+        index.build(store.con)
+        vectors = index._vectors
+        assert isinstance(vectors.base, np.memmap) and len(vectors.delta) == 0
+        assert Path(vectors.base.filename).parent == index_generation(folder)
+        assert not list(folder.glob("staging-*"))
+        new = write(store, SOURCE_B, 1, "harpsichord recitals")
+        index.update(store.con)
+        assert len(vectors.delta) == 1 and len(vectors.base) == 14
+        assert search(store.con, index, "baroque keyboard concert", mode="semantic", limit=1).hits[0].explanation_id == new
+        index._save(store.con)
+        assert len(vectors.delta) == 0 and len(vectors.base) == 15
+        assert Path(vectors.base.filename).parent == index_generation(folder)
+        opened = SearchIndex()
+        assert opened.load_files(store.con) and isinstance(opened._vectors.base, np.memmap)
+        assert search(store.con, opened, "baroque keyboard concert", mode="semantic", limit=1).hits[0].explanation_id == new
+
+
+def index_generation(folder):
+    return folder / json.loads((folder / "manifest.json").read_text())["generation"]
+
+
+def test_quantized_index_saved_and_loaded_answers_as_before(tmp_path, monkeypatch):
+    """Codes, mapped vectors and the rows added after the build survive a save and a load unchanged."""
+    monkeypatch.setattr(vector_index, "PQ_MIN", 1000)
+    monkeypatch.setattr(vector_index, "TRAIN_SAMPLE", 3000)
+    monkeypatch.setattr(vector_index, "CHUNK", 700)  # several chunks on build, search and save
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3200, EMBEDDING_DIM)).astype(np.float32)
+    batches = [(np.arange(a, a + 500) + 1, vectors[a : a + 500]) for a in range(0, 3000, 500)]
+    ids, rows = vector_index.write_rows(tmp_path / "staged.f16", iter(batches), EMBEDDING_DIM)
+    built = VectorIndex.build_from_rows(EMBEDDING_DIM, ids, rows, staged=tmp_path / "staged.f16")
+    built.add(np.arange(3001, 3201), vectors[3000:])
+    built.remove(np.array([5, 3100]))
+    assert not built.exact and len(built.delta) == 200
+    for name, save in (("codes", built.save_codes), ("vectors", built.save_vectors), ("rows", built.save_rows)):
+        save(tmp_path / name)
+    assert (tmp_path / "staged.f16").exists()  # rows added after the build: written, not moved
+    loaded = VectorIndex.load(tmp_path / "codes", tmp_path / "vectors", tmp_path / "rows", EMBEDDING_DIM)
+    assert len(loaded) == 3198 and len(loaded.delta) == 0
+    for query in vectors[[0, 3150, 17]]:
+        for allowed in (None, np.arange(2900, 3201)):
+            a_ids, a_sims, _ = built.search(query, 10, allowed)
+            b_ids, b_sims, _ = loaded.search(query, 10, allowed)
+            assert a_ids.tolist() == b_ids.tolist() and np.array_equal(a_sims, b_sims)
+            assert 5 not in a_ids and 3100 not in a_ids
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    top = loaded.search(vectors[3150], 1)
+    assert top[0].tolist() == [3151] and abs(top[1][0] - 1.0) < 1e-3 and np.allclose(
+        loaded.vectors(np.array([3150])).astype(np.float32), unit[3150], atol=1e-3)
+    with pytest.raises(ValueError, match="bytes"):
+        VectorIndex.load(tmp_path / "codes", tmp_path / "staged.f16", tmp_path / "rows", EMBEDDING_DIM)
+
+
+def test_keyword_build_in_chunks_scores_as_one_batch(con, monkeypatch):
+    from autointerp import keyword_index
+
+    texts = q.label_texts(con)
+    whole = keyword_index.KeywordIndex.build(texts)
+    monkeypatch.setattr(keyword_index, "BUILD_CHUNK", 3)
+    chunked = keyword_index.KeywordIndex.build(texts)
+    for terms in (["dog"], ["code", "loop"], ["kettl", "teapot", "market"]):
+        a_ids, a_scores = chunked.scores(terms)
+        b_ids, b_scores = whole.scores(terms)
+        assert len(b_ids) and dict(zip(a_ids.tolist(), a_scores.tolist())) == pytest.approx(
+            dict(zip(b_ids.tolist(), b_scores.tolist())))

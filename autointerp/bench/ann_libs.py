@@ -151,7 +151,9 @@ class FaissPQ:
         self.index.remove(keys.astype(np.int64))
 
     def save(self, path):
-        self.index.save(path)
+        self.index.save_codes(path)
+        self.index.save_vectors(path.with_name(path.name + ".vectors"))
+        self.index.save_rows(path.with_name(path.name + ".rows"))
 
 
 LIBS = {"usearch": Usearch, "faiss": Faiss, "hnswlib": Hnswlib, "faiss-pq": FaissPQ}
@@ -210,7 +212,7 @@ def measure(lib, vectors, queries, folder: Path) -> dict:
         row["remove1k_s"] = f"no ({type(exc).__name__})"
     path = folder / f"{lib.name}.index"
     lib.save(path)
-    row["disk_mb"] = path.stat().st_size / 2**20
+    row["disk_mb"] = sum(p.stat().st_size for p in folder.glob(path.name + "*")) / 2**20
     return row
 
 

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import resource
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +48,7 @@ PAGE_SOURCE = "bench-activations"
 PAGE_FEATURES = 300
 PAGE_CONTEXTS = 2000
 PAGE_CONTEXT_LEN = 64
+DUCKDB_GB = 4  # the reading connection's buffer pool: reading every label would otherwise keep ~2 GB per 1M
 
 
 def vocabulary() -> list[str]:
@@ -69,18 +74,23 @@ def make_queries(rng: np.random.Generator, words: list[str], n: int) -> list[str
 
 def synthetic_labels(rng: np.random.Generator, m: int, words: list[str], word_vectors: np.ndarray):
     """m synthetic (label texts, unit vectors [m, 384])."""
-    picks = zipf_choice(rng, len(words), (m, 4))
-    template = rng.integers(0, len(TEMPLATES), m)
-    n_words = np.array([t.count("{") for t in TEMPLATES])[template]
-    mask = np.arange(4)[None, :] < n_words[:, None]
+    labels, picks, mask = synthetic_texts(rng, m, words)
     vectors = (word_vectors[picks] * mask[:, :, None]).sum(axis=1)
     vectors += NOISE * rng.standard_normal(vectors.shape).astype(np.float32) / np.sqrt(EMBEDDING_DIM)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return labels, vectors.astype(np.float32)
+
+
+def synthetic_texts(rng: np.random.Generator, m: int, words: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """m synthetic label texts, with the words each used ([m, 4] indices into `words`, and which of the 4 count)."""
+    picks = zipf_choice(rng, len(words), (m, 4))
+    template = rng.integers(0, len(TEMPLATES), m)
+    n_words = np.array([t.count("{") for t in TEMPLATES])[template]
     labels = [
         TEMPLATES[t].format(a=words[p[0]], b=words[p[1]], c=words[p[2]], d=words[p[3]])
         for t, p in zip(template, picks)
     ]
-    return labels, vectors.astype(np.float32)
+    return labels, picks, np.arange(4)[None, :] < n_words[:, None]
 
 
 def label_table(features: np.ndarray, labels: list[str], vectors: np.ndarray, rng: np.random.Generator) -> pa.Table:
@@ -167,6 +177,40 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def memory() -> dict[str, int]:
+    """This process's resident memory now, in bytes: all of it, anonymous (heap: what the process holds) and
+    file-backed (mapped index pages the kernel may drop and read again)."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "VmHWM:": "peak"}
+    with open("/proc/self/status") as f:
+        return {fields[p[0]]: int(p[1]) * 1024 for p in (line.split() for line in f) if p and p[0] in fields}
+
+
+def opened_memory(path: Path, queries: list[str]) -> dict:
+    """Resident memory of a new process that opens the store and its index files, as a server does: after
+    opening, then after the queries in every mode (run in a subprocess, its figures printed as JSON)."""
+    code = ("import json, sys; from pathlib import Path; from autointerp.bench.search import _open_and_search; "
+            "print(json.dumps(_open_and_search(Path(sys.argv[1]), json.loads(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(queries)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _open_and_search(path: Path, queries: list[str]) -> dict:
+    embed_texts(["warm up"])  # the query encoder, loaded before the first figure (a server loads it too)
+    before = memory()
+    with Store(path, read_only=True) as reader:
+        start = time.perf_counter()
+        index = SearchIndex()
+        index.open(reader.con)
+        out = {"open_s": time.perf_counter() - start, "before": before, "opened": memory()}
+        for mode in ("keyword", "semantic", "hybrid"):
+            for text in queries:
+                search(reader.con, index, text, mode=mode)
+        out["searched"] = memory()
+    out["peak_rss"] = memory()["peak"]  # not ru_maxrss: a child started by fork and exec inherits the parent's
+    return out
+
+
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     ms = np.asarray(seconds) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
@@ -181,31 +225,71 @@ def time_calls(fn, items) -> list[float]:
     return out
 
 
+def gib(memory: dict[str, int]) -> str:
+    return f"{memory['anon'] / 2**30:.2f} + {memory['file'] / 2**30:.2f}"
+
+
 def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: Path) -> dict:
-    path = folder / f"labels-{n}.duckdb"
+def write_store(path: Path, n: int, words, word_vectors, query_vectors) -> tuple[np.ndarray, float]:
+    """Write the benchmark's store of n labels (and the activation source); (exact top 10 per query, seconds)."""
     store = Store(path, create=True)
     start = time.perf_counter()
     exact = write_labels(store, n, words, word_vectors, query_vectors, seed=n)
     write_activation_source(store, words, seed=1)
     store.close()
-    row: dict = {"size": n, "write_s": time.perf_counter() - start}
+    return exact, time.perf_counter() - start
+
+
+def kept_store(stores: Path, n: int, words, word_vectors, query_vectors) -> tuple[Path, np.ndarray, float]:
+    """A store written once into `stores` and reused by later runs (writing 5M labels takes many minutes):
+    (its path, exact top 10 per query, the seconds its writing took)."""
+    path = stores / f"labels-{n}.duckdb"
+    meta = stores / f"labels-{n}.json"
+    if not meta.exists():
+        path.unlink(missing_ok=True)
+        exact, seconds = write_store(path, n, words, word_vectors, query_vectors)
+        np.save(stores / f"labels-{n}.exact.npy", exact)
+        meta.write_text(json.dumps({"write_s": seconds}))
+    exact = np.load(stores / f"labels-{n}.exact.npy")
+    if len(exact) != len(query_vectors):
+        raise SystemExit(f"{path} was written for {len(exact)} queries, not {len(query_vectors)}: use that --queries")
+    return path, exact, json.loads(meta.read_text())["write_s"]
+
+
+def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: Path, stores: Path | None = None,
+               best: bool = True) -> dict:
+    path = folder / f"labels-{n}.duckdb"
+    if stores is None:
+        exact, write_s = write_store(path, n, words, word_vectors, query_vectors)
+    else:
+        kept, exact, write_s = kept_store(stores, n, words, word_vectors, query_vectors)
+        for suffix in ("", ".wal"):  # the run adds and deletes labels: the kept store stays as written
+            if kept.with_name(kept.name + suffix).exists():
+                shutil.copyfile(kept.with_name(kept.name + suffix), path.with_name(path.name + suffix))
+    row: dict = {"size": n, "write_s": write_s}
     store_files = (path, path.with_name(path.name + ".wal"))
     row["store_bytes"] = sum(p.stat().st_size for p in store_files if p.exists())
     with Store(path, read_only=True) as reader:
         con = reader.con
+        q.limit_memory(con, DUCKDB_GB)
         rss_before = resident_bytes()
         index = SearchIndex()
         row["build_s"] = index.build(con)  # what recovery (`rebuild_indexes`) pays
         row["rss_bytes"], row["rss_index_bytes"] = resident_bytes(), resident_bytes() - rss_before
         row["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        row["built_memory"] = memory()
         row["disk_mb"] = folder_mb(index_folder(con))
         start = time.perf_counter()
         SearchIndex().open(con)
         row["open_s"] = time.perf_counter() - start  # what a new process pays instead of a rebuild
+        progress(n, build_s=row["build_s"], disk_mb=row["disk_mb"], peak_mb=row["rss_mb"], open_s=row["open_s"],
+                 built_gib={k: v / 2**30 for k, v in row["built_memory"].items()})
+        row["opened"] = opened_memory(path, query_texts)
+        progress(n, opened={k: v if k == "open_s" else {m: b / 2**30 for m, b in v.items()} if isinstance(v, dict)
+                            else v / 2**30 for k, v in row["opened"].items()})
         for text in query_texts[:3]:
             search(con, index, text)  # warm-up
 
@@ -217,6 +301,7 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
 
         for mode in ("keyword", "semantic", "hybrid"):
             row[mode] = timed(mode)
+            progress(n, **{mode: row[mode]})
         broad = SearchFilters(min_score="detection:0.9", source="bench-labels")  # ~10% of labels
         selective = SearchFilters(min_score="detection:0.995", source="bench-labels")  # ~0.5%: exact path
         for name, filters in (("broad", broad), ("selective", selective)):
@@ -227,6 +312,7 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
         row["semantic_filtered"] = timed("semantic", broad)
         row["keyword_filtered"] = timed("keyword", broad)
         row["hybrid_selective"] = timed("hybrid", selective)
+        progress(n, **{k: row[k] for k in ("hybrid_filtered", "semantic_filtered", "keyword_filtered", "hybrid_selective")})
         # an empty query lists each feature by its best label (read from `feature_best`): a first page, pages
         # anywhere, and deep pages (offsets among the last 1,000 features)
         n_features = n + PAGE_FEATURES
@@ -237,18 +323,28 @@ def bench_size(n: int, words, word_vectors, query_texts, query_vectors, folder: 
             ("listing_deep", (n_features - 20 - rng.integers(0, min(1000, n_features - 20), 30)).tolist()),
         ):
             row[name] = percentiles(time_calls(lambda o: search(con, index, "", limit=20, offset=o), offsets))
-        start = time.perf_counter()
-        best_labels(con)
-        row["best_labels_s"] = time.perf_counter() - start
+        progress(n, **{k: row[k] for k in ("listing_first", "listing", "listing_deep")})
+        if best:
+            start = time.perf_counter()
+            best_labels(con)
+            row["best_labels_s"] = time.perf_counter() - start
         only_labels = SearchFilters(source="bench-labels")
         hits = [search(con, index, t, mode="semantic", filters=only_labels, limit=10).hits for t in query_texts]
         row["recall10"] = float(np.mean([
             len({h.feature for h in hs} & set(top.tolist())) / 10 for hs, top in zip(hits, exact)
         ]))
+    progress(n, recall10=row["recall10"])
     row.update(update_times(path, index, words, word_vectors))
+    progress(n, **{k: v for k, v in row.items() if k.startswith(("update_", "delete_"))})
     row["page"] = feature_page_times(path)
     path.unlink(missing_ok=True)
     return row
+
+
+def progress(n: int, **figures) -> None:
+    """Figures as soon as they are measured (a long run stopped early still leaves them)."""
+    print(f"  [{n} labels, load average {os.getloadavg()[0]:.1f}] "
+          + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()), flush=True)
 
 
 def update_times(path: Path, index: SearchIndex, words, word_vectors) -> dict:
@@ -302,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--stores", type=Path, help="keep each size's written store in this folder and reuse it "
+                        "in later runs (the run works on a copy)")
+    parser.add_argument("--no-best-labels", action="store_true", help="skip timing catalog.best_labels (minutes at 5M)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
@@ -313,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="autointerp-bench-search-") as folder:
         for n in sizes:
-            row = bench_size(n, words, word_vectors, query_texts, query_vectors, Path(folder))
+            row = bench_size(n, words, word_vectors, query_texts, query_vectors, Path(folder), args.stores,
+                             best=not args.no_best_labels)
             rows.append(row)
             print(
                 f"{n:>9} labels  write {row['write_s']:6.1f}s  index build {row['build_s']:6.2f}s  "
@@ -329,10 +429,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"           semantic recall@10 vs exact cosine {row['recall10']:.3f}")
             print(f"           update: 1 new label {row['update_1_s'] * 1000:.0f} ms, 1,000 new {row['update_1000_s']:.2f}s, "
                   f"1,000 deleted {row['delete_1000_s']:.2f}s (then searchable / gone)")
-            print(f"           best label of every feature (catalog.best_labels) {row['best_labels_s']:6.2f}s")
+            if "best_labels_s" in row:
+                print(f"           best label of every feature (catalog.best_labels) {row['best_labels_s']:6.2f}s")
             print(f"           feature page       p50 {row['page'][0]:7.1f} ms  p95 {row['page'][1]:7.1f} ms")
-            print(f"           store on disk {row['store_bytes'] / 2**30:6.2f} GiB  resident memory {row['rss_bytes'] / 2**30:5.2f} GiB "
-                  f"(index in memory ~{row['rss_index_bytes'] / 2**30:5.2f} GiB)")
+            print(f"           store on disk {row['store_bytes'] / 2**30:6.2f} GiB  resident memory after the build "
+                  f"{row['rss_bytes'] / 2**30:5.2f} GiB (+{row['rss_index_bytes'] / 2**30:5.2f} GiB; anonymous "
+                  f"{row['built_memory']['anon'] / 2**30:5.2f}, mapped files {row['built_memory']['file'] / 2**30:5.2f})")
+            opened = row["opened"]
+            print(f"           a new process opening the files ({opened['open_s']:.2f}s), resident GiB "
+                  f"(anonymous + mapped files): before {gib(opened['before'])}, opened {gib(opened['opened'])}, "
+                  f"after {3 * len(query_texts)} searches {gib(opened['searched'])}; peak {opened['peak_rss'] / 2**30:.2f}")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]

@@ -501,11 +501,11 @@ def label_vector_batches(
     con: duckdb.DuckDBPyConnection, model: str, batch_rows: int, *, after: int = -1, ids: Sequence[int] | None = None
 ):
     """Arrow record batches of (explanation_id, vector) of the labels embedded with `model`: those with a
-    higher id than `after`, or only those of `ids`."""
+    higher id than `after` (in no particular order: sorting every vector of a large catalog would hold them
+    all in memory at once), or only those of `ids`."""
     if ids is None:
         return con.execute(
-            "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? AND explanation_id > ? "
-            "ORDER BY explanation_id",
+            "SELECT explanation_id, vector FROM label_embeddings WHERE model = ? AND explanation_id > ?",
             [model, after],
         ).to_arrow_reader(batch_rows)
     return con.execute(
@@ -859,3 +859,14 @@ def bulk_insert_labels(con: duckdb.DuckDBPyConnection, source_id: int, table, mo
     finally:
         con.unregister("_bulk_labels")
     refresh_best(con, [(source_id, int(f)) for f in features])
+
+
+def fts_stopwords(fts: duckdb.DuckDBPyConnection) -> list[str]:
+    """The stopword list the fts index drops (after `build_fts_index`)."""
+    return [r[0] for r in fts.execute(f"SELECT sw FROM fts_main_{FTS_TABLE}.stopwords").fetchall()]
+
+
+def limit_memory(con: duckdb.DuckDBPyConnection, gigabytes: float) -> None:
+    """Cap the database's buffer pool (DuckDB keeps the blocks a scan read until it reaches its limit, by
+    default 80% of the machine's memory)."""
+    con.execute(f"SET memory_limit = '{float(gigabytes)}GB'")
