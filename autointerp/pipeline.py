@@ -63,6 +63,11 @@ from autointerp.store.db import Store, job_lock
 FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
 FEATURE_TRIES = 3  # per feature and job, for failures of a transient kind (TRANSIENT)
 WRITES_PER_COMMIT = 32  # finished features stored per transaction
+# Collector thresholds while a job runs: a young-generation pass every 20k allocations instead of 700, older
+# ones rarely. A job allocates millions of short-lived objects; at the defaults the middle and old passes,
+# over a heap that grows with the features done, took ~1.3 ms of CPU a feature (1000-feature benchmark job),
+# these ~0.4 ms. Young cycles are still collected by the young passes.
+JOB_GC_THRESHOLD = (20_000, 50, 100)
 
 
 @dataclass
@@ -706,7 +711,25 @@ async def _label_job(store: Store, job: JobConfig, progress: bool, runner: Stage
     """The job; with a `runner`, the explain and score stages run there and this process samples and writes."""
     started = time.monotonic()
     check_job(job)
+    with _job_collector():
+        return await _run_label_job(store, job, progress, runner, started)
+
+
+@contextlib.contextmanager
+def _job_collector() -> Iterator[None]:
+    """The collector as a job wants it (`JOB_GC_THRESHOLD`), the caller's thresholds back afterwards."""
     gc.freeze()  # what lives now (modules, the store's caches) outlives the job: full collections skip it
+    previous = gc.get_threshold()
+    gc.set_threshold(*JOB_GC_THRESHOLD)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
+async def _run_label_job(
+    store: Store, job: JobConfig, progress: bool, runner: StagesRunner | None, started: float
+) -> JobSummary:
     chash = job_config_hash(job)
     with store.reading() as con:
         source = get_source(con, job.source)

@@ -35,7 +35,7 @@ import numpy as np
 
 from autointerp.config import SamplingConfig
 from autointerp.errors import AutointerpError
-from autointerp.records import Example, FeatureExamples, Split
+from autointerp.records import Example, FeatureExamples, OutputEvidence, Split
 from autointerp.store import sampling_queries as q
 from autointerp.store.activations import (
     SourceInfo,
@@ -79,6 +79,7 @@ class _FeatureData:
     max_value: np.ndarray
     max_pos: np.ndarray
     rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # all (context_id, pos, value), when read at once
+    output: OutputEvidence | None = None  # its stored output evidence (read here: in sample_many's reader thread)
 
 
 _SOURCES: weakref.WeakKeyDictionary[Store, dict[str, _Source]] = weakref.WeakKeyDictionary()
@@ -108,14 +109,15 @@ def _per_context_max(ctx: np.ndarray, pos: np.ndarray, val: np.ndarray) -> tuple
     return ctx[starts], maxima, max_pos
 
 
-def _feature_data(con, src: _Source, feature: int) -> _FeatureData:
+def _feature_data(con, src: _Source, source: str, feature: int) -> _FeatureData:
     n_rows = int(src.feature_tokens[feature]) if 0 <= feature < len(src.feature_tokens) else 0
     if n_rows == 0:
         feature_stats(con, src.info.source_id, feature)  # raises the error that names the valid features
+    output = load_output_evidence(con, src.info.source_id, source, [feature]).get(feature)
     if n_rows <= READ_ALL_ROWS_BELOW:
         rows = q.feature_rows(con, src.info.source_id, feature)
-        return _FeatureData(*_per_context_max(*rows), rows=rows)
-    return _FeatureData(*q.feature_context_maxes(con, src.info.source_id, feature), rows=None)
+        return _FeatureData(*_per_context_max(*rows), rows=rows, output=output)
+    return _FeatureData(*q.feature_context_maxes(con, src.info.source_id, feature), rows=None, output=output)
 
 
 class _Picker:
@@ -419,7 +421,7 @@ def _window_negatives(
 def sample(store: Store, source: str, feature: int, cfg: SamplingConfig = SamplingConfig()) -> FeatureExamples:
     """The feature's examples, split into train / valid / test (see the module docstring)."""
     src = _load_source(store, source)
-    return _examples(store.con, src, source, feature, _feature_data(store.con, src, feature), cfg)
+    return _examples(store.con, src, source, feature, _feature_data(store.con, src, source, feature), cfg)
 
 
 def sample_many(
@@ -442,7 +444,7 @@ def sample_many(
     with con.cursor() as reader, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-read") as pool:
         previous = None
         for feature in features:
-            reading = (feature, pool.submit(_feature_data, reader, src, feature))
+            reading = (feature, pool.submit(_feature_data, reader, src, source, feature))
             if previous is not None:
                 yield finish(*previous)
             previous = reading
@@ -559,5 +561,5 @@ def _examples(con, src: _Source, source: str, feature: int, data: _FeatureData, 
         sampling_config=dict(_config_items(cfg)),
         seed=cfg.seed,
         notes=notes,
-        output=load_output_evidence(con, src.info.source_id, source, [feature]).get(feature),
+        output=data.output,
     )

@@ -390,3 +390,29 @@ def test_a_refused_api_key_stops_the_job_with_a_clear_message(tmp_path, paid_api
     assert rows(db, "SELECT stage FROM failures") == [("job",)]
     assert rows(db, "SELECT count(*) FROM explanations") == [(0,)]
     assert len(paid_api.received) == 1  # no feature after the first refusal
+
+
+def test_a_job_collects_garbage_less_often_and_restores_the_callers_thresholds(tmp_path, paid_api, monkeypatch):
+    import gc
+
+    from autointerp import pipeline, stages
+
+    db = synthetic_db(tmp_path / "gc.duckdb")
+    seen = []
+    explain_and_score = stages.explain_and_score
+
+    async def watched(*args, **kwargs):
+        seen.append(gc.get_threshold())
+        return await explain_and_score(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "explain_and_score", watched)
+    previous = gc.get_threshold()
+    gc.set_threshold(123, 4, 5)
+    try:
+        job = tiny_job(explainer="openai:gpt-4o-mini", scorers=("embedding",), base_url=paid_api.openai_base_url)
+        run_label_job(Store(db), job, progress=False)
+        after = gc.get_threshold()
+    finally:
+        gc.set_threshold(*previous)
+    assert seen and set(seen) == {pipeline.JOB_GC_THRESHOLD}
+    assert after == (123, 4, 5)

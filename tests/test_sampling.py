@@ -337,3 +337,25 @@ def test_cli_sample_with_a_job_file_shows_what_that_job_saw(db, tmp_path, capsys
     (tmp_path / "nosource.toml").write_text("[sampling]\nseed = 1\n")
     assert main(["sample", "--db", str(db), "--feature", "0", "--config", str(tmp_path / "nosource.toml")]) == 2
     assert "no source given" in capsys.readouterr().err
+
+
+def test_sampled_features_carry_their_stored_output_evidence(tmp_path, db):
+    """The evidence is read with the feature's activations (in sample_many's reader thread): each feature gets
+    its own, one and many at a time, and a feature without any gets None."""
+    from autointerp.records import OutputEffects, TokenEffect
+    from autointerp.store.activations import get_source
+    from autointerp.store.output_evidence_queries import LOGIT_LENS, save_output_effects
+
+    path = tmp_path / "evidence.duckdb"
+    shutil.copy(db, path)
+    effects = {f: OutputEffects([TokenEffect(f"up{f}", f, 1.0 + f)], [TokenEffect(f"down{f}", 100 + f, -1.0)]) for f in (1, 3)}
+    with Store(path) as writable, writable.writing() as con:
+        source_id = get_source(con, "synthetic").source_id
+        save_output_effects(con, source_id, LOGIT_LENS, list(effects), list(effects.values()), [{"f": f} for f in effects])
+    with Store(path, read_only=True) as s:
+        one = {f: sample(s, "synthetic", f).output for f in range(4)}
+        many = {f: ex.output for f, ex in sampling.sample_many(s, "synthetic", range(4))}
+    for got in (one, many):
+        assert got[0] is None and got[2] is None
+        assert {f: got[f].logit_lens for f in (1, 3)} == effects
+        assert got[3].provenance == {LOGIT_LENS: {"f": 3}}
