@@ -133,24 +133,43 @@ def test_finished_features_share_a_commit_but_a_failing_write_loses_none_of_the_
     transaction are still stored (each on its own), and what was queued after it stays queued."""
     import asyncio
 
-    from autointerp.pipeline import _StoreSessions
+    from autointerp.pipeline import _Finished, _StoreSessions
     from autointerp.store import jobs
 
     store = Store(tmp_path / "s.duckdb", create=True)
     committed = []
 
-    def failure_row(feature):
-        return lambda con: jobs.record_failure(con, run_id="r", source_id=None, feature=feature, stage="t", error="e")
+    class FailureWriter:
+        """The job's side of the writes (`pipeline._Writer`), reduced to failure rows; an item without one
+        fails its write the way a full disk does."""
 
-    def broken(con):
-        raise OSError("No space left on device")
+        def flush_ledgers(self) -> None:
+            pass
+
+        async def prepare(self, items) -> None:
+            pass
+
+        def write_batch(self, con, items) -> None:
+            for item in items:
+                if item.failure is None:
+                    raise OSError("No space left on device")
+                jobs.record_failure(con, **item.failure)
+
+        def committed(self, items) -> None:
+            committed.extend(item.failure["feature"] for item in items)
+
+        def write_counts(self, con) -> None:
+            pass
+
+    def failure_row(feature):
+        return _Finished(None, failure={"run_id": "r", "source_id": None, "feature": feature, "stage": "t", "error": "e"})
 
     async def go():
-        sessions = _StoreSessions(store, [], lambda batch: iter(()), lambda: None, lambda con: None, prefetch=2)
+        sessions = _StoreSessions(store, [], lambda batch: iter(()), FailureWriter(), prefetch=2)
         for feature in (0, 1, 2):
-            sessions.write(failure_row(feature), lambda f=feature: committed.append(f))
-        sessions.write(broken)
-        sessions.write(failure_row(9), lambda: committed.append(9))
+            sessions.write(failure_row(feature))
+        sessions.write(_Finished(None))
+        sessions.write(failure_row(9))
         sessions._handle.cancel()  # no timed session: this test runs the writes itself
         with pytest.raises(OSError, match="No space"):
             await sessions._write_queued()
