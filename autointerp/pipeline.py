@@ -357,6 +357,9 @@ class _StoreSessions:
     @staged("store")
     async def _session(self, sample_more: bool) -> None:
         try:
+            # embed what is queued before the file is opened: the first embedding loads MiniLM (seconds),
+            # and readers (the web catalog, `autointerp search`) wait while a session holds the file
+            await self._writer.prepare(self._writes)
             _ = self.store.con  # one connection for the whole session
             await self._write_queued()
             need = max(self._prefetch - self._ready.qsize(), self._wanted)
