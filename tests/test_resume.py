@@ -60,10 +60,18 @@ def n_finished(db: str) -> int:
         return -1
 
 
+def _deliverable_sigint() -> None:
+    """The job gets Ctrl-C as a terminal would deliver it, whatever this pytest process inherited or set
+    (a child inherits an ignored or blocked SIGINT: in the whole suite the job then ran to its end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def stop_after(db: str, args: list[str], finished: int, sig: int, timeout: float = 300) -> int:
     """Start the job, send `sig` once more than `finished` features are finished; return its exit code."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=_deliverable_sigint)
     deadline = time.monotonic() + timeout
     try:
         while n_finished(db) <= finished:
