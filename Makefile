@@ -30,7 +30,7 @@ demo: install
 	$(AI) collect --db $(DEMO_DB) --model smollm2 --layer 6 --features neurons --dataset stdlib-docs --tokens 100000 --context-len 64
 	$(AI) label --db $(DEMO_DB) --config data/demo.toml
 	@echo
-	@echo "Search the labels:  $(AI) search --db $(DEMO_DB) \"function call\""
+	@echo "Search the labels:  $(AI) search --db $(DEMO_DB) \"in the text\""
 	@echo "Browse the catalog: $(AI) serve --db $(DEMO_DB)   (then open http://127.0.0.1:8000)"
 	@echo "Runs and failures:  $(AI) runs --db $(DEMO_DB)"
 	@echo "Score your own label: $(AI) score --db $(DEMO_DB) --source smollm2-L6-neurons --feature N --label \"...\" --config data/demo.toml"
