@@ -202,8 +202,11 @@ def scores_by_label(
 
 def label_history(con: duckdb.DuckDBPyConnection, source: str, feature: int) -> list[Label]:
     """Every label of a feature, newest first, with provenance, scores and reviews."""
-    sid = get_source(con, source).source_id
-    return _labels_from_rows(con, q.feature_explanation_rows(con, sid, feature))
+    return _history(con, get_source(con, source).source_id, feature)
+
+
+def _history(con: duckdb.DuckDBPyConnection, source_id: int, feature: int) -> list[Label]:
+    return _labels_from_rows(con, q.feature_explanation_rows(con, source_id, feature))
 
 
 def _ranked(con: duckdb.DuckDBPyConnection, scorer: str | None, metric: str | None) -> tuple[str | None, str | None]:
@@ -248,8 +251,7 @@ def best_label(
     """The feature's best label (see `autointerp.ranking`), or None when it has no label. With a scorer (and
     metric), labels are compared on that score only."""
     sid = get_source(con, source).source_id
-    history = _labels_from_rows(con, q.feature_explanation_rows(con, sid, feature))
-    return _best_of(con, sid, history, *_ranked(con, scorer, metric))
+    return _best_of(con, sid, _history(con, sid, feature), *_ranked(con, scorer, metric))
 
 
 def best_labels(
@@ -365,7 +367,7 @@ def feature_view(
     """Everything the feature page shows: stats, best label, label history, top / quantile / random contexts
     (input evidence) and the stored output evidence."""
     info = get_source(con, source)
-    history = _labels_from_rows(con, q.feature_explanation_rows(con, info.source_id, feature))
+    history = _history(con, info.source_id, feature)
     try:
         stats = feature_stats(con, info.source_id, feature)
     except AutointerpError:
