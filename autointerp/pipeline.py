@@ -63,6 +63,7 @@ from autointerp.store.db import Store, job_lock
 FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
 FEATURE_TRIES = 3  # per feature and job, for failures of a transient kind (TRANSIENT)
 WRITES_PER_COMMIT = 32  # finished features stored per transaction
+READER_GAP_S = 0.1  # the least time a job leaves the store file closed between its sessions (readers retry every 50 ms)
 # Collector thresholds while a job runs: a young-generation pass every 20k allocations instead of 700, older
 # ones rarely. A job allocates millions of short-lived objects; at the defaults the middle and old passes,
 # over a heap that grows with the features done, took ~1.3 ms of CPU a feature (1000-feature benchmark job),
@@ -284,15 +285,24 @@ def make_job_llm(spec: str, job: JobConfig, *, store: Store | None, run_id: str 
     return make_llm(spec, store=store, run_id=run_id, base_url=job.base_url, limits=limits, prices=prices)
 
 
+def session_delay(now: float, last_start: float, last_end: float, interval_s: float) -> float:
+    """Seconds until a job's next store session may start: `interval_s` after the last one started, and
+    `READER_GAP_S` after it ended."""
+    return max(0.0, last_start + interval_s - now, last_end + READER_GAP_S - now)
+
+
 class _StoreSessions:
     """The job's store work, batched: features are sampled ahead (up to `prefetch` ready) and finished
-    features' rows queued, and both are served together in one connection session at most every
+    features' rows queued, and both are served together in one connection session starting at most every
     `min_interval_s`, so the file is opened about once a second whatever the concurrency and is free for
-    other processes (the web catalog) in between. Queued writes go in transactions of up to `WRITES_PER_COMMIT`
-    (a commit costs more than a feature's rows), each a few multi-row statements for all its features, with
-    their labels embedded in one MiniLM call first (off the event loop); a session yields to the event loop
-    between transactions so that LLM answers keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying
-    a write-ahead log left by a session closed without one lost entries of the `scores` index (lookups by
+    other processes (the web catalog) in between: for the rest of the interval, and for `READER_GAP_S` at
+    least after a session that took longer (a job that waits a whole interval after such a session leaves
+    its workers idle: it ran in waves at 2/3 of its speed). A session samples enough to serve the workers
+    waiting for a feature and to leave `prefetch` more ready, so that the workers do not wait for the next.
+    Queued writes go in transactions of up to `WRITES_PER_COMMIT` (a commit costs more than a feature's rows),
+    each a few multi-row statements for all its features, with their labels embedded in one MiniLM call first
+    (off the event loop); a session yields to the event loop between transactions so that LLM answers keep
+    flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying a write-ahead log left by a session closed without one lost entries of the `scores` index (lookups by
     explanation id then missed stored scores; tests/test_resume.py caught it)."""
 
     def __init__(
@@ -316,7 +326,7 @@ class _StoreSessions:
         self._wanted = 0  # workers waiting for a feature
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
-        self._last_end = -math.inf
+        self._last_start = self._last_end = -math.inf
         self.error: BaseException | None = None  # a failed session: the job stops with it
 
     async def next_feature(self) -> tuple[int, Any] | None:
@@ -347,11 +357,12 @@ class _StoreSessions:
 
     def _schedule(self) -> None:
         if self._handle is None and self._task is None:
-            delay = max(0.0, self._last_end + self.min_interval_s - time.monotonic())
+            delay = session_delay(time.monotonic(), self._last_start, self._last_end, self.min_interval_s)
             self._handle = asyncio.get_running_loop().call_later(delay, self._start)
 
     def _start(self) -> None:
         self._handle = None
+        self._last_start = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._session(sample_more=True))
 
     @staged("store")
@@ -362,7 +373,7 @@ class _StoreSessions:
             await self._writer.prepare(self._writes)
             _ = self.store.con  # one connection for the whole session
             await self._write_queued()
-            need = max(self._prefetch - self._ready.qsize(), self._wanted)
+            need = self._prefetch - self._ready.qsize() + self._wanted  # the waiting workers, and a full queue after them
             if sample_more and not self._exhausted and need > 0:
                 batch = list(itertools.islice(self._todo, need))
                 self._exhausted = len(batch) < need
