@@ -63,6 +63,9 @@ from autointerp.store.db import Store, job_lock
 FATAL_LLM_ERRORS = frozenset({"auth", "unsupported", "connection"})
 FEATURE_TRIES = 3  # per feature and job, for failures of a transient kind (TRANSIENT)
 WRITES_PER_COMMIT = 32  # finished features stored per transaction
+# Sampling runs on the event loop in slices of this many seconds: a loop turn between features left sampling
+# one feature a turn, a session of 256 features then held the store file for seconds
+SAMPLING_SLICE_S = 0.02
 READER_GAP_S = 0.1  # the least time a job leaves the store file closed between its sessions (readers retry every 50 ms)
 # Collector thresholds while a job runs: a young-generation pass every 20k allocations instead of 700, older
 # ones rarely. A job allocates millions of short-lived objects; at the defaults the middle and old passes,
@@ -300,9 +303,10 @@ class _StoreSessions:
     its workers idle: it ran in waves at 2/3 of its speed). A session samples enough to serve the workers
     waiting for a feature and to leave `prefetch` more ready, so that the workers do not wait for the next.
     Queued writes go in transactions of up to `WRITES_PER_COMMIT` (a commit costs more than a feature's rows),
-    each a few multi-row statements for all its features, with their labels embedded in one MiniLM call first
-    (off the event loop); a session yields to the event loop between transactions so that LLM answers keep
-    flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying a write-ahead log left by a session closed without one lost entries of the `scores` index (lookups by
+    each a few multi-row statements for all its features, with their labels embedded in one MiniLM call (off
+    the event loop) before the session opens the file; features finished during a session wait for the next
+    one. A session yields to the event loop between transactions and sampling slices so that LLM answers
+    keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying a write-ahead log left by a session closed without one lost entries of the `scores` index (lookups by
     explanation id then missed stored scores; tests/test_resume.py caught it)."""
 
     def __init__(
@@ -378,10 +382,12 @@ class _StoreSessions:
                 batch = list(itertools.islice(self._todo, need))
                 self._exhausted = len(batch) < need
                 with cpu_stage("sample"), contextlib.closing(self._sample_batch(batch)) as sampled:
+                    handed = time.monotonic()
                     for item in sampled:
                         self._ready.put_nowait(item)
-                        await asyncio.sleep(0)
-            await self._write_queued()
+                        if time.monotonic() - handed >= SAMPLING_SLICE_S:
+                            await asyncio.sleep(0)
+                            handed = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - handed to the workers, which stop the job
             self.error = self.error or exc
         finally:
