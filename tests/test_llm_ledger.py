@@ -98,6 +98,20 @@ def test_cache_key_depends_on_model_parameters_and_endpoint(paid_api, tmp_path):
     assert len({r["cache_key"] for r in rows(store)}) == 4
 
 
+def test_cache_keys_are_the_ones_earlier_versions_stored():
+    """The request's JSON is made once (`EncodedRequest`) and the key assembled around it: a changed key would
+    make every answer stored by an earlier version unreachable, and paid for again."""
+    from autointerp.llm.ledger import EncodedRequest, cache_key
+
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 'héllo "quoted"\n'}], "max_tokens": 4,
+               "temperature": 0.0}
+    # sha256 of json.dumps({"provider", "model", "host", "endpoint", "request"}, sort_keys=True), as stored before
+    stored = "3733ed7cbf29eafe1a858fe90340ec76f8a66eacf29232237f436252c9704614"
+    for body in (request, EncodedRequest(request)):
+        assert cache_key("openai", "gpt-4o-mini", "https://api.openai.com", "chat", body) == stored
+    assert json.loads(EncodedRequest(request).text) == request
+
+
 def test_samples_at_temperature_stay_distinct_and_replay_in_order(paid_api, tmp_path):
     """k identical requests at temperature > 0 are k samples: all sent once, then all replayed on a rerun."""
     store = Store(tmp_path / "x.duckdb", create=True)

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import random
 import subprocess
@@ -41,7 +42,8 @@ FILLER = [
 
 
 def _rng(*parts: Any) -> random.Random:
-    return random.Random(hashlib.sha256(repr(parts).encode()).digest())
+    """Seeded by the parts' content, whatever the key order of the JSON they came in (as a real server reads it)."""
+    return random.Random(hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).digest())
 
 
 def fake_tokens(rng: random.Random, n: int) -> list[str]:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from autointerp.llm.base import LLMResponse, Usage
 from autointerp.llm.errors import LLMCallError, MalformedResponse, SendError, redact
-from autointerp.llm.ledger import Ledger
+from autointerp.llm.ledger import EncodedRequest, Ledger
 from autointerp.llm.limits import RateLimiter, RateLimits, estimate_tokens
 from autointerp.llm.prices import PriceTable
 from autointerp.llm.retry import Retries, with_retries
@@ -183,7 +183,7 @@ class ProviderLLM:
         self, endpoint: str, request: dict[str, Any], temperature: float, stage: str | None, est_tokens: int
     ) -> LLMResponse:
         with cpu_stage("llm"):
-            return await self._cached_or_sent(endpoint, request, temperature, stage, est_tokens)
+            return await self._cached_or_sent(endpoint, EncodedRequest(request), temperature, stage, est_tokens)
 
     async def _cached_or_sent(
         self, endpoint: str, request: dict[str, Any], temperature: float, stage: str | None, est_tokens: int

@@ -40,8 +40,9 @@ class JsonHttpClient:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post_json(self, path: str, body: dict) -> dict:
-        """The answer's JSON object; SendError (kind as in `autointerp.llm.errors`) for anything else."""
-        payload = json.dumps(body).encode()
+        """The answer's JSON object; SendError (kind as in `autointerp.llm.errors`) for anything else. A body
+        that carries its JSON text (`text`, as `autointerp.llm.ledger.EncodedRequest` does) is sent as it is."""
+        payload = (body.text if hasattr(body, "text") else json.dumps(body)).encode()
         request = f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload
         try:
             async with asyncio.timeout(self.timeout_s):

@@ -52,7 +52,7 @@ class LLMCall:
         cache = self.__dict__.setdefault("_encoded", {})
         if name not in cache:
             value = getattr(self, name)
-            cache[name] = None if value is None else json.dumps(value)
+            cache[name] = None if value is None else value.text if hasattr(value, "text") else json.dumps(value)
         return cache[name]
 
 
