@@ -7,6 +7,7 @@ the reported scores and never reaches an explainer prompt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 from collections import Counter
@@ -136,7 +137,7 @@ def _words(text: str) -> list[str]:
 def _strip_echoed_lead(label: str, template_text: str, min_words: int = 4) -> str:
     """Drop an opening that repeats the prompt's question ("The marked tokens have in common that ...")."""
     spans = list(re.finditer(r"[A-Za-z0-9]+", label))
-    joined = " " + " ".join(_words(template_text)) + " "
+    joined = _joined_words(template_text)
     cut = 0
     for k in range(min_words, len(spans)):
         if f" {' '.join(m.group(0).lower() for m in spans[:k])} " not in joined:
@@ -151,21 +152,29 @@ def _strip_echoed_lead(label: str, template_text: str, min_words: int = 4) -> st
 def _is_template_phrase(label: str, template_text: str) -> bool:
     """All of the label (two words or more) is a phrase of the template ("What do the marked tokens have in common")."""
     label_words = _words(label)
-    return len(label_words) >= 2 and f" {' '.join(label_words)} " in " " + " ".join(_words(template_text)) + " "
+    return len(label_words) >= 2 and f" {' '.join(label_words)} " in _joined_words(template_text)
 
 
-def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+@functools.lru_cache(maxsize=32)
+def _joined_words(text: str) -> str:
+    """The text's words, lower-cased, one space apart and around: " a b c " holds " b c " for words in a row."""
+    return " " + " ".join(_words(text)) + " "
+
+
+def _ngrams_in_order(words: list[str], n: int) -> list[str]:
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def _copied_phrase(label: str, template_text: str, excerpts: str = "") -> str:
     """The first ECHO_NGRAM words in a row of the label that the template holds and the excerpts do not ('' if none)."""
-    label_words = _words(label)
-    copied = _ngrams(_words(template_text), ECHO_NGRAM) - _ngrams(_words(excerpts), ECHO_NGRAM)
-    for i in range(len(label_words) - ECHO_NGRAM + 1):
-        if tuple(label_words[i : i + ECHO_NGRAM]) in copied:
-            return " ".join(label_words[i : i + ECHO_NGRAM])
+    in_template = [gram for gram in _ngrams_in_order(_words(label), ECHO_NGRAM) if f" {gram} " in _joined_words(template_text)]
+    if in_template:
+        in_excerpts = " " + " ".join(_words(excerpts)) + " "
+        for gram in in_template:
+            if f" {gram} " not in in_excerpts:
+                return gram
     return ""
+
 
 
 def _train_positives(examples: FeatureExamples, style: PromptStyle, candidate: int) -> list[Example]:
