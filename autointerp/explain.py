@@ -176,7 +176,6 @@ def _copied_phrase(label: str, template_text: str, excerpts: str = "") -> str:
     return ""
 
 
-
 def _train_positives(examples: FeatureExamples, style: PromptStyle, candidate: int) -> list[Example]:
     """Train positives, strongest first, spread over the whole range (top and quantile examples) when there are
     more than the style shows; later candidates see them in a different (seeded) order."""
