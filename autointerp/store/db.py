@@ -22,11 +22,11 @@ from typing import Iterator
 
 import duckdb
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, StoreBusy
 from autointerp.store.journal import fold_journals, jobs_dir
 from autointerp.store.migrations import MIGRATIONS
 
-LOCK_WAIT_SECONDS = 30.0
+LOCK_WAIT_SECONDS = 30.0  # the default of how long an open waits for another process's lock
 RETRY_MAX_SECONDS = 0.05  # a page waiting for a write transaction waits this much longer, at most
 
 
@@ -91,10 +91,12 @@ class WriterGate:
         return False
 
 
-def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
-    """Open the file, waiting up to `wait` seconds while another process holds a conflicting lock; a writer
-    announces its wait through the store's `WriterGate` and then retries often."""
+def connect(path: str | Path, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting up to `wait` seconds (default LOCK_WAIT_SECONDS) while another process holds a
+    conflicting lock, then raise StoreBusy; a writer announces its wait through the store's `WriterGate` and
+    then retries often."""
     path = Path(path)
+    wait = LOCK_WAIT_SECONDS if wait is None else wait
     if read_only and not path.exists():
         raise StoreNotFound(path)
     deadline = time.monotonic() + wait
@@ -110,7 +112,7 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
                 # catalog's shared reads, say); it closes it for a writer that waits at the gate
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
                     if _is_lock_error(exc):
-                        raise AutointerpError(
+                        raise StoreBusy(
                             f"the store {path} is held by another process for writing; "
                             "wait for it to finish or stop it, then run again"
                         ) from None
@@ -212,9 +214,12 @@ class Store:
     first write, so a command that fails before writing leaves no file. Readers use `read_only=True`.
     """
 
-    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False):
+    def __init__(
+        self, path: str | Path, read_only: bool = False, create: bool = False, lock_wait: float | None = None
+    ):
         self.path = Path(path)
         self.read_only = read_only
+        self.lock_wait = lock_wait  # seconds an open waits for another process's lock (None: LOCK_WAIT_SECONDS)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._upgraded = False
         self._created = self.path.exists()
@@ -225,7 +230,7 @@ class Store:
 
     def _migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path)
+        con = connect(self.path, wait=self.lock_wait)
         try:
             migrate(con)
             fold_journals(con, self.path)  # LLM answers a killed process had journaled, not yet stored
@@ -239,20 +244,20 @@ class Store:
         if self._con is None:
             if not self._created:
                 self._migrate()
-            self._con = self._open_reader() if self.read_only else connect(self.path)
+            self._con = self._open_reader() if self.read_only else connect(self.path, wait=self.lock_wait)
         return self._con
 
     def _open_reader(self) -> duckdb.DuckDBPyConnection:
         """A read-only connection to a store whose schema is current: a store written by an older version
         is upgraded first (a short writable open), so a reader never meets a table that is not there yet."""
-        con = connect(self.path, read_only=True)
+        con = connect(self.path, read_only=True, wait=self.lock_wait)
         if self._upgraded or not pending_migrations(con):
             self._upgraded = True
             return con
         con.close()
         self._migrate()
         self._upgraded = True
-        return connect(self.path, read_only=True)
+        return connect(self.path, read_only=True, wait=self.lock_wait)
 
     def close(self) -> None:
         if self._con is not None:
@@ -279,7 +284,7 @@ class Store:
         fresh = own and not self._created
         if fresh:
             self._migrate()
-        con = connect(self.path) if own else self._con
+        con = connect(self.path, wait=self.lock_wait) if own else self._con
         failed = False
         try:
             con.execute("BEGIN TRANSACTION")
