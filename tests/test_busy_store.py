@@ -4,9 +4,11 @@ catalog (pages and API alike, bad input stays 400), the CLI's message and exit c
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +21,7 @@ from autointerp.web import create_app
 from autointerp.web.access import CatalogAccess
 from catalog_fixtures import SOURCE_B, catalog_copy
 
+REPO = Path(__file__).resolve().parents[1]
 SAFETY = 120  # seconds: a hung test fails instead of hanging; no test asserts on time
 WAIT = 0.2  # the lock wait of the code under test: short, so that giving up comes soon
 HELD = "is held by another process for writing; wait for it to finish or stop it, then run again"
@@ -116,3 +119,50 @@ def test_a_write_that_gives_up_on_the_reads_in_progress_leaves_the_catalog_reada
     with access.reading() as con:  # reads are not kept waiting for the write that gave up
         assert con.execute("SELECT count(*) FROM explanations").fetchone()[0] == n_labels(db)
     access.close()
+
+
+JOB_IN_SESSIONS = """
+import sys, time
+from autointerp.store import db
+from autointerp.store.db import ReaderQueue, connect
+
+path, k = sys.argv[1], int(sys.argv[2])
+db.READER_TURN_SECONDS = float(sys.argv[3])  # however slow the reader's retries: here a hang fails the test
+con = connect(path)
+con.execute("CREATE TABLE sessions (i INTEGER)")
+print("held", flush=True)
+queue = ReaderQueue(path)
+while not queue.readers_waiting():  # the reader of the test is kept out now
+    time.sleep(0.01)
+for i in range(k):
+    con.execute("INSERT INTO sessions VALUES (?)", [i])
+    con.close()
+    con = connect(path)  # reopened at once: no gap a retrying reader could fall in
+    time.sleep(0.05)
+con.close()
+print("done", flush=True)
+"""
+
+
+def test_a_job_that_reopens_the_store_at_once_lets_a_waiting_reader_in_between_its_sessions(db):
+    """The reader says it waits, and the writer's next open lets it in first: the reader gets in right after the
+    job's first session since, however late its retries come (before, it got in only when a retry happened to
+    fall in the short gap between two sessions: after 2 to all 20 of them here, at load 2 to 5)."""
+    k = 20
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's code
+    job = subprocess.Popen([sys.executable, "-c", JOB_IN_SESSIONS, str(db), str(k), str(SAFETY)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert job.stdout.readline().strip() == "held", job.stderr.read()
+        con = connect(db, read_only=True, wait=SAFETY)
+        try:
+            sessions_before_the_read = con.execute("SELECT count(*) FROM sessions").fetchone()[0]
+        finally:
+            con.close()
+        out, err = job.communicate(timeout=SAFETY)
+    finally:
+        job.kill()
+    assert job.returncode == 0 and out.strip() == "done", err
+    assert sessions_before_the_read == 1
+    with Store(db, read_only=True) as store:
+        assert store.con.execute("SELECT count(*) FROM sessions").fetchone()[0] == k
