@@ -145,9 +145,9 @@ print("done", flush=True)
 
 
 def test_a_job_that_reopens_the_store_at_once_lets_a_waiting_reader_in_between_its_sessions(db):
-    """The reader says it waits, and the writer's next open lets it in first: the reader gets in right after the
-    job's first session since, however late its retries come (before, it got in only when a retry happened to
-    fall in the short gap between two sessions: after 2 to all 20 of them here, at load 2 to 5)."""
+    """The reader says it waits, and the writer's next open lets it in first: the reader gets in after the
+    first session that ends while it waits, however late its retries come (before, it got in only when a retry
+    happened to fall in the short gap between two sessions: after 2 to all 20 of them here, at load 2 to 5)."""
     k = 20
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's code
     job = subprocess.Popen([sys.executable, "-c", JOB_IN_SESSIONS, str(db), str(k), str(SAFETY)], stdout=subprocess.PIPE,
