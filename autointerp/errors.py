@@ -10,3 +10,9 @@ class AutointerpError(Exception):
 
 class NotFound(AutointerpError):
     """Something the user named is not in the store: a source, feature, label or run (the web answers 404)."""
+
+
+class StoreBusy(AutointerpError):
+    """Another process holds the store (a labeling job writing, say) for longer than the caller would wait.
+
+    Not the user's fault and over soon: the web answers 503 with a Retry-After header, not 400."""

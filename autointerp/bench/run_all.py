@@ -39,6 +39,7 @@ PERFORMANCE: dict[str, list[str]] = {
     "tokens": ["--features", "4"],
     "prompt_tokens": ["--rules", "file_words,digits,negation,inside_parentheses"],
     "search": ["--sizes", "10000,100000", "--queries", "30"],
+    "busy_store": ["--sessions", "20"],
     "chaos": ["--features", "1000", "--kills", "20", "--fault-rate", "0.3"],
     "ray_collection": ["--tokens", "8192", "--chunk-tokens", "2048"],
     "ray_label": ["--latency", "0.5", "--features", "48", "--concurrency", "8"],

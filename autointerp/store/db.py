@@ -7,7 +7,9 @@ holds the lock, so that the catalog can be browsed while a job runs.
 A writer kept out by readers says so: it holds an exclusive flock on the store's gate file (`WriterGate`)
 while it retries. Readers that keep the file open across requests (the web catalog) let no new reader in
 while the gate is taken, so the file falls free and the writer waits for the current reads only, not for
-a stream of them.
+a stream of them. Readers kept out by a writer say so too (`ReaderQueue`): a writer about to open the file
+waits for them first, so that a job writing in sessions lets them in after each one, however late their
+retries come on a loaded machine.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Iterator
 
 import duckdb
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, StoreBusy
 from autointerp.store.journal import fold_journals, jobs_dir
 from autointerp.store.migrations import MIGRATIONS
 
-LOCK_WAIT_SECONDS = 30.0
+LOCK_WAIT_SECONDS = 30.0  # the default of how long an open waits for another process's lock
 RETRY_MAX_SECONDS = 0.05  # a page waiting for a write transaction waits this much longer, at most
+READER_TURN_SECONDS = 2.0  # the longest a writer about to open the file waits for the readers waiting for it
 
 
 class StoreNotFound(AutointerpError):
@@ -46,13 +49,14 @@ def _is_lock_error(exc: Exception) -> bool:
     )
 
 
-class WriterGate:
-    """The flock a writer holds on `<store>.jobs/store.gate` while readers keep it out of the file; readers
-    that share one open file (see `autointerp.web.access`) admit no new reader while it is held. Best
-    effort: where the folder cannot be written, there is no gate and readers and writers just retry."""
+class _WaitFlag:
+    """An flock on a file in the store's jobs folder by which processes waiting for the store file say so.
+    Best effort: where the folder cannot be written there is no flag, and waiters just retry."""
+
+    name = ""
 
     def __init__(self, store_path: str | Path):
-        self.path = jobs_dir(store_path) / "store.gate"
+        self.path = jobs_dir(store_path) / self.name
         self._fd: int | None = None
 
     def _open(self) -> int | None:
@@ -69,37 +73,82 @@ class WriterGate:
             os.close(self._fd)  # releases any flock taken through it
             self._fd = None
 
-    def want(self) -> None:
-        """Writer: announce the wait (non-blocking; another waiting writer already announced it)."""
+    def _raise(self, mode: int) -> None:
         fd = self._open()
         if fd is not None:
             with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
 
-    def writer_waiting(self) -> bool:
-        """Reader: whether a writer is waiting for the file now."""
+    def _raised(self, probe: int) -> bool:
+        """Whether another holds the flag: `probe` is the mode its holders' lock conflicts with."""
         if not self.path.exists():
             return False
         fd = self._open()
         if fd is None:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, probe | fcntl.LOCK_NB)
         except OSError:
             return True
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
 
 
-def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
-    """Open the file, waiting up to `wait` seconds while another process holds a conflicting lock; a writer
-    announces its wait through the store's `WriterGate` and then retries often."""
+class WriterGate(_WaitFlag):
+    """The flock a writer holds on `<store>.jobs/store.gate` while readers keep it out of the file; readers
+    that share one open file (see `autointerp.web.access`) admit no new reader while it is held."""
+
+    name = "store.gate"
+
+    def want(self) -> None:
+        """Writer: announce the wait (non-blocking; another waiting writer already announced it)."""
+        self._raise(fcntl.LOCK_EX)
+
+    def writer_waiting(self) -> bool:
+        """Reader: whether a writer is waiting for the file now."""
+        return self._raised(fcntl.LOCK_SH)
+
+
+class ReaderQueue(_WaitFlag):
+    """The shared flocks readers kept out by a writer hold on `<store>.jobs/store.readers`: a writer about to
+    open the file lets them in first (up to READER_TURN_SECONDS). Without it a job that reopens the file soon
+    after closing it let a reader in only when one of the reader's retries (every 50-100 ms, later on a
+    loaded machine) fell in the gap; the reader then gave up after LOCK_WAIT_SECONDS."""
+
+    name = "store.readers"
+
+    def join(self) -> None:
+        """Reader: say that it waits (again at each retry: a writer's look may have kept the first one out)."""
+        self._raise(fcntl.LOCK_SH)
+
+    def readers_waiting(self) -> bool:
+        """Writer: whether a reader of another handle waits for the file now."""
+        return self._raised(fcntl.LOCK_EX)
+
+
+def _let_waiting_readers_in(path: Path) -> None:
+    queue = ReaderQueue(path)
+    try:
+        deadline = time.monotonic() + READER_TURN_SECONDS
+        while queue.readers_waiting() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        queue.close()
+
+
+def connect(path: str | Path, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting up to `wait` seconds (default LOCK_WAIT_SECONDS) while another process holds a
+    conflicting lock, then raise StoreBusy. A writer first lets in the readers waiting in the `ReaderQueue`,
+    and announces its own wait through the `WriterGate`; both retry often."""
     path = Path(path)
+    wait = LOCK_WAIT_SECONDS if wait is None else wait
     if read_only and not path.exists():
         raise StoreNotFound(path)
+    if not read_only:
+        _let_waiting_readers_in(path)
     deadline = time.monotonic() + wait
     delay = 0.02
-    gate: WriterGate | None = None
+    gate: WriterGate | ReaderQueue | None = None
     try:
         while True:
             try:
@@ -110,7 +159,7 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
                 # catalog's shared reads, say); it closes it for a writer that waits at the gate
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
                     if _is_lock_error(exc):
-                        raise AutointerpError(
+                        raise StoreBusy(
                             f"the store {path} is held by another process for writing; "
                             "wait for it to finish or stop it, then run again"
                         ) from None
@@ -119,7 +168,10 @@ def connect(path: str | Path, read_only: bool = False, wait: float = LOCK_WAIT_S
                 raise AutointerpError(
                     f"{path} is not a readable DuckDB file ({exc}); give the path of an autointerp store, or of a new one"
                 ) from None
-            if not read_only and gate is None:
+            if read_only:
+                gate = gate or ReaderQueue(path)
+                gate.join()
+            elif gate is None:
                 gate = WriterGate(path)
                 gate.want()
             time.sleep(delay * (1 + random.random()))
@@ -212,9 +264,12 @@ class Store:
     first write, so a command that fails before writing leaves no file. Readers use `read_only=True`.
     """
 
-    def __init__(self, path: str | Path, read_only: bool = False, create: bool = False):
+    def __init__(
+        self, path: str | Path, read_only: bool = False, create: bool = False, lock_wait: float | None = None
+    ):
         self.path = Path(path)
         self.read_only = read_only
+        self.lock_wait = lock_wait  # seconds an open waits for another process's lock (None: LOCK_WAIT_SECONDS)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._upgraded = False
         self._created = self.path.exists()
@@ -225,7 +280,7 @@ class Store:
 
     def _migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path)
+        con = connect(self.path, wait=self.lock_wait)
         try:
             migrate(con)
             fold_journals(con, self.path)  # LLM answers a killed process had journaled, not yet stored
@@ -239,20 +294,20 @@ class Store:
         if self._con is None:
             if not self._created:
                 self._migrate()
-            self._con = self._open_reader() if self.read_only else connect(self.path)
+            self._con = self._open_reader() if self.read_only else connect(self.path, wait=self.lock_wait)
         return self._con
 
     def _open_reader(self) -> duckdb.DuckDBPyConnection:
         """A read-only connection to a store whose schema is current: a store written by an older version
         is upgraded first (a short writable open), so a reader never meets a table that is not there yet."""
-        con = connect(self.path, read_only=True)
+        con = connect(self.path, read_only=True, wait=self.lock_wait)
         if self._upgraded or not pending_migrations(con):
             self._upgraded = True
             return con
         con.close()
         self._migrate()
         self._upgraded = True
-        return connect(self.path, read_only=True)
+        return connect(self.path, read_only=True, wait=self.lock_wait)
 
     def close(self) -> None:
         if self._con is not None:
@@ -279,7 +334,7 @@ class Store:
         fresh = own and not self._created
         if fresh:
             self._migrate()
-        con = connect(self.path) if own else self._con
+        con = connect(self.path, wait=self.lock_wait) if own else self._con
         failed = False
         try:
             con.execute("BEGIN TRANSACTION")

@@ -6,6 +6,7 @@ last read. A writer of another process that finds the file held announces it (`W
 read starts on the open file, it closes as soon as the reads in progress end, and the next reads wait for
 that writer's transaction and open the file again (they then see its writes). This app's own writes
 (reviews, deletes) take turns the same way: they wait for the reads in progress, and reads wait for them.
+A request waits for the store `lock_wait` seconds in all, then gets StoreBusy (the app answers 503).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Iterator
 
 import duckdb
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import StoreBusy
 from autointerp.store import Store, connect
 from autointerp.store.db import LOCK_WAIT_SECONDS, WriterGate
 
@@ -28,9 +29,10 @@ LINGER_SECONDS = 0.5
 class CatalogAccess:
     """The store file as the web app uses it: shared short reads, exclusive short writes."""
 
-    def __init__(self, path: str | Path, linger: float = LINGER_SECONDS):
+    def __init__(self, path: str | Path, linger: float = LINGER_SECONDS, lock_wait: float = LOCK_WAIT_SECONDS):
         self.path = Path(path)
         self.linger = linger
+        self.lock_wait = lock_wait
         self._cond = threading.Condition()
         self._db: duckdb.DuckDBPyConnection | None = None  # the open read-only database, while there is one
         self._readers = 0
@@ -53,13 +55,19 @@ class CatalogAccess:
     @contextlib.contextmanager
     def writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One write transaction, after the reads in progress; reads wait for it."""
+        deadline = time.monotonic() + self.lock_wait
         with self._cond:
-            self._wait(lambda: not self._writing)
+            self._wait(lambda: not self._writing, deadline)
             self._writing = True
-            self._wait(lambda: self._readers == 0)
+            try:
+                self._wait(lambda: self._readers == 0, deadline)
+            except StoreBusy:
+                self._writing = False
+                self._cond.notify_all()
+                raise
             self._close_db()
         try:
-            with Store(self.path).writing() as con:
+            with Store(self.path, lock_wait=_left(deadline)).writing() as con:
                 yield con
         finally:
             with self._cond:
@@ -68,14 +76,14 @@ class CatalogAccess:
 
     def close(self) -> None:
         with self._cond:
-            self._wait(lambda: self._readers == 0)
+            self._wait(lambda: self._readers == 0, time.monotonic() + self.lock_wait)
             self._close_db()
 
     def _start_read(self) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        deadline = time.monotonic() + self.lock_wait
         with self._cond:
             while True:
-                self._wait(lambda: not self._writing and not (self._draining and self._db is not None))
+                self._wait(lambda: not self._writing and not (self._draining and self._db is not None), deadline)
                 if self._gate.writer_waiting() and time.monotonic() < deadline:
                     # let it in: drain the open file (the last read closes it), or wait while it connects
                     self._draining = self._db is not None
@@ -85,7 +93,7 @@ class CatalogAccess:
                     continue
                 if self._db is None:
                     # connect waits while another process writes; no read of ours holds the file meanwhile
-                    self._db = connect(self.path, read_only=True)
+                    self._db = connect(self.path, read_only=True, wait=_left(deadline))
                 self._draining = False
                 self._readers += 1
                 return self._db.cursor()
@@ -122,9 +130,13 @@ class CatalogAccess:
         self._draining = False
         self._cond.notify_all()
 
-    def _wait(self, ready) -> None:
-        """Wait on the condition (held) until ready(); a stuck store is an error, not a hang."""
-        if not self._cond.wait_for(ready, timeout=LOCK_WAIT_SECONDS):
-            raise AutointerpError(
-                f"the store {self.path} stayed busy for {LOCK_WAIT_SECONDS:.0f} s; try again when the writing job pauses"
+    def _wait(self, ready, deadline: float) -> None:
+        """Wait on the condition (held) until ready(), up to the deadline; a stuck store is an error, not a hang."""
+        if not self._cond.wait_for(ready, timeout=_left(deadline)):
+            raise StoreBusy(
+                f"the store {self.path} stayed busy for {self.lock_wait:.3g} s; try again when the writing job pauses"
             )
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

@@ -3,7 +3,8 @@
 Requests read through short read-only connections and write reviews in short transactions, so that a
 labeling job can write to the same store between them (`autointerp.web.access` says how they take
 turns). The search index is kept fresh by a background thread (`autointerp.indexing.IndexKeeper`): a
-search never builds it, it uses the last good one.
+search never builds it, it uses the last good one. A store held by another process for longer than a
+request waits (`lock_wait`) is answered 503 with Retry-After, in pages and in the API: not the client's fault.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from fastapi.staticfiles import StaticFiles
 
 from autointerp import inventory
 from autointerp.catalog import REVIEW_STATES, VERDICTS, FeatureView, feature_view, load_labels, review_label, run_view
-from autointerp.errors import AutointerpError, NotFound
+from autointerp.errors import AutointerpError, NotFound, StoreBusy
 from autointerp.indexing import INTERVAL_SECONDS, IndexKeeper
 from autointerp.search import MODES, SearchFilters, SearchIndex, search
+from autointerp.store.db import LOCK_WAIT_SECONDS
 from autointerp.store.jobs import list_runs
 from autointerp.web.access import CatalogAccess
 from autointerp.web.reviewers import COOKIE, ReviewAccess, ReviewRefused
 
 HERE = Path(__file__).parent
+BUSY_RETRY_AFTER_S = 1  # a job's store sessions start at most once a second and leave the file free between them
 
 
 def _templates() -> jinja2.Environment:
@@ -105,11 +108,13 @@ def _token(request: Request, form: dict[str, str] | None = None) -> str | None:
 
 
 def create_app(
-    db_path: str | Path, *, index_interval: float = INTERVAL_SECONDS, reviewers: ReviewAccess | None = None
+    db_path: str | Path, *, index_interval: float = INTERVAL_SECONDS, reviewers: ReviewAccess | None = None,
+    lock_wait: float = LOCK_WAIT_SECONDS,
 ) -> FastAPI:
     """The catalog app; `reviewers` says who may write reviews (default: anyone, recorded as "local");
-    `index_interval`: seconds between the search index's looks at the store."""
-    access = CatalogAccess(db_path)
+    `index_interval`: seconds between the search index's looks at the store; `lock_wait`: seconds a request
+    waits for a store that another process holds before it is answered 503."""
+    access = CatalogAccess(db_path, lock_wait=lock_wait)
     keeper = IndexKeeper(db_path, access.reading, interval=index_interval)
     reviewers = reviewers or ReviewAccess()
     env = _templates()
@@ -168,10 +173,24 @@ def create_app(
 
     @app.exception_handler(AutointerpError)
     async def user_error(request: Request, exc: AutointerpError):
+        if isinstance(exc, StoreBusy):
+            return busy(request, exc)
         status = 403 if isinstance(exc, ReviewRefused) else 404 if isinstance(exc, NotFound) else 400
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(exc)}, status_code=status)
         return page("error.html", status=status, message=str(exc))
+
+    def busy(request: Request, exc: StoreBusy):
+        """503 with Retry-After; a page asked for with GET reloads itself then, as a user would."""
+        headers = {"Retry-After": str(BUSY_RETRY_AFTER_S)}
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": str(exc)}, status_code=503, headers=headers)
+        response = page(
+            "error.html", status=503, message=str(exc), title="busy",
+            reload_after=BUSY_RETRY_AFTER_S if request.method == "GET" else None,
+        )
+        response.headers.update(headers)
+        return response
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
