@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import gc
 import itertools
@@ -30,7 +31,8 @@ import math
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -52,7 +54,7 @@ from autointerp.records import Explanation, FeatureExamples, Score
 from autointerp.sampling import TooFewActivations, sample
 from autointerp.scoring import Scorer, any_needs_llm
 from autointerp.scoring.output import OutputContext, output_context
-from autointerp.stage_clock import stage as cpu_stage, staged
+from autointerp.stage_clock import in_thread, stage as cpu_stage, staged
 from autointerp.stages import simulator_spec
 from autointerp.store import jobs
 from autointerp.store import output_evidence_queries as output_queries
@@ -332,6 +334,17 @@ class _StoreSessions:
         self._task: asyncio.Task | None = None
         self._last_start = self._last_end = -math.inf
         self.error: BaseException | None = None  # a failed session: the job stops with it
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def _in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run store work (the open, commits, the closing checkpoint) on the job's one store thread: DuckDB
+        lets go of the GIL while it writes and syncs the file, so the event loop keeps serving LLM answers
+        meanwhile (on the loop, a session's writes and checkpoint stalled every feature in flight; under load
+        a third of the loop's time). Work handed over runs to its end even when the caller is cancelled, and
+        one thread keeps it in order."""
+        work = contextvars.copy_context().run
+        future = asyncio.get_running_loop().run_in_executor(self._store_thread, work, in_thread(fn), *args)
+        return await asyncio.shield(future)
 
     async def next_feature(self) -> tuple[int, Any] | None:
         """(feature, its examples or the exception sampling raised), or None when no feature is left."""
@@ -375,7 +388,7 @@ class _StoreSessions:
             # embed what is queued before the file is opened: the first embedding loads MiniLM (seconds),
             # and readers (the web catalog, `autointerp search`) wait while a session holds the file
             await self._writer.prepare(self._writes)
-            _ = self.store.con  # one connection for the whole session
+            await self._in_store_thread(lambda: self.store.con)  # one connection for the whole session
             await self._write_queued()
             need = self._prefetch - self._ready.qsize() + self._wanted  # the waiting workers, and a full queue after them
             if sample_more and not self._exhausted and need > 0:
@@ -391,9 +404,11 @@ class _StoreSessions:
         except Exception as exc:  # noqa: BLE001 - handed to the workers, which stop the job
             self.error = self.error or exc
         finally:
-            self.store.close()
-            self._last_end = time.monotonic()
-            self._task = None
+            try:
+                await self._in_store_thread(self.store.close)
+            finally:
+                self._last_end = time.monotonic()
+                self._task = None
         waiting = self._wanted - self._ready.qsize()
         if self.error is not None or self._exhausted:
             for _ in range(max(0, waiting)):
@@ -415,24 +430,29 @@ class _StoreSessions:
                 await self._writer.prepare(chunk)
                 queued = queued[WRITES_PER_COMMIT:]
                 try:
-                    self._commit(chunk)
+                    await self._commit(chunk)
                 except Exception:  # noqa: BLE001 - one write failed: the others are stored on their own, as before
                     for i, item in enumerate(chunk):
                         try:
-                            self._commit([item])
+                            await self._commit([item])
                         except Exception:
                             queued[:0] = chunk[i + 1 :]
                             raise
-                await asyncio.sleep(0)
         finally:
             self._writes[:0] = queued
-        with self.store.writing() as con:
-            self._writer.write_counts(con)
+        await self._in_store_thread(self._write_counts)
 
-    def _commit(self, items: list[_Finished]) -> None:
+    async def _commit(self, items: list[_Finished]) -> None:
+        await self._in_store_thread(self._write_batch, items)
+        self._writer.committed(items)
+
+    def _write_batch(self, items: list[_Finished]) -> None:
         with self.store.writing() as con:
             self._writer.write_batch(con, items)
-        self._writer.committed(items)
+
+    def _write_counts(self) -> None:
+        with self.store.writing() as con:
+            self._writer.write_counts(con)
 
     async def finish(self) -> None:
         """Write everything still queued (also after Ctrl-C) and close the file with a checkpoint."""
@@ -441,7 +461,10 @@ class _StoreSessions:
             self._handle = None
         if self._task is not None:
             await asyncio.wait([self._task])
-        await self._session(sample_more=False)
+        try:
+            await self._session(sample_more=False)
+        finally:
+            self._store_thread.shutdown(wait=False)
 
 
 @dataclass

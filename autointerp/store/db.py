@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -271,6 +272,9 @@ class Store:
         self.read_only = read_only
         self.lock_wait = lock_wait  # seconds an open waits for another process's lock (None: LOCK_WAIT_SECONDS)
         self._con: duckdb.DuckDBPyConnection | None = None
+        # the held connection's users take turns: a labeling job commits on its store thread while its event
+        # loop may read the LLM ledger (a DuckDB connection is not for two threads at once)
+        self._turn = threading.RLock()
         self._upgraded = False
         self._created = self.path.exists()
         if not self._created and (read_only or not create):
@@ -291,11 +295,12 @@ class Store:
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         """A connection held open until `close()`: for readers and single-process jobs."""
-        if self._con is None:
-            if not self._created:
-                self._migrate()
-            self._con = self._open_reader() if self.read_only else connect(self.path, wait=self.lock_wait)
-        return self._con
+        with self._turn:
+            if self._con is None:
+                if not self._created:
+                    self._migrate()
+                self._con = self._open_reader() if self.read_only else connect(self.path, wait=self.lock_wait)
+            return self._con
 
     def _open_reader(self) -> duckdb.DuckDBPyConnection:
         """A read-only connection to a store whose schema is current: a store written by an older version
@@ -310,9 +315,10 @@ class Store:
         return connect(self.path, read_only=True, wait=self.lock_wait)
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        with self._turn:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
 
     def __enter__(self) -> "Store":
         return self
@@ -330,6 +336,11 @@ class Store:
         """
         if self.read_only:
             raise AutointerpError(f"the store {self.path} was opened read-only; open it for writing to change it")
+        with self._turn, self._transaction() as con:
+            yield con
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         own = self._con is None
         fresh = own and not self._created
         if fresh:
@@ -365,16 +376,17 @@ class Store:
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for reads: the held one, or a short-lived read-only one."""
-        if self._con is not None:
-            yield self._con
-            return
-        if not self._created:
-            self._migrate()
-        con = self._open_reader()
-        try:
-            yield con
-        finally:
-            con.close()
+        with self._turn:
+            if self._con is not None:
+                yield self._con
+                return
+            if not self._created:
+                self._migrate()
+            con = self._open_reader()
+            try:
+                yield con
+            finally:
+                con.close()
 
 
 @contextlib.contextmanager
