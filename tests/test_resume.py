@@ -11,8 +11,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from test_pipeline import N_FEATURES, rows, synthetic_db, tiny_job
 
 from autointerp.pipeline import run_label_job
@@ -61,17 +64,27 @@ def n_finished(db: str) -> int:
 
 
 def _deliverable_sigint() -> None:
-    """The job gets Ctrl-C as a terminal would deliver it, whatever this pytest process inherited or set
-    (a child inherits an ignored or blocked SIGINT: in the whole suite the job then ran to its end)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def started_as_from_a_terminal(args: list[str], **popen) -> subprocess.Popen:
+    """Start `args` with SIGINT as a terminal's foreground job has it (default, unblocked), whatever this pytest
+    process has, so that a Ctrl-C sent to it arrives.
+
+    A suite started as a background job of a non-interactive shell (`make test &`, `nohup pytest ... &` from a
+    script) has SIGINT ignored: POSIX shells ignore it for asynchronous commands when job control is off, Python
+    then leaves it ignored, and every child inherits that across exec (as it would a blocked signal mask). The
+    job then never saw its Ctrl-C and ran to its end (exit 0). No test or library start-up in the suite changes
+    SIGINT (checked after every test of a whole run: Ray, uvicorn in a thread, llama.cpp's server, torch).
+    """
+    return subprocess.Popen(args, preexec_fn=_deliverable_sigint, **popen)
 
 
 def stop_after(db: str, args: list[str], finished: int, sig: int, timeout: float = 300) -> int:
     """Start the job, send `sig` once more than `finished` features are finished; return its exit code."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               preexec_fn=_deliverable_sigint)
+    process = started_as_from_a_terminal(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
         while n_finished(db) <= finished:
@@ -139,3 +152,32 @@ def test_stopped_job_resumes_to_the_same_result_without_repeating_calls(tmp_path
         k for (k,) in rows(db, "SELECT cache_key FROM llm_calls WHERE run_id = ? AND NOT cached", [summary.run_id])
     }
     assert not fresh & before
+
+
+@contextmanager
+def sigint_in_this_process(state: str) -> Iterator[None]:
+    """SIGINT ignored (as a shell leaves it for `pytest ... &`) or blocked in this thread, restored after."""
+    if state == "ignored":
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    else:
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+@pytest.mark.parametrize("state", ["ignored", "blocked"])
+def test_a_started_job_gets_its_ctrl_c_however_pytest_was_started(state):
+    """The Ctrl-C test above holds whether the suite runs in a terminal or as a background job."""
+    probe = "import signal; signal.raise_signal(signal.SIGINT); print('SIGINT did not arrive')"
+    with sigint_in_this_process(state):
+        child = started_as_from_a_terminal([sys.executable, "-c", probe], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+    out, err = child.communicate()
+    assert child.returncode == -signal.SIGINT, (child.returncode, out, err[-500:])
+    assert "KeyboardInterrupt" in err  # Python's own handler ran: the CLI's `except KeyboardInterrupt` would too
