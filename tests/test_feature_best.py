@@ -57,6 +57,10 @@ def write(con, source: str, feature: int, text: str, value: float | None, **kw) 
                                config_hash=None, sampling_config=None, seed=None, embedding=VECTOR)
 
 
+def source_id(con, name: str) -> int:
+    return con.execute("SELECT source_id FROM sources WHERE name = ?", [name]).fetchone()[0]
+
+
 def best_id(con, source: str, feature: int) -> int:
     return catalog.best_label(con, source, feature).explanation_id
 
@@ -137,7 +141,7 @@ def test_a_failed_write_leaves_the_table_as_it_was(store):
 
 
 def test_bulk_loads_keep_it_current(store):
-    sid = store.con.execute("SELECT source_id FROM sources WHERE name = ?", [SOURCE_B]).fetchone()[0]
+    sid = source_id(store.con, SOURCE_B)
     table = pa.table({
         "feature": np.array([1, 40, 41], dtype=np.int32), "label": ["bulk a", "bulk b", "bulk c"],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.tile(VECTOR, 3)), 384),
@@ -207,7 +211,7 @@ def test_a_write_leaves_other_sources_features_of_the_same_number_as_stored(stor
     assert con.execute("SELECT n_ranked FROM feature_best JOIN sources USING (source_id) WHERE name = ? AND feature = 1",
                        [SOURCE_B]).fetchone() == (99,)
     with store.writing() as w:
-        w.execute("UPDATE feature_best SET n_ranked = 1 WHERE n_ranked = 99")
+        q.refresh_best(w, [(source_id(con, SOURCE_B), 1)])
     assert_current(con)
 
 
@@ -221,7 +225,8 @@ def test_many_features_matched_by_one_scan_keep_it_current(store, monkeypatch):
     with store.writing() as w:
         catalog.review_label(w, catalog.label_history(con, SOURCE_A, 8)[-1].explanation_id, "accept")
         inventory.delete_label(w, catalog.label_history(con, SOURCE_A, 9)[0].explanation_id)
-        q.refresh_best(w, [(1, f) for f in range(12)] + [(2, 0), (2, 1), (2, 5)])
+        a, b = source_id(con, SOURCE_A), source_id(con, SOURCE_B)
+        q.refresh_best(w, [(a, f) for f in range(12)] + [(b, 0), (b, 1), (b, 5)])
     assert_current(con)
 
 
