@@ -1,8 +1,8 @@
-"""What keeping each feature's best label costs a write, as the catalog grows: ms per refresh of 32
-features' stored best labels (`catalog_queries.refresh_best`, the hook every write of labels, scores or
-reviews calls), for 32 features drawn at random and for 32 consecutive ones, and ms per 32-label
-`catalog.write_labels` (what a labeling job's `write` stage does per transaction: labels, scores,
-embeddings and that refresh), at 100k and 1M labels.
+"""What keeping each feature's best label costs a write, as the catalog grows: wall ms (median, p95) and
+CPU ms (median; this process, all its threads) per refresh of 32 features' stored best labels
+(`catalog_queries.refresh_best`, the hook every write of labels, scores or reviews calls), for 32 features
+drawn at random and for 32 consecutive ones, and per 32-label `catalog.write_labels` (what a labeling job's
+`write` stage does per transaction: labels, scores, embeddings and that refresh), at 100k and 1M labels.
 
     python -m autointerp.bench.refresh_best [--sizes 100000,1000000] [--repeats 30] [--keep DIR]
 
