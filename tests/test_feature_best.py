@@ -5,6 +5,8 @@ new labels, bulk loads, an upgraded old store and `autointerp index --rebuild`; 
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,7 @@ from autointerp.records import Explanation, Score
 from autointerp.search import SearchIndex, search
 from autointerp.store import Store, migrations
 from autointerp.store import catalog_queries as q
+from autointerp.store.activations import create_source
 from autointerp.store.db import migrate
 from catalog_fixtures import SOURCE_A, SOURCE_B, catalog_copy
 
@@ -52,6 +55,10 @@ def write(con, source: str, feature: int, text: str, value: float | None, **kw) 
     scores = [] if value is None else [Score("detection", "balanced_accuracy", value, None, None, 40)]
     return catalog.write_label(con, Explanation(source, feature, text), scores, run_id=kw.get("run_id"),
                                config_hash=None, sampling_config=None, seed=None, embedding=VECTOR)
+
+
+def source_id(con, name: str) -> int:
+    return con.execute("SELECT source_id FROM sources WHERE name = ?", [name]).fetchone()[0]
 
 
 def best_id(con, source: str, feature: int) -> int:
@@ -134,7 +141,7 @@ def test_a_failed_write_leaves_the_table_as_it_was(store):
 
 
 def test_bulk_loads_keep_it_current(store):
-    sid = store.con.execute("SELECT source_id FROM sources WHERE name = ?", [SOURCE_B]).fetchone()[0]
+    sid = source_id(store.con, SOURCE_B)
     table = pa.table({
         "feature": np.array([1, 40, 41], dtype=np.int32), "label": ["bulk a", "bulk b", "bulk c"],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.tile(VECTOR, 3)), 384),
@@ -188,4 +195,93 @@ def test_imported_labels_keep_it_current(store, tmp_path):
     import_labels(Store(store.path), path)
     with Store(store.path, read_only=True) as s:
         assert catalog.best_label(s.con, SOURCE_A, 9).why_best.n_competing == 2
+        assert_current(s.con)
+
+
+def test_a_write_leaves_other_sources_features_of_the_same_number_as_stored(store):
+    """The refresh deletes the stored rows of its feature numbers in every source (the index it uses is on
+    the number alone) and puts back those of other sources as they were."""
+    con = store.con
+    with store.writing() as w:  # a mark on source B's feature 1 that only a recomputation would erase
+        w.execute("UPDATE feature_best SET n_ranked = 99 FROM sources s "
+                  "WHERE s.source_id = feature_best.source_id AND s.name = ? AND feature = 1", [SOURCE_B])
+    with store.writing() as w:
+        write(w, SOURCE_A, 1, "shares on the stock market", 0.99)
+    assert best_id(con, SOURCE_A, 1) == catalog.label_history(con, SOURCE_A, 1)[0].explanation_id
+    assert con.execute("SELECT n_ranked FROM feature_best JOIN sources USING (source_id) WHERE name = ? AND feature = 1",
+                       [SOURCE_B]).fetchone() == (99,)
+    with store.writing() as w:
+        q.refresh_best(w, [(source_id(con, SOURCE_B), 1)])
+    assert_current(con)
+
+
+def test_many_features_matched_by_one_scan_keep_it_current(store, monkeypatch):
+    """Past MAX_LISTED_IDS, the features' labels, scores and stored rows are matched by scans, not lookups."""
+    monkeypatch.setattr(q, "MAX_LISTED_IDS", 1)
+    con = store.con
+    with store.writing() as w:
+        write(w, SOURCE_A, 1, "stock tickers", 0.99)
+        write(w, SOURCE_B, 1, "bank tellers", 0.1)
+    with store.writing() as w:
+        catalog.review_label(w, catalog.label_history(con, SOURCE_A, 8)[-1].explanation_id, "accept")
+        inventory.delete_label(w, catalog.label_history(con, SOURCE_A, 9)[0].explanation_id)
+        a, b = source_id(con, SOURCE_A), source_id(con, SOURCE_B)
+        q.refresh_best(w, [(a, f) for f in range(12)] + [(b, 0), (b, 1), (b, 5)])
+    assert_current(con)
+
+
+class Fetched:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def fetchall(self):
+        return [tuple(r.values()) for r in self.rows.to_pylist()]
+
+    def fetchnumpy(self):
+        return {c: self.rows[c].to_numpy() for c in self.rows.column_names}
+
+
+class Profiled:
+    """A connection that keeps, per statement it runs, the rows each scan of a stored table read."""
+
+    def __init__(self, con, folder):
+        self.con, self.path, self.scans = con, folder / "profile.json", []
+        con.execute("PRAGMA enable_profiling = 'json'")
+        con.execute(f"PRAGMA profiling_output = '{self.path}'")
+
+    def execute(self, sql, params=None):
+        rows = self.con.execute(sql, params).to_arrow_table()  # the profile is written once the result is read
+        self.scans += [(" ".join(sql.split())[:60], table, n) for table, n in self._scans(json.loads(self.path.read_text()))]
+        return Fetched(rows)
+
+    def _scans(self, node):
+        table = node.get("extra_info", {}).get("Table")
+        if table:
+            yield table, node.get("operator_rows_scanned", 0)
+        for child in node.get("children", []):
+            yield from self._scans(child)
+
+
+def test_refreshing_a_few_features_reads_their_rows_not_the_catalog(tmp_path):
+    """A write's refresh reads its features' labels, those labels' scores and reviews, and their stored
+    rows, through indexes: no scan of every label, score or feature, whatever the catalog's size."""
+    n = 3000
+    with Store(tmp_path / "big.duckdb", create=True) as s:
+        with s.writing() as con:
+            sid = create_source(con, "big", model=None, hookpoint=None, layer=0, feature_kind="neurons", width=n,
+                                context_len=None, config={}).source_id
+            q.bulk_insert_labels(con, sid, pa.table({
+                "feature": np.arange(n, dtype=np.int32), "label": [f"label {f}" for f in range(n)],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.tile(VECTOR, n)), 384),
+                "scorer": ["detection"] * n, "metric": ["auroc"] * n,
+                "value": np.linspace(0, 1, n), "n": np.full(n, 40, dtype=np.int32),
+            }), "m", "bench")
+            q.insert_review(con, 5, "accept", None, None)
+        with s.writing() as con:
+            write(con, "big", 4, "a second label", 0.9)
+            profiled = Profiled(con, tmp_path)
+            q.refresh_best(profiled, [(sid, 4), (sid, 1500), (sid, 2999)])
+            con.execute("PRAGMA disable_profiling")
+        assert {t.split(".")[-1] for _, t, _ in profiled.scans} >= {"explanations", "scores", "feature_best", "reviews"}
+        assert [(sql, t, rows) for sql, t, rows in profiled.scans if rows > 10 and not t.endswith("reviews")] == []
         assert_current(s.con)

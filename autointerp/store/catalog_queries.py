@@ -108,12 +108,17 @@ def insert_label_embeddings(
 
 # ---- reviews ---------------------------------------------------------------------------------------
 
-# The latest review of each explanation decides its review state.
-_LATEST_REVIEW = """
+def _latest_review(only: str = "") -> str:
+    """The latest review of each explanation, which decides its review state (of the explanations matching
+    the condition `only`, when given)."""
+    return f"""
     SELECT explanation_id, arg_max(verdict, review_id) AS verdict, max(created_at) AS reviewed_at,
            max(review_id) FILTER (WHERE verdict = 'accept') AS accept_id
-    FROM reviews GROUP BY explanation_id
+    FROM reviews {f"WHERE {only}" if only else ""} GROUP BY explanation_id
 """
+
+
+_LATEST_REVIEW = _latest_review()
 
 _REVIEW_STATE = """
     CASE r.verdict WHEN 'accept' THEN 'accepted' WHEN 'reject' THEN 'rejected' WHEN 'edit' THEN 'edited'
@@ -217,25 +222,29 @@ _RELIABLE = f"""
 """
 
 
-def _best_ctes(labels: str, scores_only: str, named: str) -> str:
+def _best_ctes(labels: str, only: str, named: str) -> str:
     """CTEs ending in `best`: one row per feature with its best label, by the rule of `autointerp.ranking`
     (bound parameters: $min_n, $max_unparsed, $preferred, $unranked, and $scorer/$metric when `named`; the
     $unranked scorers are compared only when named).
-    `labels`: a SELECT of (explanation_id, source_id, feature), the labels that compete; `scores_only`: a
-    condition (ending in AND) narrowing the scores read to theirs. Tiers: 0 accepted, 1 unreviewed,
-    2 rejected or edited; only a feature's lowest tier competes."""
+    `labels`: a SELECT of (explanation_id, source_id, feature), the labels that compete; `only`: a condition
+    on explanation_id narrowing the reviews and scores read to theirs ("": every label competes). Their
+    scores are read by id alone (MATERIALIZED): DuckDB looks ids up in the index on scores(explanation_id)
+    only when they are a scan's sole filter, and scans every score otherwise. Tiers: 0 accepted,
+    1 unreviewed, 2 rejected or edited; only a feature's lowest tier competes."""
+    keyed = f"keyed_scores AS MATERIALIZED (SELECT * FROM scores WHERE {only})," if only else ""
     return f"""
+        {keyed}
         lab AS (
             SELECT e.explanation_id, e.source_id, e.feature,
                    CASE WHEN r.verdict = 'accept' THEN 0 WHEN r.verdict IN ('reject', 'edit') THEN 2 ELSE 1 END AS tier,
                    CASE WHEN r.verdict = 'accept' THEN r.accept_id END AS accept_id
             FROM ({labels}) e
-            LEFT JOIN ({_LATEST_REVIEW}) r USING (explanation_id)
+            LEFT JOIN ({_latest_review(only)}) r USING (explanation_id)
         ),
         competing AS (SELECT * FROM lab QUALIFY tier = min(tier) OVER (PARTITION BY source_id, feature)),
         reliable AS (
             SELECT explanation_id, scorer, metric, value, n FROM (
-                SELECT * FROM scores WHERE {scores_only} subset = 'all' AND split = 'test' {named}
+                SELECT * FROM {"keyed_scores" if only else "scores"} WHERE subset = 'all' AND split = 'test' {named}
                 QUALIFY row_number() OVER (PARTITION BY explanation_id, scorer, metric ORDER BY score_id DESC) = 1
             ) WHERE {_RELIABLE}
         ),
@@ -265,13 +274,13 @@ def _best_ctes(labels: str, scores_only: str, named: str) -> str:
 
 
 def _competing(explanation_ids: Sequence[int] | None) -> tuple[str, str, dict[str, Any]]:
-    """`_best_ctes`' labels and scores_only for the labels `explanation_ids` (None: every label), and their
+    """`_best_ctes`' labels and `only` for the labels `explanation_ids` (None: every label), and their
     parameters: a few are looked up by id in the labels and in the scores, many are matched by one scan."""
     if explanation_ids is None:
         return "SELECT explanation_id, source_id, feature FROM explanations WHERE true", "", {}
     id_list, params = _id_list(explanation_ids, "e")
-    only = f"explanation_id IN ({id_list}) AND"
-    return f"SELECT explanation_id, source_id, feature FROM explanations WHERE {only} true", only, params
+    only = f"explanation_id IN ({id_list})"
+    return f"SELECT explanation_id, source_id, feature FROM explanations WHERE {only}", only, params
 
 
 BEST_FIELDS = ("source_id", "feature", "explanation_id", "tier", "scorer", "metric", "value", "n", "n_ranked", "n_competing")
@@ -317,11 +326,33 @@ def _keys_table(keys: Sequence[tuple[int, int]]) -> tuple[str, dict[str, list[in
     )
 
 
+def _labels_of_features(
+    con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[int, int]], features: str, params: dict[str, Any]
+) -> list[int]:
+    """Ids of every label of the features `keys`, ascending. Their feature numbers (`features`, an `_id_list`
+    of them, and its `params`) are looked up in the index on explanations(feature) (MATERIALIZED: DuckDB
+    uses an index only for a scan's sole filter), then narrowed to the keys' sources."""
+    key_rows, key_params = _keys_table(keys)
+    return con.execute(
+        f"""
+        WITH found AS MATERIALIZED (
+            SELECT explanation_id, source_id, feature FROM explanations WHERE feature IN ({features})
+        )
+        SELECT explanation_id FROM found JOIN ({key_rows}) k USING (source_id, feature) ORDER BY explanation_id
+        """,
+        {**params, **key_params},
+    ).fetchnumpy()["explanation_id"].tolist()
+
+
 def refresh_best(con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[int, int]] | None = None) -> None:
     """Recompute the stored best label (table `feature_best`) of the features `keys`, (source_id, feature)
     pairs, or of every feature when None. The one hook that every write of labels, scores or reviews calls
     in its own transaction (a job's per-feature and batched writes, reviews, deletes, bulk loads); it ranks
-    with `_best_ctes`, the same SQL as every ad hoc ranking."""
+    with `_best_ctes`, the same SQL as every ad hoc ranking.
+    For keys it reads only their labels, those labels' scores and reviews, and the stored rows of their
+    feature numbers (through indexes on `feature`: DuckDB looks up no composite key), so that a write costs
+    what it writes, not the size of the catalog. The rows of other sources' features with the same numbers
+    are deleted with them and put back as they were."""
     if keys is None:
         con.execute("DELETE FROM feature_best")
         ids = None
@@ -329,14 +360,15 @@ def refresh_best(con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[int, int]]
         keys = sorted({(int(s), int(f)) for s, f in keys})
         if not keys:
             return
-        key_rows, key_params = _keys_table(keys)
-        con.execute(
-            f"DELETE FROM feature_best b USING ({key_rows}) k WHERE b.source_id = k.source_id AND b.feature = k.feature",
-            key_params,
-        )
-        ids = con.execute(
-            f"SELECT e.explanation_id FROM explanations e JOIN ({key_rows}) k USING (source_id, feature)", key_params
-        ).fetchnumpy()["explanation_id"].tolist()
+        features, params = _id_list(sorted({f for _, f in keys}), "f")
+        ids = _labels_of_features(con, keys, features, params)
+        removed = con.execute(
+            f"DELETE FROM feature_best WHERE feature IN ({features}) RETURNING {', '.join(BEST_FIELDS)}", params
+        ).fetchall()
+        wanted = set(keys)
+        insert_rows(con, "feature_best", BEST_FIELDS, [r for r in removed if (r[0], r[1]) not in wanted])
+        if not ids:
+            return
     labels, only, params = _competing(ids)
     con.execute(
         f"""

@@ -439,3 +439,12 @@ def m180_feature_best(con: duckdb.DuckDBPyConnection) -> None:
         """
     )
     refresh_best(con)
+
+
+@migration
+def m190_feature_indexes(con: duckdb.DuckDBPyConnection) -> None:
+    """Every write of labels, scores or reviews recomputes its features' best labels (`refresh_best`): it
+    finds their labels and stored best rows by feature number here instead of scanning every label's and
+    every feature's (source_id, feature) (DuckDB answers no lookup from a composite key's index)."""
+    con.execute("CREATE INDEX explanations_feature ON explanations (feature)")
+    con.execute("CREATE INDEX feature_best_feature ON feature_best (feature)")
