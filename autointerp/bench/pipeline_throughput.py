@@ -8,9 +8,10 @@ job's client CPU per feature (this process's user + sys time), broken down by st
 
 With `--latency 0` the server answers at once: features/s is then bound by the client's CPU (and by the
 server's, which shares the machine), and CPU per feature is the figure that does not depend on machine load.
-The timed runs are the job as users run it; the breakdown by stage comes from a second run of each level
-with the stage clock on (it times every asyncio task step with the thread's CPU clock, a system call: ~10%
-more CPU), made with `--latency 0` only, where CPU is what the run measures.
+The timed runs are the job as users run it, with nothing measuring it from inside; the breakdown by stage
+comes from a second run of each level with the stage clock on (it reads the thread's CPU clock, a system
+call, around every asyncio task step), made with `--latency 0` only, where CPU is what the run measures.
+Its features/s is printed beside the breakdown: on a quiet machine it stays within the runs' spread.
 
 The server (in a child process, so its work stays out of this process's measurement) is the latency server
 of `autointerp.bench.latency_server`, with chat answers that begin with a `Label:` line, so that every
