@@ -68,7 +68,7 @@ WRITES_PER_COMMIT = 32  # finished features stored per transaction
 # Sampling runs on the event loop in slices of this many seconds: a loop turn between features left sampling
 # one feature a turn, a session of 256 features then held the store file for seconds
 SAMPLING_SLICE_S = 0.02
-READER_GAP_S = 0.1  # the least time a job leaves the store file closed between its sessions (readers retry every 50 ms)
+READER_GAP_S = 0.1  # the least time a job leaves the store file closed between its sessions (for readers that retry)
 # Collector thresholds while a job runs: a young-generation pass every 20k allocations instead of 700, older
 # ones rarely. A job allocates millions of short-lived objects; at the defaults the middle and old passes,
 # over a heap that grows with the features done, took ~1.3 ms of CPU a feature (1000-feature benchmark job),
@@ -307,9 +307,10 @@ class _StoreSessions:
     Queued writes go in transactions of up to `WRITES_PER_COMMIT` (a commit costs more than a feature's rows),
     each a few multi-row statements for all its features, with their labels embedded in one MiniLM call (off
     the event loop) before the session opens the file; features finished during a session wait for the next
-    one. A session yields to the event loop between transactions and sampling slices so that LLM answers
-    keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5 replaying a write-ahead log left by a session closed without one lost entries of the `scores` index (lookups by
-    explanation id then missed stored scores; tests/test_resume.py caught it)."""
+    one. The open, the commits and the closing checkpoint run on the job's store thread; the loop yields
+    between sampling slices, so LLM answers keep flowing. Every session ends with a checkpoint: DuckDB 1.5.5
+    replaying a write-ahead log left by a session closed without one lost entries of the `scores` index
+    (lookups by explanation id then missed stored scores; tests/test_resume.py caught it)."""
 
     def __init__(
         self,

@@ -1,6 +1,7 @@
 """How a labeling job's store sessions (`pipeline._StoreSessions`) feed its workers and share the file."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -54,3 +55,30 @@ def test_sessions_start_once_an_interval_and_leave_the_file_free_for_readers_in_
     # a session that took longer than the interval: the next waits for the readers' gap, not a whole interval
     assert session_delay(12.0, last_start=9.0, last_end=12.0, interval_s=1.0) == pytest.approx(READER_GAP_S)
     assert session_delay(0.0, last_start=float("-inf"), last_end=float("-inf"), interval_s=1.0) == 0.0
+
+
+def test_the_held_connection_is_used_by_one_thread_at_a_time(tmp_path):
+    """A job commits on its store thread while its event loop may read the LLM ledger through the same held
+    connection: a read waits for the write transaction to end instead of running inside it."""
+    store = Store(tmp_path / "s.duckdb", create=True)
+    with store.writing() as con:
+        con.execute("CREATE TABLE t (x INTEGER)")
+    _ = store.con
+    in_transaction, read_in_transaction, seen = threading.Event(), threading.Event(), []
+
+    def read():
+        with store.reading() as con:
+            if in_transaction.is_set():
+                read_in_transaction.set()
+            seen.append(con.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    reader = threading.Thread(target=read)
+    with store.writing() as con:
+        con.execute("INSERT INTO t VALUES (1)")
+        in_transaction.set()
+        reader.start()
+        read_in_transaction.wait(0.5)  # time for a read that did not wait to happen
+        in_transaction.clear()
+    reader.join()
+    store.close()
+    assert not read_in_transaction.is_set() and seen == [1]
