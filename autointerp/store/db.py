@@ -50,6 +50,13 @@ def _is_lock_error(exc: Exception) -> bool:
     )
 
 
+def _is_write_failure(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(
+        why in text for why in ("could not write", "no space left", "file too large", "read-only file system", "disk quota")
+    )
+
+
 class _WaitFlag:
     """An flock on a file in the store's jobs folder by which processes waiting for the store file say so.
     Best effort: where the folder cannot be written there is no flag, and waiters just retry."""
@@ -164,6 +171,8 @@ def connect(path: str | Path, read_only: bool = False, wait: float | None = None
                             f"the store {path} is held by another process for writing; "
                             "wait for it to finish or stop it, then run again"
                         ) from None
+                    if _is_write_failure(exc):  # opening replays a write-ahead log into the file
+                        raise write_error(path, exc) from None
                     raise AutointerpError(f"cannot open the store {path}: {exc}") from None
             except duckdb.Error as exc:
                 raise AutointerpError(
@@ -181,8 +190,24 @@ def connect(path: str | Path, read_only: bool = False, wait: float | None = None
         if gate is not None:
             gate.close()
     if not read_only:
-        _rebuild_indexes_after_replay(con, path)
+        try:
+            with _disk_errors(path):
+                _rebuild_indexes_after_replay(con, path)
+        except AutointerpError:
+            con.close()
+            raise
     return con
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """A write that the disk refuses (full, a size limit, read-only) as the one clear error that says what to do."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        if _is_write_failure(exc):
+            raise write_error(path, exc) from None
+        raise
 
 
 def write_error(path: Path, exc: Exception) -> AutointerpError:
@@ -286,8 +311,9 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = connect(self.path, wait=self.lock_wait)
         try:
-            migrate(con)
-            fold_journals(con, self.path)  # LLM answers a killed process had journaled, not yet stored
+            with _disk_errors(self.path):
+                migrate(con)
+                fold_journals(con, self.path)  # LLM answers a killed process had journaled, not yet stored
         finally:
             con.close()
         self._created = True
