@@ -137,7 +137,7 @@ def _words(text: str) -> list[str]:
 def _strip_echoed_lead(label: str, template_text: str, min_words: int = 4) -> str:
     """Drop an opening that repeats the prompt's question ("The marked tokens have in common that ...")."""
     spans = list(re.finditer(r"[A-Za-z0-9]+", label))
-    joined = _joined_words(template_text)
+    joined = _template_words(template_text)
     cut = 0
     for k in range(min_words, len(spans)):
         if f" {' '.join(m.group(0).lower() for m in spans[:k])} " not in joined:
@@ -152,13 +152,15 @@ def _strip_echoed_lead(label: str, template_text: str, min_words: int = 4) -> st
 def _is_template_phrase(label: str, template_text: str) -> bool:
     """All of the label (two words or more) is a phrase of the template ("What do the marked tokens have in common")."""
     label_words = _words(label)
-    return len(label_words) >= 2 and f" {' '.join(label_words)} " in _joined_words(template_text)
+    return len(label_words) >= 2 and f" {' '.join(label_words)} " in _template_words(template_text)
 
 
-@functools.lru_cache(maxsize=32)
 def _joined_words(text: str) -> str:
     """The text's words, lower-cased, one space apart and around: " a b c " holds " b c " for words in a row."""
     return " " + " ".join(_words(text)) + " "
+
+
+_template_words = functools.lru_cache(maxsize=32)(_joined_words)  # a prompt's, made once per prompt
 
 
 def _ngrams_in_order(words: list[str], n: int) -> list[str]:
@@ -167,9 +169,10 @@ def _ngrams_in_order(words: list[str], n: int) -> list[str]:
 
 def _copied_phrase(label: str, template_text: str, excerpts: str = "") -> str:
     """The first ECHO_NGRAM words in a row of the label that the template holds and the excerpts do not ('' if none)."""
-    in_template = [gram for gram in _ngrams_in_order(_words(label), ECHO_NGRAM) if f" {gram} " in _joined_words(template_text)]
+    template = _template_words(template_text)
+    in_template = [gram for gram in _ngrams_in_order(_words(label), ECHO_NGRAM) if f" {gram} " in template]
     if in_template:
-        in_excerpts = " " + " ".join(_words(excerpts)) + " "
+        in_excerpts = _joined_words(excerpts)
         for gram in in_template:
             if f" {gram} " not in in_excerpts:
                 return gram

@@ -8,15 +8,20 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import duckdb
 
 import numpy as np
 import pyarrow as pa
 
 from autointerp.catalog import write_label
 from autointerp.records import Explanation, Score
-from autointerp.store import Store
+from autointerp.store import Store, migrations
 from autointerp.store.activations import append_chunk, create_source, finalize_source
+from autointerp.store.db import migrate
 from autointerp.store.jobs import create_run, update_run
 from autointerp.store.llm_calls import LLMCall, insert_calls
 
@@ -154,3 +159,19 @@ def catalog_copy(directory: str | Path, labels: bool = True) -> Path:
     target = Path(directory) / ("catalog.duckdb" if labels else "sources.duckdb")
     shutil.copy(_built[labels], target)
     return target
+
+
+@contextmanager
+def store_of_an_older_version(path: str | Path, monkeypatch, first_missing: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to a new store at `path` with the migrations before `first_missing` only, as an older
+    version left it; after the block it is closed and the whole migration list is back."""
+    before = [m for m in migrations.MIGRATIONS if m[0] < first_missing]
+    monkeypatch.setattr(migrations, "MIGRATIONS", before)
+    monkeypatch.setattr("autointerp.store.db.MIGRATIONS", before)
+    con = duckdb.connect(str(path))
+    try:
+        migrate(con)
+        yield con
+    finally:
+        con.close()
+        monkeypatch.undo()

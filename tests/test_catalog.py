@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 
-import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -17,9 +16,10 @@ from autointerp.embeddings import EMBEDDING_MODEL, embed_texts
 from autointerp.errors import AutointerpError
 from autointerp.exchange import export_labels, import_labels
 from autointerp.records import Explanation, ItemJudgement, Score
-from autointerp.store import Store, migrations
-from autointerp.store.db import migrate
-from catalog_fixtures import FEATURES_A, HOSTILE_LABEL, RUN_ID, SCRIPT, SOURCE_A, SOURCE_B, catalog_copy
+from autointerp.store import Store
+from catalog_fixtures import (
+    FEATURES_A, HOSTILE_LABEL, RUN_ID, SCRIPT, SOURCE_A, SOURCE_B, catalog_copy, store_of_an_older_version,
+)
 
 
 @pytest.fixture()
@@ -379,17 +379,11 @@ def test_export_headline_is_the_score_the_feature_is_ranked_by(tmp_path, store):
 
 def test_a_store_scored_before_m020_upgrades_and_its_scores_still_rank(tmp_path, monkeypatch):
     path = tmp_path / "old.duckdb"
-    before = [m for m in migrations.MIGRATIONS if m[0] < "m020"]
-    monkeypatch.setattr(migrations, "MIGRATIONS", before)
-    monkeypatch.setattr("autointerp.store.db.MIGRATIONS", before)
-    con = duckdb.connect(str(path))
-    migrate(con)
-    con.execute("INSERT INTO sources (name, feature_kind, width, config) VALUES ('old', 'neurons', 4, '{}')")
-    con.execute("INSERT INTO explanations (source_id, feature, label, author) VALUES (1, 0, 'a', 'llm'), (1, 0, 'b', 'llm')")
-    con.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n) VALUES (1, 'embedding', 'auroc', 0.7, 40), "
-                "(2, 'embedding', 'auroc', 0.6, 40)")
-    con.close()
-    monkeypatch.undo()
+    with store_of_an_older_version(path, monkeypatch, "m020") as con:
+        con.execute("INSERT INTO sources (name, feature_kind, width, config) VALUES ('old', 'neurons', 4, '{}')")
+        con.execute("INSERT INTO explanations (source_id, feature, label, author) VALUES (1, 0, 'a', 'llm'), (1, 0, 'b', 'llm')")
+        con.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n) VALUES (1, 'embedding', 'auroc', 0.7, 40), "
+                    "(2, 'embedding', 'auroc', 0.6, 40)")
     with Store(path) as store:
         best = catalog.best_label(store.con, "old", 0)
         assert best.label == "a" and best.scores[0].imported is False and best.scores[0].unreliable is None

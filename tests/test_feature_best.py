@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -16,11 +15,10 @@ from autointerp import catalog, indexing, inventory, ranking
 from autointerp.exchange import import_labels
 from autointerp.records import Explanation, Score
 from autointerp.search import SearchIndex, search
-from autointerp.store import Store, migrations
+from autointerp.store import Store
 from autointerp.store import catalog_queries as q
 from autointerp.store.activations import create_source
-from autointerp.store.db import migrate
-from catalog_fixtures import SOURCE_A, SOURCE_B, catalog_copy
+from catalog_fixtures import SOURCE_A, SOURCE_B, catalog_copy, store_of_an_older_version
 
 VECTOR = np.eye(384, dtype=np.float32)[0]  # labels' embeddings do not matter here: no MiniLM per write
 
@@ -158,19 +156,13 @@ def test_bulk_loads_keep_it_current(store):
 def test_an_old_store_is_filled_when_upgraded(tmp_path, monkeypatch, read_only):
     """A reader first (`autointerp search` on a store an older version wrote) upgrades it too."""
     path = tmp_path / "old.duckdb"
-    before = [m for m in migrations.MIGRATIONS if m[0] < "m180"]
-    monkeypatch.setattr(migrations, "MIGRATIONS", before)
-    monkeypatch.setattr("autointerp.store.db.MIGRATIONS", before)
-    con = duckdb.connect(str(path))
-    migrate(con)
-    con.execute("INSERT INTO sources (name, feature_kind, width, config) VALUES ('old', 'neurons', 4, '{}')")
-    con.execute("INSERT INTO explanations (source_id, feature, label, author) VALUES "
-                "(1, 0, 'a', 'llm'), (1, 0, 'b', 'llm'), (1, 1, 'c', 'llm'), (1, 2, 'd', 'llm')")
-    con.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n) VALUES (1, 'detection', 'auroc', 0.7, 40), "
-                "(2, 'detection', 'auroc', 0.6, 40), (3, 'detection', 'auroc', 0.6, 40)")
-    con.execute("INSERT INTO reviews (explanation_id, verdict) VALUES (4, 'reject')")
-    con.close()
-    monkeypatch.undo()
+    with store_of_an_older_version(path, monkeypatch, "m180") as con:
+        con.execute("INSERT INTO sources (name, feature_kind, width, config) VALUES ('old', 'neurons', 4, '{}')")
+        con.execute("INSERT INTO explanations (source_id, feature, label, author) VALUES "
+                    "(1, 0, 'a', 'llm'), (1, 0, 'b', 'llm'), (1, 1, 'c', 'llm'), (1, 2, 'd', 'llm')")
+        con.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n) VALUES (1, 'detection', 'auroc', 0.7, 40), "
+                    "(2, 'detection', 'auroc', 0.6, 40), (3, 'detection', 'auroc', 0.6, 40)")
+        con.execute("INSERT INTO reviews (explanation_id, verdict) VALUES (4, 'reject')")
     with Store(path, read_only=read_only) as store:
         assert [r[2] for r in store.con.execute("SELECT * FROM feature_best ORDER BY feature").fetchall()] == [1, 3, 4]
         assert [label.label for label in catalog.best_labels(store.con)] == ["a", "c", "d"]

@@ -130,7 +130,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _clocked_job(store: Store, job: JobConfig, clock: StageClock | None):
+async def _run_job(store: Store, job: JobConfig, clock: StageClock | None):
     if clock is None:
         return await label_job(store, job, progress=False)
     async with clock.running():
@@ -152,7 +152,7 @@ def measure(
     shutil.copy(base, db)
     clock = StageClock() if clocked else None
     cpu = _cpu_seconds()
-    summary = asyncio.run(_clocked_job(Store(db), bench_job(base_url, concurrency, features, sampling), clock))
+    summary = asyncio.run(_run_job(Store(db), bench_job(base_url, concurrency, features, sampling), clock))
     cpu = _cpu_seconds() - cpu
     return Level(
         concurrency, len(features), len(summary.with_status("done")), summary.usage.calls, summary.seconds, latency_s,
